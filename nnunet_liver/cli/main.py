@@ -1,0 +1,52 @@
+"""The ``nnunet-liver`` command: one entry point, one sub-command per module in ``COMMANDS``.
+
+Each command module exposes ``add_parser(subparsers)``, which registers its sub-command and sets
+``func`` (called with the parsed arguments, returning an exit code). Heavy imports (torch, nnU-Net)
+happen inside the commands so that ``--help`` is instant.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# Order is the order shown in --help.
+COMMANDS = (
+    "nnunet_liver.cli.env",
+    "nnunet_liver.cli.synth",
+    "nnunet_liver.cli.preprocess",
+)
+
+
+class UsageError(Exception):
+    """Bad input from the user: printed as one line, exit code 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nnunet-liver",
+        description="nnU-Net v2 plugin for liver and liver-tumour CT: phantoms, planning that keeps HU, "
+        "dual-stream attention trainers, lesion classification, LiTS evaluation.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in COMMANDS:
+        importlib.import_module(name).add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except UsageError as e:
+        print(f"nnunet-liver {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"nnunet-liver {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
