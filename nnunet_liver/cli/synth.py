@@ -1,0 +1,46 @@
+"""``nnunet-liver synth``: write the synthetic liver-CT phantom data set (nnU-Net raw format)."""
+from __future__ import annotations
+
+import argparse
+import os
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "synth",
+        help="generate synthetic liver-CT phantoms as an nnU-Net raw data set",
+        description="Generate Dataset<ID>_<name> (imagesTr, labelsTr, imagesTs, labelsTs, imagesTs_shifted, "
+        "dataset.json, lesions.csv, cases.csv) under $nnUNet_raw (or -o). Same seed, same files.",
+    )
+    p.add_argument("-d", dest="dataset_id", type=int, default=990, help="dataset id (default 990)")
+    p.add_argument("--name", default="LiverPhantom", help="dataset name (default LiverPhantom)")
+    p.add_argument("-o", dest="raw_root", default=None, help="raw data root (default: $nnUNet_raw)")
+    p.add_argument("--num-train", type=int, default=24, help="training cases (default 24)")
+    p.add_argument("--num-test", type=int, default=8, help="test cases (default 8)")
+    p.add_argument("--size", type=int, default=128, help="in-plane voxels per side (default 128)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("-np", dest="num_processes", type=int, default=min(2, os.cpu_count() or 1),
+                   help="worker processes (default min(2, cores))")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing data set of the same name")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from nnunet_liver.cli.main import UsageError
+    from nnunet_liver.data.synth_dataset import SynthSettings, write_phantom_dataset
+
+    raw_root = args.raw_root or os.environ.get("nnUNet_raw")
+    if not raw_root:
+        raise UsageError("no output: pass -o RAW_ROOT or set nnUNet_raw")
+    if args.num_processes < 1:
+        raise UsageError(f"-np must be positive, got {args.num_processes}")
+    settings = SynthSettings(num_train=args.num_train, num_test=args.num_test, size=args.size, seed=args.seed)
+    try:
+        folder = write_phantom_dataset(raw_root, settings, dataset_id=args.dataset_id, name=args.name,
+                                       overwrite=args.overwrite, num_processes=args.num_processes,
+                                       progress=not args.no_progress)
+    except (ValueError, FileExistsError, PermissionError) as e:
+        raise UsageError(str(e)) from None
+    print(f"wrote {folder}")
+    return 0

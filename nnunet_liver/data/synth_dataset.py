@@ -1,0 +1,155 @@
+"""Write the synthetic liver-CT phantoms as a complete nnU-Net raw data set.
+
+Layout (``<raw>/Dataset990_LiverPhantom``)::
+
+    imagesTr/liver_000_0000.nii.gz   labelsTr/liver_000.nii.gz
+    imagesTs/liver_024_0000.nii.gz   labelsTs/liver_024.nii.gz
+    imagesTs_shifted/...             same test anatomy under shifted contrast/window conditions
+    lesions.csv                      one row per lesion (joins on case_id + lesion_id = connected component)
+    cases.csv                        scan conditions per case (phase, noise, blur, spacing, ...)
+    dataset.json
+"""
+from __future__ import annotations
+
+import csv
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from nnunet_liver.data.io import (
+    dataset_folder_name,
+    datasets_with_id,
+    staged_dir,
+    write_dataset_json,
+    write_image,
+)
+
+LESION_COLUMNS = (
+    "case_id", "split", "lesion_id", "label", "subtype", "centroid_x_mm", "centroid_y_mm", "centroid_z_mm",
+    "centroid_z_vox", "centroid_y_vox", "centroid_x_vox", "volume_ml", "diameter_mm", "contrast_hu",
+)
+CASE_COLUMNS = (
+    "case_id", "split", "variant", "phase", "noise_sd", "blur_sigma_mm", "hu_offset",
+    "spacing_x", "spacing_y", "spacing_z", "size_x", "size_y", "size_z", "n_lesions",
+)
+
+
+@dataclass(frozen=True)
+class SynthSettings:
+    num_train: int = 24
+    num_test: int = 8
+    size: int = 128
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.num_train < 1:
+            raise ValueError(f"--num-train must be positive, got {self.num_train}")
+        if self.num_test < 0:
+            raise ValueError(f"--num-test must be zero or positive, got {self.num_test}")
+        if not 32 <= self.size <= 512:
+            raise ValueError(f"--size must be between 32 and 512 voxels, got {self.size}")
+
+
+def case_id(index: int) -> str:
+    return f"liver_{index:03d}"
+
+
+def _write_case(folder: Path, index: int, split: str, settings: SynthSettings) -> tuple[list[dict], list[dict]]:
+    """Generate and write one case; returns its lesion rows and case rows."""
+    from nnunet_liver.data.phantoms import generate_case, generate_shifted
+
+    cid = case_id(index)
+    anatomy, cond, image = generate_case(settings.seed, index, settings.size)
+    img_dir, lbl_dir = ("imagesTr", "labelsTr") if split == "train" else ("imagesTs", "labelsTs")
+    write_image(image, folder / img_dir / f"{cid}_0000.nii.gz", anatomy.spacing)
+    write_image(anatomy.label, folder / lbl_dir / f"{cid}.nii.gz", anatomy.spacing)
+    variants = [("normal", cond)]
+    if split == "test":
+        _, shifted_cond, shifted = generate_shifted(settings.seed, index, settings.size)
+        write_image(shifted, folder / "imagesTs_shifted" / f"{cid}_0000.nii.gz", anatomy.spacing)
+        variants.append(("shifted", shifted_cond))
+
+    lesions = []
+    for les in anatomy.lesions:
+        cz, cy, cx = les["centroid_voxel"]
+        mx, my, mz = les["centroid_mm"]
+        lesions.append({
+            "case_id": cid, "split": split, "lesion_id": les["lesion_id"], "label": les["label"],
+            "subtype": les["subtype"], "centroid_x_mm": round(mx, 3), "centroid_y_mm": round(my, 3),
+            "centroid_z_mm": round(mz, 3), "centroid_z_vox": round(cz, 3), "centroid_y_vox": round(cy, 3),
+            "centroid_x_vox": round(cx, 3), "volume_ml": round(les["volume_ml"], 5),
+            "diameter_mm": round(les["diameter_mm"], 3), "contrast_hu": round(les["contrast_hu"], 2),
+        })
+    nz, ny, nx = anatomy.label.shape
+    cases = [{
+        "case_id": cid, "split": split, "variant": variant, "phase": c.phase, "noise_sd": round(c.noise_sd, 3),
+        "blur_sigma_mm": round(c.blur_sigma_mm, 3), "hu_offset": round(c.hu_offset, 3),
+        "spacing_x": round(anatomy.spacing[0], 5), "spacing_y": round(anatomy.spacing[1], 5),
+        "spacing_z": round(anatomy.spacing[2], 5), "size_x": nx, "size_y": ny, "size_z": nz,
+        "n_lesions": len(anatomy.lesions),
+    } for variant, c in variants]
+    return lesions, cases
+
+
+def _write_csv(path: Path, columns: tuple[str, ...], rows: list[dict]) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=columns, lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+
+
+def write_phantom_dataset(raw_root: str | os.PathLike, settings: SynthSettings, *, dataset_id: int = 990,
+                          name: str = "LiverPhantom", overwrite: bool = False, num_processes: int = 1,
+                          progress: bool = True) -> Path:
+    """Generate the phantom data set into ``<raw_root>/DatasetXXX_<name>`` and return that folder.
+
+    Raises:
+        ValueError: bad settings.
+        FileExistsError: the folder, or another data set with this id, exists (and ``overwrite`` is off
+            or cannot apply because the name differs).
+    """
+    from tqdm import tqdm
+
+    settings.validate()
+    raw_root = Path(raw_root)
+    final = raw_root / dataset_folder_name(dataset_id, name)
+    others = [p for p in datasets_with_id(raw_root, dataset_id) if p.name != final.name]
+    if others:
+        raise FileExistsError(f"dataset id {dataset_id} is already used by {others[0]} "
+                              f"(choose another -d, or remove that folder)")
+    if final.exists() and not overwrite:
+        raise FileExistsError(f"{final} exists (use --overwrite to replace it)")
+
+    jobs = [(i, "train") for i in range(settings.num_train)]
+    jobs += [(settings.num_train + i, "test") for i in range(settings.num_test)]
+    with staged_dir(final, overwrite=overwrite) as tmp:
+        for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs", "imagesTs_shifted"):
+            (tmp / sub).mkdir()
+        bar = tqdm(total=len(jobs), desc=f"synth {final.name}", unit="case", disable=not progress)
+        results: dict[int, tuple[list[dict], list[dict]]] = {}
+        if num_processes > 1:
+            with ProcessPoolExecutor(num_processes) as pool:
+                futures = {pool.submit(_write_case, tmp, i, split, settings): i for i, split in jobs}
+                for fut in futures:
+                    results[futures[fut]] = fut.result()
+                    bar.update()
+        else:
+            for i, split in jobs:
+                results[i] = _write_case(tmp, i, split, settings)
+                bar.update()
+        bar.close()
+        lesion_rows = [r for i in sorted(results) for r in results[i][0]]
+        case_rows = [r for i in sorted(results) for r in results[i][1]]
+        _write_csv(tmp / "lesions.csv", LESION_COLUMNS, lesion_rows)
+        _write_csv(tmp / "cases.csv", CASE_COLUMNS, case_rows)
+        write_dataset_json(
+            tmp, num_training=settings.num_train, name=name,
+            description=(f"Synthetic liver-CT phantoms from nnunet-liver (seed {settings.seed}, size "
+                         f"{settings.size}). Raw HU. Labels: 0 background, 1 liver, 2 tumour; benign/malignant "
+                         f"per lesion in lesions.csv. imagesTs_shifted: the test anatomy under shifted "
+                         f"contrast/window conditions (robustness split). Synthetic data: not for clinical use."),
+            extra={"nnunet_liver": {"generator": "phantoms", "seed": settings.seed, "size": settings.size,
+                                    "num_test": settings.num_test}},
+        )
+    return final

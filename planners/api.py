@@ -1,0 +1,85 @@
+"""Planning and preprocessing through nnU-Net's Python API with :class:`LiverHUPlanner`."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Sequence
+
+from nnunet_liver.data.io import datasets_with_id
+
+
+def _dataset_name(dataset_id: int) -> str:
+    raw = Path(os.environ["nnUNet_raw"])
+    found = datasets_with_id(raw, dataset_id)
+    if not found:
+        raise FileNotFoundError(f"no Dataset{dataset_id:03d}_* folder in nnUNet_raw ({raw})")
+    if len(found) > 1:
+        raise ValueError(f"dataset id {dataset_id} is ambiguous in {raw}: {', '.join(p.name for p in found)}")
+    if not (found[0] / "dataset.json").is_file():
+        raise FileNotFoundError(f"{found[0] / 'dataset.json'}: missing")
+    return found[0].name
+
+
+def plans_file(dataset_id: int, plans_name: str = "nnUNetPlans") -> Path:
+    return Path(os.environ["nnUNet_preprocessed"]) / _dataset_name(dataset_id) / f"{plans_name}.json"
+
+
+def plans_keep_hu(plans: dict, configuration: str | None = None) -> bool:
+    """True when every channel of ``configuration`` (or of all configurations) stores raw HU."""
+    from nnunet_liver.planners.hu_planner import HU_NORMALIZATION
+
+    configs = [configuration] if configuration else list(plans["configurations"])
+    for c in configs:
+        schemes = plans["configurations"][c].get("normalization_schemes")
+        if schemes is None:  # inherits from a parent configuration
+            parent = plans["configurations"][c].get("inherits_from")
+            return parent is not None and plans_keep_hu(plans, parent)
+        if any(s != HU_NORMALIZATION for s in schemes):
+            return False
+    return True
+
+
+def plan_and_preprocess(dataset_id: int, *, configurations: Sequence[str] = ("2d", "3d_fullres"),
+                        num_processes: int = 2, verify: bool = False, paper_spacing: bool = False,
+                        plans_name: str = "nnUNetPlans", gpu_memory_target_in_gb: float | None = None,
+                        preprocess: bool = True, overwrite: bool = False, verbose: bool = False) -> Path:
+    """Fingerprint, plan (raw HU kept) and preprocess one data set; returns the plans file.
+
+    Raises:
+        FileNotFoundError: no such data set in ``nnUNet_raw``.
+        FileExistsError: plans of this name exist that were not made by nnunet-liver and ``overwrite`` is off.
+        ValueError: the data set fails nnU-Net's integrity check.
+    """
+    from nnunetv2.experiment_planning.plan_and_preprocess_api import (
+        extract_fingerprint_dataset,
+        plan_experiment_dataset,
+        preprocess_dataset,
+    )
+    from nnunetv2.experiment_planning.verify_dataset_integrity import verify_dataset_integrity
+
+    from nnunet_liver.planners.hu_planner import PAPER_TARGET_SPACING, PLANS_MARKER, LiverHUPlanner
+
+    name = _dataset_name(dataset_id)
+    target = plans_file(dataset_id, plans_name)
+    if target.is_file() and not overwrite:
+        existing = json.loads(target.read_text())
+        if PLANS_MARKER not in existing:
+            raise FileExistsError(f"{target} exists and was not made by nnunet-liver (its CT channels may be "
+                                  f"z-scored); use --overwrite to replace it, or -overwrite_plans_name NAME")
+    if verify:
+        try:
+            verify_dataset_integrity(os.path.join(os.environ["nnUNet_raw"], name), num_processes)
+        except (AssertionError, RuntimeError) as e:
+            raise ValueError(f"{name}: nnU-Net's dataset integrity check failed: {e}") from None
+    extract_fingerprint_dataset(dataset_id, num_processes=num_processes, check_dataset_integrity=False,
+                                clean=True, verbose=verbose)
+    _, identifier = plan_experiment_dataset(
+        dataset_id, LiverHUPlanner, gpu_memory_target_in_gb=gpu_memory_target_in_gb,
+        overwrite_target_spacing=PAPER_TARGET_SPACING if paper_spacing else None,
+        overwrite_plans_name=plans_name,
+    )
+    if preprocess:
+        preprocess_dataset(dataset_id, identifier, configurations=list(configurations),
+                           num_processes=[num_processes] * len(configurations), verbose=verbose)
+    return target
