@@ -1,0 +1,133 @@
+"""CBAM and attention gates, one implementation for 2D and 3D.
+
+Pooling runs over every spatial axis (`dim=tuple(range(2, x.ndim))`); convolutions take their dimension from
+`conv_op`. `channels` is the first argument of every module.
+
+References:
+    CBAM: Woo et al., ECCV 2018. Mc = sigmoid(MLP(avgpool F) + MLP(maxpool F)), F' = Mc * F;
+        Ms = sigmoid(conv7([mean_c F'; max_c F'])), F'' = Ms * F'.
+    Attention gate: Oktay et al., MIDL 2018. alpha = sigmoid(psi(relu(Wx x + Wg g + b))).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from dynamic_network_architectures.building_blocks.helper import maybe_convert_scalar_to_list
+from torch import Tensor, nn
+from torch.nn.modules.conv import _ConvNd
+
+__all__ = ["AttentionGate", "CBAM", "ChannelAttention", "SpatialAttention"]
+
+_LINEAR_MODE = {3: "linear", 4: "bilinear", 5: "trilinear"}
+
+
+def _spatial_dims(x: Tensor) -> tuple[int, ...]:
+    return tuple(range(2, x.ndim))
+
+
+class ChannelAttention(nn.Module):
+    """CBAM channel attention: one weight per (sample, channel), shared over all spatial positions.
+
+    Args:
+        channels: feature channels C of x.
+        reduction: hidden width of the shared MLP is C // reduction ...
+        min_hidden: ... but at least this many units, so narrow layers keep a usable bottleneck.
+    """
+
+    def __init__(self, channels: int, reduction: int = 16, min_hidden: int = 8) -> None:
+        super().__init__()
+        hidden = max(channels // reduction, min_hidden)
+        self.mlp = nn.Sequential(nn.Linear(channels, hidden), nn.ReLU(), nn.Linear(hidden, channels))
+
+    def attention(self, x: Tensor) -> Tensor:
+        """x: (batch, channels, *spatial). Returns weights in (0, 1), (batch, channels, 1, ..., 1)."""
+        dims = _spatial_dims(x)
+        logits = self.mlp(x.mean(dim=dims)) + self.mlp(x.amax(dim=dims))
+        return torch.sigmoid(logits).view(*logits.shape, *([1] * len(dims)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.attention(x)
+
+
+class SpatialAttention(nn.Module):
+    """CBAM spatial attention: a conv over [mean over channels; max over channels], then sigmoid.
+
+    Args:
+        channels: feature channels of x (unused by the math; kept so every attention module is built alike).
+        conv_op: nn.Conv2d or nn.Conv3d; sets the dimension.
+        kernel_size: int or one size per spatial axis (7 gives CBAM's 7x7 / 7x7x7).
+    """
+
+    def __init__(self, channels: int, conv_op: type[_ConvNd], kernel_size: int | Sequence[int] = 7) -> None:
+        super().__init__()
+        self.channels = channels
+        kernel_size = maybe_convert_scalar_to_list(conv_op, kernel_size)
+        self.conv = conv_op(2, 1, kernel_size=kernel_size, padding=[(k - 1) // 2 for k in kernel_size], bias=True)
+
+    def attention(self, x: Tensor) -> Tensor:
+        """x: (batch, channels, *spatial). Returns weights in (0, 1), (batch, 1, *spatial)."""
+        pooled = torch.cat((x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)), dim=1)
+        return torch.sigmoid(self.conv(pooled))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.attention(x)
+
+
+class CBAM(nn.Module):
+    """Channel attention, then spatial attention on the channel-refined features."""
+
+    def __init__(self, channels: int, conv_op: type[_ConvNd], reduction: int = 16, min_hidden: int = 8,
+                 spatial_kernel_size: int | Sequence[int] = 7) -> None:
+        super().__init__()
+        self.channel = ChannelAttention(channels, reduction=reduction, min_hidden=min_hidden)
+        self.spatial = SpatialAttention(channels, conv_op, kernel_size=spatial_kernel_size)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.spatial(self.channel(x))
+
+
+class AttentionGate(nn.Module):
+    """Attention gate on a skip connection, combined with CBAM.
+
+    out = CBAM(x) * alpha,  alpha = sigmoid(psi(relu(Wx x + up(Wg g + b)))).
+
+    CBAM reweights the skip's channels and positions from the skip itself; alpha, computed from the raw skip and
+    the coarser decoder feature g, suppresses positions that the decoder's context deems irrelevant. The
+    decoder then concatenates `out` with its upsampled feature. Wg runs on g at its own (coarse) resolution and
+    the result is interpolated (bi/trilinear) to x's size: for a 1x1 conv this equals Wg up(g) + b, because
+    linear interpolation weights sum to one, and it costs less.
+
+    Args:
+        channels: channels of the skip x.
+        gating_channels: channels of the gating signal g.
+        conv_op: nn.Conv2d or nn.Conv3d.
+        intermediate_channels: width of the additive attention; default channels // 2 (Oktay et al.), at least 1.
+        use_cbam: if False, out = x * alpha (the plain Oktay gate).
+        reduction, min_hidden, spatial_kernel_size: passed to CBAM.
+    """
+
+    def __init__(self, channels: int, gating_channels: int, conv_op: type[_ConvNd],
+                 intermediate_channels: int | None = None, use_cbam: bool = True, reduction: int = 16,
+                 min_hidden: int = 8, spatial_kernel_size: int | Sequence[int] = 7) -> None:
+        super().__init__()
+        inter = intermediate_channels if intermediate_channels is not None else max(channels // 2, 1)
+        self.theta_x = conv_op(channels, inter, kernel_size=1, bias=False)
+        self.phi_g = conv_op(gating_channels, inter, kernel_size=1, bias=True)
+        self.psi = conv_op(inter, 1, kernel_size=1, bias=True)
+        self.cbam = CBAM(channels, conv_op, reduction=reduction, min_hidden=min_hidden,
+                         spatial_kernel_size=spatial_kernel_size) if use_cbam else nn.Identity()
+
+    def attention(self, x: Tensor, g: Tensor) -> Tensor:
+        """x: (batch, channels, *spatial); g: (batch, gating_channels, *coarser_spatial).
+
+        Returns alpha in (0, 1), (batch, 1, *spatial): the gate's map (for heatmaps).
+        """
+        phi = F.interpolate(self.phi_g(g), size=x.shape[2:], mode=_LINEAR_MODE[x.ndim], align_corners=False)
+        return torch.sigmoid(self.psi(F.relu(self.theta_x(x) + phi)))
+
+    def forward(self, x: Tensor, g: Tensor) -> Tensor:
+        """Returns the gated skip, x's shape."""
+        return self.cbam(x) * self.attention(x, g)
