@@ -1,0 +1,314 @@
+"""Dual-stream attention network for liver-tumour CT (paper.md, "Dual Stream Segmentation Network").
+
+nnU-Net sees a 3D network: input raw HU (batch, channels, Z, Y, X) from a 3d_fullres configuration whose patch is
+thin in z (axis 0 = slices after nnU-Net's transpose) and whose strides are 1 in z. Inside:
+
+    x --WindowInput--> xw
+    spatial stream:    xw -> 7 adjacent slices as channels, (B*Z, 7C, Y, X) -> residual 2D encoder
+                       (ResNet-34 stages 3, 4, 6, 3 after a full-resolution stage) -> 2D decoder with an
+                       AttentionGate (CBAM + Oktay gate) on every skip
+    contextual stream: xw -> in-plane average pool -> light 3D encoder over the whole patch (all Z slices)
+    fusion:            context upsampled to full resolution, concatenated with the finest decoder feature,
+                       conv + 1x1 head -> (B, K, Z, Y, X)
+
+Deep supervision adds one spatial-stream output per coarser decoder stage, highest resolution first, with the
+shapes nnU-Net derives from `strides`: (B, K, Z, Y / prod(s_y), X / prod(s_x)).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from dynamic_network_architectures.building_blocks.helper import get_matching_convtransp, get_matching_dropout
+from dynamic_network_architectures.building_blocks.plain_conv_encoder import PlainConvEncoder
+from dynamic_network_architectures.building_blocks.simple_conv_blocks import ConvDropoutNormReLU, StackedConvBlocks
+from dynamic_network_architectures.initialization.weight_init import InitWeights_He
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.conv import _ConvNd
+from torch.nn.modules.instancenorm import _InstanceNorm
+
+from nnunet_liver.augment.window import WindowConfig
+from nnunet_liver.blocks.attention import AttentionGate
+from nnunet_liver.blocks.residual import ResidualEncoder
+from nnunet_liver.blocks.windowing import WindowInput
+
+__all__ = ["AttentionUNetDecoder", "DualStreamAttentionNet", "slices_to_channels"]
+
+_NORMS = {"instance": (nn.InstanceNorm2d, nn.InstanceNorm3d), "batch": (nn.BatchNorm2d, nn.BatchNorm3d)}
+
+
+def slices_to_channels(x: Tensor, n_slices: int) -> Tensor:
+    """Stack each slice with its neighbours as channels: (B, C, Z, Y, X) -> (B*Z, n_slices*C, Y, X).
+
+    z is replicate-padded by n_slices // 2 so every slice gets a full stack. Output channel k * C + c holds
+    input channel c of slice z - n_slices // 2 + k.
+    """
+    b, c, z, y, x_ = x.shape
+    half = n_slices // 2
+    padded = F.pad(x, (0, 0, 0, 0, half, half), mode="replicate") if half else x
+    stacks = padded.unfold(2, n_slices, 1)  # (B, C, Z, Y, X, n_slices)
+    return stacks.permute(0, 2, 5, 1, 3, 4).reshape(b * z, n_slices * c, y, x_)
+
+
+def _fold_slices(x: Tensor, batch: int) -> Tensor:
+    """(B*Z, K, Y, X) -> (B, K, Z, Y, X)."""
+    bz, k, y, x_ = x.shape
+    return x.view(batch, bz // batch, k, y, x_).transpose(1, 2)
+
+
+def _matching_norm(norm_op: type[nn.Module] | None, dim: int) -> type[nn.Module] | None:
+    if norm_op is None:
+        return None
+    for base, kind in ((_InstanceNorm, "instance"), (_BatchNorm, "batch")):
+        if issubclass(norm_op, base):
+            return _NORMS[kind][dim - 2]
+    return norm_op  # dimension-agnostic norms are used as given
+
+
+def _in_plane(value: int | Sequence[int], name: str) -> list[int]:
+    """A per-stage entry in nnU-Net's 3D format (z, y, x), or an int, as the in-plane (y, x) pair."""
+    if isinstance(value, int):
+        return [value, value]
+    value = [int(v) for v in value]
+    if len(value) != 3:
+        raise ValueError(f"{name} entries must be int or (z, y, x), got {value}")
+    return value[1:]
+
+
+class AttentionUNetDecoder(nn.Module):
+    """U-Net decoder whose skips pass through attention gates driven by the coarser decoder feature.
+
+    Each stage: transposed conv up from the coarser feature g, skip' = AttentionGate(skip, g) (or the raw skip
+    when `use_attention` is False), then convs over concat(up, skip'). `seg_layers` hold the deep-supervision
+    heads of every stage except the finest, whose head is the network's fusion head. They always exist, so the
+    state_dict does not depend on `deep_supervision`.
+
+    Args:
+        features_per_stage: encoder channels per stage, highest resolution first.
+        strides: encoder strides per stage (same dimension as conv_op).
+        kernel_sizes: per encoder stage; decoder stage s uses the kernel of the skip it merges.
+        conv_op: nn.Conv2d or nn.Conv3d.
+        num_classes: channels of the deep-supervision outputs.
+        n_conv_per_stage: convs per decoder stage (int or one per decoder stage, coarsest first).
+        deep_supervision: read by the network to decide between a list and a tensor (nnU-Net sets it).
+        use_attention: gate the skips.
+        gate_kwargs: passed to AttentionGate.
+        conv_kwargs: conv_bias, norm_op, norm_op_kwargs, dropout_op, dropout_op_kwargs, nonlin, nonlin_kwargs.
+    """
+
+    def __init__(self, features_per_stage: Sequence[int], strides: Sequence[Sequence[int]],
+                 kernel_sizes: Sequence[Sequence[int]], conv_op: type[_ConvNd], num_classes: int, *,
+                 n_conv_per_stage: int | Sequence[int] = 1, deep_supervision: bool = False,
+                 use_attention: bool = True, gate_kwargs: dict[str, Any] | None = None,
+                 conv_kwargs: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        n_stages = len(features_per_stage)
+        if isinstance(n_conv_per_stage, int):
+            n_conv_per_stage = [n_conv_per_stage] * (n_stages - 1)
+        if len(n_conv_per_stage) != n_stages - 1:
+            raise ValueError(f"n_conv_per_stage_decoder needs {n_stages - 1} entries, got {list(n_conv_per_stage)}")
+        conv_kwargs = dict(conv_kwargs or {})
+        conv_bias = conv_kwargs.pop("conv_bias", False)
+        transpconv_op = get_matching_convtransp(conv_op)
+        self.deep_supervision = deep_supervision
+        self.use_attention = use_attention
+        transpconvs, gates, stages = [], [], []
+        for i, s in enumerate(range(n_stages - 1, 0, -1)):  # from the bottleneck up
+            coarse, fine = features_per_stage[s], features_per_stage[s - 1]
+            transpconvs.append(transpconv_op(coarse, fine, strides[s], strides[s], bias=conv_bias))
+            if use_attention:
+                gates.append(AttentionGate(fine, coarse, conv_op, **(gate_kwargs or {})))
+            stages.append(StackedConvBlocks(n_conv_per_stage[i], conv_op, 2 * fine, fine, kernel_sizes[s - 1], 1,
+                                            conv_bias, **conv_kwargs))
+        self.transpconvs = nn.ModuleList(transpconvs)
+        self.gates = nn.ModuleList(gates)
+        self.stages = nn.ModuleList(stages)
+        self.seg_layers = nn.ModuleList(
+            conv_op(features_per_stage[s], num_classes, kernel_size=1, bias=True) for s in range(1, n_stages - 1))
+
+    def forward(self, skips: Sequence[Tensor]) -> list[Tensor]:
+        """skips: encoder outputs, highest resolution first. Returns the decoder features, highest first."""
+        x = skips[-1]
+        features = []
+        for i in range(len(self.stages)):
+            skip = skips[-(i + 2)]
+            if self.use_attention:
+                skip = self.gates[i](skip, x)
+            x = self.stages[i](torch.cat((self.transpconvs[i](x), skip), dim=1))
+            features.append(x)
+        return features[::-1]
+
+
+class DualStreamAttentionNet(nn.Module):
+    """2.5D spatial stream with attention gates plus a 3D contextual stream, for nnU-Net 3d_fullres.
+
+    nnU-Net calls `DualStreamAttentionNet(input_channels=..., num_classes=..., **arch_kwargs,
+    deep_supervision=...)`, then `net.apply(net.initialize)`. Every argument except the op classes is
+    JSON-serialisable.
+
+    Args:
+        input_channels: image channels C (1 for CT).
+        num_classes: output channels K (logits).
+        strides: per stage in nnU-Net's 3D format (z, y, x); z must be 1 everywhere. nnU-Net derives the
+            deep-supervision targets from it. Default: five stages, in-plane stride 2 from the second on.
+        features_per_stage: spatial-stream widths. The default is ResNet-34 at half width (32, 64, 128, 256 for
+            the 3, 4, 6, 3 blocks) after a 32-channel full-resolution stage: 0.71x the forward FLOPs per voxel
+            of nnU-Net's default 3D U-Net (see `cost.count_flops_per_voxel`).
+        n_blocks_per_stage: basic blocks per stage: a full-resolution stage, then ResNet-34's 3, 4, 6, 3.
+        n_conv_per_stage_decoder: convs per decoder stage.
+        kernel_sizes: int or per stage (z, y, x) as in the plans; the spatial stream uses (y, x).
+        n_slices: adjacent slices stacked as channels (odd).
+        window: `WindowConfig`, its `to_dict()`, a preset name ("paper", "ostmo_best", "fixed_paper"); None = paper.
+        window_mean, window_std: normalisation after windowing (see `WindowInput`).
+        use_attention: attention gates on the skips; False gives plain U-Net skip concatenation.
+        use_context: add the contextual stream and fuse it; False leaves the spatial stream alone.
+        context_downsample: in-plane average-pool factor before the contextual stream.
+        context_features_per_stage: contextual-stream widths.
+        context_strides: contextual-stream strides per stage, (z, y, x).
+        context_n_conv_per_stage: convs per contextual stage.
+        context_kernel_size: kernel of the contextual convs.
+        fusion_kernel_size: in-plane kernel of the conv that merges both streams before the 1x1 head.
+        attention_reduction: CBAM channel-MLP reduction.
+        spatial_kernel_size: CBAM spatial-attention kernel.
+        deep_supervision: return a list (highest resolution first) instead of one tensor.
+        n_stages: optional check against len(strides) (nnU-Net's plans carry it).
+        conv_op: if given, must be a 3D conv (the network takes 3D patches); the streams choose their own ops.
+        conv_bias, norm_op, norm_op_kwargs, dropout_op, dropout_op_kwargs, nonlin, nonlin_kwargs: as in nnU-Net's
+            plans; norm and dropout classes are matched to 2D (spatial stream) and 3D (contextual stream).
+            Defaults: no bias, InstanceNorm (affine, eps 1e-5), no dropout, LeakyReLU(0.01).
+
+    Forward: x raw HU (B, C, Z, Y, X) -> logits (B, K, Z, Y, X), or a list with deep supervision.
+    """
+
+    def __init__(
+        self,
+        input_channels: int,
+        num_classes: int,
+        *,
+        strides: Sequence[Sequence[int]] = ((1, 1, 1), (1, 2, 2), (1, 2, 2), (1, 2, 2), (1, 2, 2)),
+        features_per_stage: Sequence[int] = (32, 32, 64, 128, 256),
+        n_blocks_per_stage: Sequence[int] = (1, 3, 4, 6, 3),
+        n_conv_per_stage_decoder: int | Sequence[int] = 1,
+        kernel_sizes: int | Sequence[int | Sequence[int]] = 3,
+        n_slices: int = 7,
+        window: WindowConfig | dict[str, Any] | str | None = None,
+        window_mean: float = 0.5,
+        window_std: float = 0.25,
+        use_attention: bool = True,
+        use_context: bool = True,
+        context_downsample: int = 2,
+        context_features_per_stage: Sequence[int] = (16, 32, 64),
+        context_strides: Sequence[Sequence[int]] = ((1, 1, 1), (1, 2, 2), (1, 2, 2)),
+        context_n_conv_per_stage: int = 2,
+        context_kernel_size: int | Sequence[int] = 3,
+        fusion_kernel_size: int = 3,
+        attention_reduction: int = 16,
+        spatial_kernel_size: int = 7,
+        deep_supervision: bool = False,
+        n_stages: int | None = None,
+        conv_op: type[_ConvNd] | None = None,
+        conv_bias: bool = False,
+        norm_op: type[nn.Module] | None = nn.InstanceNorm3d,
+        norm_op_kwargs: dict[str, Any] | None = None,
+        dropout_op: type[nn.Module] | None = None,
+        dropout_op_kwargs: dict[str, Any] | None = None,
+        nonlin: type[nn.Module] | None = nn.LeakyReLU,
+        nonlin_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        strides = [list(s) if not isinstance(s, int) else [s, s, s] for s in strides]
+        if any(len(s) != 3 for s in strides):
+            raise ValueError(f"strides must be (z, y, x) per stage (nnU-Net 3D format), got {strides}")
+        if any(s[0] != 1 for s in strides):
+            raise ValueError(f"the spatial stream is 2.5D: every z stride must be 1, got strides {strides}")
+        n = len(strides)
+        if n < 2:
+            raise ValueError(f"need at least 2 stages, got strides {strides}")
+        if n_stages is not None and n_stages != n:
+            raise ValueError(f"n_stages={n_stages} disagrees with len(strides)={n}")
+        if not len(features_per_stage) == len(n_blocks_per_stage) == n:
+            raise ValueError(f"features_per_stage {list(features_per_stage)} and n_blocks_per_stage "
+                             f"{list(n_blocks_per_stage)} need one entry per stage ({n})")
+        if n_slices < 1 or n_slices % 2 == 0:
+            raise ValueError(f"n_slices must be odd and >= 1, got {n_slices}")
+        if conv_op is not None and not issubclass(conv_op, nn.Conv3d):
+            raise ValueError(f"DualStreamAttentionNet takes 3D patches (a 3d_fullres configuration), got {conv_op}")
+        if context_downsample < 1:
+            raise ValueError(f"context_downsample must be >= 1, got {context_downsample}")
+        kernel_list = [kernel_sizes] * n if isinstance(kernel_sizes, int) else list(kernel_sizes)
+        if len(kernel_list) != n:
+            raise ValueError(f"kernel_sizes needs one entry per stage ({n}), got {kernel_sizes}")
+        kernels_2d = [_in_plane(k, "kernel_sizes") for k in kernel_list]
+        strides_2d = [s[1:] for s in strides]
+
+        if norm_op_kwargs is None:
+            norm_op_kwargs = {"eps": 1e-5, "affine": True} if norm_op is not None else {}
+        if nonlin_kwargs is None:
+            nonlin_kwargs = {"negative_slope": 1e-2, "inplace": True} if nonlin is nn.LeakyReLU else {}
+
+        def conv_kwargs(dim: int) -> dict[str, Any]:
+            dropout = get_matching_dropout(dimension=dim) if dropout_op is not None else None
+            return {"conv_bias": conv_bias, "norm_op": _matching_norm(norm_op, dim), "norm_op_kwargs": norm_op_kwargs,
+                    "dropout_op": dropout, "dropout_op_kwargs": dropout_op_kwargs, "nonlin": nonlin,
+                    "nonlin_kwargs": nonlin_kwargs}
+
+        self.strides = strides
+        self.n_slices = n_slices
+        self.use_attention = use_attention
+        self.use_context = use_context
+        self.window = WindowInput(window, mean=window_mean, std=window_std)
+
+        self.encoder = ResidualEncoder(n_slices * input_channels, features_per_stage, n_blocks_per_stage,
+                                       strides_2d, nn.Conv2d, kernel_sizes=kernels_2d, **conv_kwargs(2))
+        gate_kwargs = {"reduction": attention_reduction, "spatial_kernel_size": spatial_kernel_size}
+        self.decoder = AttentionUNetDecoder(features_per_stage, strides_2d, kernels_2d, nn.Conv2d, num_classes,
+                                            n_conv_per_stage=n_conv_per_stage_decoder,
+                                            deep_supervision=deep_supervision, use_attention=use_attention,
+                                            gate_kwargs=gate_kwargs, conv_kwargs=conv_kwargs(2))
+
+        if use_context:
+            pool = (1, context_downsample, context_downsample)
+            self.context_pool = nn.AvgPool3d(pool, pool) if context_downsample > 1 else nn.Identity()
+            ctx = conv_kwargs(3)
+            self.context_encoder = PlainConvEncoder(
+                input_channels, len(context_features_per_stage), list(context_features_per_stage), nn.Conv3d,
+                context_kernel_size, [list(s) for s in context_strides], context_n_conv_per_stage,
+                ctx["conv_bias"], ctx["norm_op"], ctx["norm_op_kwargs"], ctx["dropout_op"],
+                ctx["dropout_op_kwargs"], ctx["nonlin"], ctx["nonlin_kwargs"], return_skips=False)
+            fused_channels = features_per_stage[0] + context_features_per_stage[-1]
+        else:
+            fused_channels = features_per_stage[0]
+        head = conv_kwargs(2)
+        self.head = nn.Sequential(
+            ConvDropoutNormReLU(nn.Conv2d, fused_channels, features_per_stage[0], fusion_kernel_size, 1,
+                                head["conv_bias"], head["norm_op"], head["norm_op_kwargs"], None, None,
+                                head["nonlin"], head["nonlin_kwargs"]),
+            nn.Conv2d(features_per_stage[0], num_classes, kernel_size=1, bias=True),
+        )
+
+    def forward(self, x: Tensor) -> Tensor | list[Tensor]:
+        """x: raw HU, (B, C, Z, Y, X). Returns logits (B, K, Z, Y, X), or with deep supervision a list, highest
+        resolution first, of (B, K, Z, Y / prod(s_y), X / prod(s_x)) over the first n_stages - 1 strides."""
+        batch, _, z = x.shape[:3]
+        x = self.window(x)
+        features = self.decoder(self.encoder(slices_to_channels(x, self.n_slices)))
+        finest = features[0]
+        if self.use_context:
+            context = self.context_encoder(self.context_pool(x))
+            context = F.interpolate(context, size=(z, *finest.shape[2:]), mode="trilinear", align_corners=False)
+            context = context.transpose(1, 2).reshape(batch * z, context.shape[1], *finest.shape[2:])
+            finest = torch.cat((finest, context.to(finest.dtype)), dim=1)
+        logits = _fold_slices(self.head(finest), batch)
+        if not self.decoder.deep_supervision:
+            return logits
+        coarser = [_fold_slices(seg(f), batch) for seg, f in zip(self.decoder.seg_layers, features[1:])]
+        return [logits, *coarser]
+
+    @staticmethod
+    def initialize(module: nn.Module) -> None:
+        """nnU-Net's He initialisation (negative slope 1e-2); use as `net.apply(net.initialize)`."""
+        InitWeights_He(1e-2)(module)

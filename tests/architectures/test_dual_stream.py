@@ -1,0 +1,237 @@
+import copy
+import json
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from nnunet_liver.architectures.dual_stream import DualStreamAttentionNet, slices_to_channels
+from nnunet_liver.augment.window import FIXED_PAPER, OSTMO_BEST, PAPER, apply_window
+
+PATCH = (8, 32, 32)
+STRIDES = [[1, 1, 1], [1, 2, 2], [1, 2, 2], [1, 2, 2]]
+SMALL = {"strides": STRIDES, "features_per_stage": (8, 16, 32, 32), "n_blocks_per_stage": (1, 1, 2, 1),
+         "context_features_per_stage": (4, 8), "context_strides": [[1, 1, 1], [1, 2, 2]]}
+PINNED_PARAMETERS = 95_353  # SMALL with input_channels=1, num_classes=3
+
+
+def build(deep_supervision=False, seed=0, **overrides):
+    torch.manual_seed(seed)
+    kwargs = {**SMALL, **overrides}
+    return DualStreamAttentionNet(input_channels=kwargs.pop("input_channels", 1), num_classes=3,
+                                  deep_supervision=deep_supervision, **kwargs)
+
+
+def hu(batch=2, channels=1, patch=PATCH, seed=0):
+    return torch.rand(batch, channels, *patch, generator=torch.Generator().manual_seed(seed)) * 2000 - 1000
+
+
+def n_params(net):
+    return sum(p.numel() for p in net.parameters())
+
+
+def nnunet_ds_shapes(patch, strides):
+    # nnUNetTrainer._get_deep_supervision_scales, then the target shapes of DownsampleSegForDSTransform
+    scales = list(list(i) for i in 1 / np.cumprod(np.vstack(strides), axis=0))[:-1]
+    return [tuple(int(round(p * s)) for p, s in zip(patch, scale)) for scale in scales]
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+@pytest.mark.parametrize("input_channels", [1, 2])
+def test_output_shapes_with_and_without_deep_supervision(batch, input_channels):
+    net = build(deep_supervision=True, input_channels=input_channels)
+    x = hu(batch, input_channels)
+    out = net(x)
+    assert isinstance(out, list) and len(out) == len(STRIDES) - 1
+    assert [tuple(o.shape[2:]) for o in out] == nnunet_ds_shapes(PATCH, STRIDES)
+    assert all(o.shape[:2] == (batch, 3) for o in out)
+    net.decoder.deep_supervision = False
+    single = net(x)
+    assert isinstance(single, torch.Tensor) and single.shape == (batch, 3, *PATCH)
+
+
+@pytest.mark.parametrize("strides,patch", [
+    ([[1, 1, 1], [1, 2, 2], [1, 2, 1]], (5, 16, 8)),
+    ([[1, 2, 2], [1, 2, 2]], (3, 16, 16)),
+    ([[1, 1, 1], [1, 2, 2], [1, 2, 2], [1, 2, 2], [1, 2, 2], [1, 2, 2]], (4, 64, 64)),
+])
+def test_deep_supervision_matches_nnunet_targets_for_other_strides(strides, patch):
+    n = len(strides)
+    net = DualStreamAttentionNet(1, 2, strides=strides, features_per_stage=[4] * n, n_blocks_per_stage=[1] * n,
+                                 context_features_per_stage=(4,), context_strides=[[1, 1, 1]],
+                                 deep_supervision=True)
+    out = net(hu(1, patch=patch))
+    assert [tuple(o.shape[2:]) for o in out] == nnunet_ds_shapes(patch, strides)
+
+
+def test_state_dict_does_not_depend_on_deep_supervision_or_window():
+    on = build(deep_supervision=True).state_dict()
+    off = build(deep_supervision=False, window=FIXED_PAPER.to_dict()).state_dict()
+    assert list(on) == list(off)
+    assert all(on[k].shape == off[k].shape for k in on)
+    net = build(deep_supervision=False, window="ostmo_best")
+    net.load_state_dict(on, strict=True)
+
+
+def test_deep_supervision_flag_switches_and_the_full_resolution_output_agrees():
+    net = build(deep_supervision=True).eval()
+    x = hu()
+    with torch.no_grad():
+        listed = net(x)
+        net.decoder.deep_supervision = False
+        single = net(x)
+    torch.testing.assert_close(listed[0], single)
+
+
+def test_every_parameter_gets_a_gradient_in_train_mode_with_deep_supervision():
+    net = build(deep_supervision=True).train()
+    out = net(hu())
+    loss = sum((o * torch.randn_like(o)).sum() for o in out)
+    loss.backward()
+    dead = [name for name, p in net.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
+    assert dead == []
+    assert any(name.startswith("context_encoder.") for name, _ in net.named_parameters())
+    assert len(net.decoder.gates) == len(STRIDES) - 1
+
+
+def test_train_mode_draws_random_windows():
+    net = build().train()
+    x = hu()
+    with torch.no_grad():
+        assert not torch.equal(net(x), net(x))
+
+
+def test_eval_is_deterministic_and_equals_applying_the_fixed_window_by_hand():
+    net = build(window=PAPER.to_dict(), window_mean=0.4, window_std=0.3).eval()
+    x = hu()
+    by_hand = copy.deepcopy(net)
+    by_hand.window = nn.Identity()
+    windowed = (apply_window(x, PAPER.eval_level, PAPER.eval_width) - 0.4) / 0.3
+    with torch.no_grad():
+        out = net(x)
+        torch.testing.assert_close(out, net(x), rtol=0, atol=0)
+        torch.testing.assert_close(out, by_hand(windowed))
+
+
+def test_fixed_window_model_is_the_same_in_train_and_eval_windowing():
+    net = build(window="fixed_paper")
+    x = hu()
+    torch.testing.assert_close(net.train().window(x), net.eval().window(x))
+    assert not net.window.config.is_random and net.window.config == FIXED_PAPER
+
+
+def test_ablation_flags_remove_parameters_and_still_run():
+    full = build(deep_supervision=True)
+    no_attention = build(deep_supervision=True, use_attention=False)
+    no_context = build(deep_supervision=True, use_context=False)
+    neither = build(deep_supervision=True, use_attention=False, use_context=False)
+    assert n_params(neither) < n_params(no_attention) < n_params(full)
+    assert n_params(no_context) < n_params(full)
+    assert not any("context" in k for k in no_context.state_dict())
+    assert not any("gates" in k for k in no_attention.state_dict())
+    x = hu(1)
+    for net in (no_attention, no_context, neither):
+        out = net(x)
+        assert [tuple(o.shape[2:]) for o in out] == nnunet_ds_shapes(PATCH, STRIDES)
+        sum(o.sum() for o in out).backward()
+        assert all(p.grad is not None for p in net.parameters())
+
+
+def test_pinned_parameter_count():
+    assert n_params(build()) == PINNED_PARAMETERS
+
+
+def test_spatial_stream_sees_only_the_neighbouring_slices():
+    net = build(use_context=False).eval()
+    x = hu(1)
+    far = x.clone()
+    far[:, :, 7] += 500.0  # slice 7 is 4 slices away from slice 3 (n_slices = 7 reaches 3 slices)
+    with torch.no_grad():
+        a, b = net(x), net(far)
+    torch.testing.assert_close(a[:, :, :4], b[:, :, :4], rtol=0, atol=0)
+    assert not torch.equal(a[:, :, 4:], b[:, :, 4:])
+    with_context = build().eval()
+    with torch.no_grad():
+        assert not torch.equal(with_context(x)[:, :, 0], with_context(far)[:, :, 0])  # the context stream sees z
+
+
+def test_slices_to_channels_stacks_replicate_padded_neighbours():
+    x = torch.arange(2 * 2 * 4 * 3 * 3, dtype=torch.float32).view(2, 2, 4, 3, 3)
+    out = slices_to_channels(x, 3)
+    assert out.shape == (8, 6, 3, 3)
+    for b in range(2):
+        for z in range(4):
+            for k in range(3):
+                for c in range(2):
+                    src = min(max(z - 1 + k, 0), 3)
+                    assert torch.equal(out[b * 4 + z, k * 2 + c], x[b, c, src])
+
+
+@pytest.mark.parametrize("axes", [(2,), (3,), (4,), (2, 3, 4)])
+def test_mirrored_sliding_window_tiles(axes):
+    net = build().eval()
+    x = hu(1)
+    with torch.no_grad():
+        out = torch.flip(net(torch.flip(x, axes)), axes)
+    assert out.shape == (1, 3, *PATCH) and torch.isfinite(out).all()
+
+
+def test_compile_eager_fullgraph_in_train_and_eval():
+    net = build(deep_supervision=True)
+    compiled = torch.compile(net, backend="eager", fullgraph=True)
+    x = hu(1)
+    assert len(compiled.train()(x)) == len(STRIDES) - 1
+    net.decoder.deep_supervision = False  # nnU-Net flips it on the compiled module's original
+    with torch.no_grad():
+        torch.testing.assert_close(compiled.eval()(x), net.eval()(x))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_autocast(dtype):
+    net = build(deep_supervision=True).train()
+    with torch.autocast("cpu", dtype=dtype):
+        out = net(hu(1))
+    assert all(o.dtype == dtype and torch.isfinite(o).all() for o in out)
+
+
+def test_nnunet_style_construction_and_initialisation():
+    # what get_network_from_plans passes: arch_kwargs from plans.json (classes imported), then net.apply(initialize)
+    arch_kwargs = json.loads(json.dumps({
+        "n_stages": 4, "strides": STRIDES, "features_per_stage": [8, 16, 32, 32], "n_blocks_per_stage": [1, 1, 2, 1],
+        "n_conv_per_stage_decoder": [1, 1, 1], "kernel_sizes": [[1, 3, 3], [3, 3, 3], [3, 3, 3], [3, 3, 3]],
+        "conv_bias": True, "norm_op_kwargs": {"eps": 1e-5, "affine": True}, "dropout_op_kwargs": None,
+        "nonlin_kwargs": {"inplace": True}, "window": OSTMO_BEST.to_dict(), "context_features_per_stage": [4, 8],
+        "context_strides": [[1, 1, 1], [1, 2, 2]],
+    }))
+    arch_kwargs.update(conv_op=nn.Conv3d, norm_op=nn.InstanceNorm3d, dropout_op=None, nonlin=nn.LeakyReLU)
+    net = DualStreamAttentionNet(input_channels=1, num_classes=2, **arch_kwargs, deep_supervision=True)
+    net.apply(net.initialize)
+    assert net.window.config == OSTMO_BEST
+    assert isinstance(net.encoder.stem.norm, nn.InstanceNorm2d)
+    assert isinstance(net.context_encoder.stages[0][0].convs[0].norm, nn.InstanceNorm3d)
+    w = net.encoder.stages[2][1].conv1.conv.weight
+    assert abs(w.std().item() - (2 / (1 + 1e-4) / w[0].numel()) ** 0.5) < 0.01  # He, slope 1e-2
+    assert len(net(hu(1))) == 3
+    pickle.loads(pickle.dumps(net))
+
+
+@pytest.mark.parametrize("bad", [
+    {"strides": [[1, 1, 1], [2, 2, 2], [1, 2, 2], [1, 2, 2]]},
+    {"strides": [[1, 1], [2, 2], [2, 2], [2, 2]]},
+    {"n_slices": 4},
+    {"n_stages": 5},
+    {"conv_op": nn.Conv2d},
+    {"features_per_stage": (8, 16, 32)},
+    {"window": "unknown"},
+])
+def test_invalid_configurations_raise(bad):
+    with pytest.raises(ValueError):
+        build(**bad)
+
+
+def test_default_configuration_builds_for_a_gpu_sized_patch():
+    net = DualStreamAttentionNet(input_channels=1, num_classes=3)
+    assert [len(s) for s in net.encoder.stages] == [1, 3, 4, 6, 3]
+    assert net.encoder.output_channels == [32, 32, 64, 128, 256]
