@@ -6,7 +6,7 @@ import os
 
 OUTPUTS = ("summary.json", "per_case.csv", "summary.md")
 COMPARE_OUTPUTS = ("comparison.json", "comparison.md")
-HEADERS = dict(iou="IoU", sensitivity="sensitivity", specificity="specificity", voe="VOE", rvd="RVD",
+HEADERS = dict(dice="Dice", iou="IoU", sensitivity="sensitivity", specificity="specificity", voe="VOE", rvd="RVD",
                assd="ASSD", rmsd="RMSD", msd="MSD (Hausdorff)", hd95="HD95")
 
 DESCRIPTION = """\
@@ -17,7 +17,7 @@ a prediction is an error unless --chill. Liver = every label >= 1, tumour = labe
 Per case and structure: Dice, IoU, sensitivity, specificity, VOE, RVD, and ASSD, RMSD, MSD (Hausdorff),
 HD95 in mm with the reference spacing. Data set: per-case and global Dice, lesion detection precision and
 recall at IoU > 0 and IoU > 0.5 (3D connected components, face connectivity), metrics of the lesions
-detected at IoU > 0.5, tumour-burden RMSE and maximum error. Empty reference and prediction: Dice 1,
+detected at IoU > 0.5, tumour-burden RMSE and maximum absolute error. Empty reference and prediction: Dice 1,
 distances 0; one side empty: distances NaN (written as null / nan), left out of the means and counted.
 
 Writes summary.json, per_case.csv and summary.md to OUT_DIR (default PRED_DIR).
@@ -41,8 +41,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--labels", type=int, nargs=2, default=(1, 2), metavar=("LIVER", "TUMOUR"),
                    help="label values of liver and tumour in both folders (default 1 2); any other "
                    "non-zero value is an error")
-    p.add_argument("-np", dest="num_processes", type=int, default=min(2, os.cpu_count() or 1),
-                   help="worker processes, each holding one case pair (default min(2, cores))")
+    p.add_argument("-np", dest="num_processes", type=int, default=min(2, os.cpu_count() or 1), metavar="N",
+                   help="worker processes, each holding one case pair (~1.5 GB for a 512x512x500 scan; "
+                   "default min(2, cores))")
     p.add_argument("--chill", action="store_true", help="evaluate only the cases that have a prediction")
     p.add_argument("--compare", metavar="OTHER", default=None,
                    help="second prediction folder, or summary.json of an earlier run, to compare with")
@@ -166,6 +167,11 @@ def _f(x, digits: int = 4) -> str:
     return f"{x:.{digits}f}"
 
 
+def _table(header: list[str], rows: list[list], align_first_left: bool = True) -> list[str]:
+    rule = ["---" if i == 0 and align_first_left else "---:" for i in range(len(header))]
+    return ["| " + " | ".join(map(str, r)) + " |" for r in [header, rule, *rows]]
+
+
 def summary_markdown(summary) -> str:
     """``summary.md``: aggregate tables and a per-case table."""
     from nnunet_liver.evaluation.lits import STRUCTURE_METRICS, STRUCTURES
@@ -174,35 +180,39 @@ def summary_markdown(summary) -> str:
     lines = ["# LiTS evaluation", "",
              f"Reference: `{summary['reference_dir']}`  ", f"Prediction: `{summary['prediction_dir']}`  ",
              f"Cases: {agg['n_cases']}; missing predictions: {len(summary['missing_predictions'])}", "",
-             "## Segmentation (mean over cases; [k] = cases where the metric is undefined, left out)", "",
-             "| structure | Dice per case | Dice global | " + " | ".join(HEADERS[m] for m in STRUCTURE_METRICS[1:]) + " |",
-             "|---" * (len(STRUCTURE_METRICS) + 2) + "|"]
+             "## Segmentation", "",
+             "Mean over cases; [k]: k cases where the metric is undefined (one side empty), left out. "
+             "Distances in mm.", ""]
+    rows = []
     for s in STRUCTURES:
-        cells = []
+        cells = [s, _f(agg[s]["dice_per_case"]), _f(agg[s]["dice_global"])]
         for m in STRUCTURE_METRICS[1:]:
             st = agg[s]["metrics"][m]
             cells.append(_f(st["mean"]) + (f" [{st['n_nan']}]" if st["n_nan"] else ""))
-        lines.append(f"| {s} | {_f(agg[s]['dice_per_case'])} | {_f(agg[s]['dice_global'])} | " + " | ".join(cells) + " |")
-    lines += ["", "Distances in mm.", "", "## Lesion detection (summed over cases)", "",
-              "| IoU | TP | FP | FN | precision | recall | F1 |", "|---|---:|---:|---:|---:|---:|---:|"]
-    for key, d in agg["lesion_detection"].items():
-        lines.append(f"| {key.replace('iou', '')} | {d['tp']} | {d['fp']} | {d['fn']} | {_f(d['precision'])} | "
-                     f"{_f(d['recall'])} | {_f(d['f1'])} |")
+        rows.append(cells)
+    lines += _table(["structure", "Dice per case", "Dice global"] + [HEADERS[m] for m in STRUCTURE_METRICS[1:]],
+                    rows)
+    lines += ["", "## Lesion detection (summed over cases)", ""]
+    lines += _table(["IoU", "TP", "FP", "FN", "precision", "recall", "F1"],
+                    [[key.replace("iou", ""), d["tp"], d["fp"], d["fn"], _f(d["precision"]), _f(d["recall"]),
+                      _f(d["f1"])] for key, d in agg["lesion_detection"].items()])
     ls = agg["lesion_segmentation"]
-    lines += ["", f"## Detected lesions (IoU > 0.5): {ls['n_lesions']}", "",
-              "| " + " | ".join(ls["metrics"]) + " |", "|---" * len(ls["metrics"]) + "|",
-              "| " + " | ".join(_f(v["mean"]) for v in ls["metrics"].values()) + " |"]
+    lines += ["", f"## Detected lesions (IoU > 0.5): {ls['n_lesions']}", ""]
+    lines += _table([HEADERS[m] for m in ls["metrics"]], [[_f(v["mean"]) for v in ls["metrics"].values()]],
+                    align_first_left=False)
     tb = agg["tumour_burden"]
-    lines += ["", "## Tumour burden (tumour / liver volume)", "", "| RMSE | max abs error | cases | undefined |",
-              "|---:|---:|---:|---:|", f"| {_f(tb['rmse'])} | {_f(tb['max_abs_error'])} | {tb['n']} | {tb['n_undefined']} |",
-              "", "## Per case", "",
-              "| case | liver Dice | liver HD95 | tumour Dice | tumour HD95 | lesions ref/pred | TP/FP/FN IoU>0.5 | burden error |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines += ["", "## Tumour burden (tumour / liver volume)", ""]
+    lines += _table(["RMSE", "max abs error", "cases", "undefined"],
+                    [[_f(tb["rmse"]), _f(tb["max_abs_error"]), tb["n"], tb["n_undefined"]]], align_first_left=False)
+    lines += ["", "## Per case", ""]
+    rows = []
     for c, v in summary["cases"].items():
         det = v["lesions"]["detection"].get("iou>0.5", {"tp": "-", "fp": "-", "fn": "-"})
-        lines.append(f"| {c} | {_f(v['liver']['dice'])} | {_f(v['liver']['hd95'], 2)} | {_f(v['tumour']['dice'])} | "
-                     f"{_f(v['tumour']['hd95'], 2)} | {v['lesions']['n_reference']}/{v['lesions']['n_prediction']} | "
-                     f"{det['tp']}/{det['fp']}/{det['fn']} | {_f(v['tumour_burden']['error'])} |")
+        rows.append([c, _f(v["liver"]["dice"]), _f(v["liver"]["hd95"], 2), _f(v["tumour"]["dice"]),
+                     _f(v["tumour"]["hd95"], 2), f"{v['lesions']['n_reference']}/{v['lesions']['n_prediction']}",
+                     f"{det['tp']}/{det['fp']}/{det['fn']}", _f(v["tumour_burden"]["error"])])
+    lines += _table(["case", "liver Dice", "liver HD95", "tumour Dice", "tumour HD95", "lesions ref/pred",
+                     "TP/FP/FN IoU>0.5", "burden error"], rows)
     return "\n".join(lines) + "\n"
 
 

@@ -163,18 +163,24 @@ def surface_distances(
         raise ValueError(f"method must be 'kdtree' or 'edt', got {method!r}")
     from scipy.spatial import cKDTree
 
-    shared = s_ref & s_pred
-    n_shared = int(np.count_nonzero(shared))
+    # Flat indices are ~10x cheaper to collect than argwhere's coordinates on a large box.
+    flat_ref, flat_pred = np.flatnonzero(s_ref), np.flatnonzero(s_pred)
+    shape = s_ref.shape
 
-    def directed(source_only: np.ndarray, target: np.ndarray) -> np.ndarray:
-        queries = np.argwhere(source_only)
-        if queries.shape[0] == 0:
-            return np.zeros(n_shared)
-        tree = cKDTree(np.argwhere(target) * spacing)
-        d, _ = tree.query(queries * spacing)
-        return np.concatenate([np.zeros(n_shared), d])
+    def points(flat: np.ndarray) -> np.ndarray:
+        return np.stack(np.unravel_index(flat, shape), axis=1) * spacing
 
-    return directed(s_pred & ~shared, s_ref), directed(s_ref & ~shared, s_pred)
+    def directed(source: np.ndarray, target: np.ndarray, target_mask: np.ndarray) -> np.ndarray:
+        # A source voxel that is also on the target surface is at distance 0: only the others are queried.
+        on_target = target_mask.ravel()[source]
+        d = np.zeros(source.size)
+        if not on_target.all():
+            # An unbalanced tree builds ~2x faster and queries as fast on voxel grids.
+            tree = cKDTree(points(target), balanced_tree=False, compact_nodes=False)
+            d[~on_target] = tree.query(points(source[~on_target]))[0]
+        return d
+
+    return directed(flat_pred, flat_ref, s_ref), directed(flat_ref, flat_pred, s_pred)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -294,8 +300,8 @@ def match_lesions(
     codes = ref.ravel()[both].astype(np.int64) * (n_pred + 1) + pred.ravel()[both]
     codes, inter = np.unique(codes, return_counts=True)
     r_ids, p_ids = codes // (n_pred + 1), codes % (n_pred + 1)
-    ref_sizes = np.bincount(ref.ravel(), minlength=n_ref + 1)
-    pred_sizes = np.bincount(pred.ravel(), minlength=n_pred + 1)
+    ref_sizes = _component_sizes(ref, n_ref)
+    pred_sizes = _component_sizes(pred, n_pred)
     # Nodes: reference lesion k -> k - 1, predicted lesion k -> n_ref + k - 1.
     n_nodes = n_ref + n_pred
     graph = coo_matrix((np.ones(len(codes)), (r_ids - 1, n_ref + p_ids - 1)), shape=(n_nodes, n_nodes))
@@ -312,6 +318,15 @@ def match_lesions(
                            prediction_voxels=p, intersection_voxels=i, iou=i / (r + p - i)))
     groups.sort(key=lambda g: g["reference_ids"][0])
     return groups
+
+
+def _component_sizes(labels: np.ndarray, n: int) -> np.ndarray:
+    """Voxels per label 0..n; label 0 is not counted. Counting only the labelled voxels is ~5x faster than
+    ``bincount`` over the whole box."""
+    flat = labels.ravel()
+    sizes = np.bincount(flat[np.flatnonzero(flat)], minlength=n + 1)
+    sizes[0] = 0
+    return sizes
 
 
 def detection_counts(groups: Sequence[Mapping], n_reference: int, n_prediction: int,
@@ -357,8 +372,14 @@ def lesion_evaluation(
     """
     from scipy import ndimage
 
-    ref_lab, n_ref = ndimage.label(reference_tumour)
-    pred_lab, n_pred = ndimage.label(prediction_tumour)
+    reference_tumour = np.asarray(reference_tumour, dtype=bool)
+    prediction_tumour = np.asarray(prediction_tumour, dtype=bool)
+    box = bounding_box(reference_tumour | prediction_tumour)
+    if box is None:  # no lesion on either side
+        box = tuple(slice(0, 0) for _ in reference_tumour.shape)
+    # Components, overlaps and sizes are the same in the box of all lesions, which is often much smaller.
+    ref_lab, n_ref = ndimage.label(reference_tumour[box])
+    pred_lab, n_pred = ndimage.label(prediction_tumour[box])
     groups = match_lesions(ref_lab, pred_lab, n_ref, n_pred)
     if groups and any(g["iou"] > metric_threshold for g in groups):
         ref_boxes = ndimage.find_objects(ref_lab)
@@ -372,7 +393,7 @@ def lesion_evaluation(
             p = np.isin(pred_lab[box], g["prediction_ids"])
             m = binary_metrics(r, p, spacing, connectivity=connectivity, method=method)
             g["metrics"] = {k: m[k] for k in LESION_METRICS}
-    ref_sizes = np.bincount(ref_lab.ravel(), minlength=n_ref + 1)[1:] if n_ref else np.zeros(0, int)
+    ref_sizes = _component_sizes(ref_lab, n_ref)[1:]
     return dict(
         n_reference=int(n_ref),
         n_prediction=int(n_pred),
@@ -429,10 +450,11 @@ def evaluate_case(
     ref = np.ascontiguousarray(reference[box])
     pred = np.ascontiguousarray(prediction[box])
     options = dict(connectivity=connectivity, method=method)
+    ref_tumour, pred_tumour = ref == 2, pred == 2
     result: dict = {}
-    for name, (r, p) in (("liver", (ref > 0, pred > 0)), ("tumour", (ref == 2, pred == 2))):
+    for name, (r, p) in (("liver", (ref > 0, pred > 0)), ("tumour", (ref_tumour, pred_tumour))):
         result[name] = binary_metrics(r, p, spacing, total_voxels=n_total, **options)
-    result["lesions"] = lesion_evaluation(ref == 2, pred == 2, spacing, thresholds=thresholds,
+    result["lesions"] = lesion_evaluation(ref_tumour, pred_tumour, spacing, thresholds=thresholds,
                                           metric_threshold=metric_threshold, **options)
     burden_ref = tumour_burden(result["liver"]["reference_voxels"], result["tumour"]["reference_voxels"])
     burden_pred = tumour_burden(result["liver"]["prediction_voxels"], result["tumour"]["prediction_voxels"])
@@ -599,8 +621,13 @@ def read_segmentation(path: str | os.PathLike, labels: tuple[int, int] = (1, 2)
         if np.issubdtype(arr.dtype, np.floating) and not np.array_equal(cast, arr):
             raise EvaluationInputError(f"{path}: non-integer label values")
         arr = cast
-    counts = np.bincount(arr.ravel(), minlength=256)
-    unknown = sorted(set(np.flatnonzero(counts).tolist()) - {0, liver, tumour})
+    # np.bincount / np.unique would cost ~1 s on a LiTS scan; the maximum settles the usual case in one
+    # SIMD pass, and only a file with other values pays for the exact list.
+    hi = int(arr.max()) if arr.size else 0
+    unknown = []
+    if not set(range(hi + 1)) <= {0, liver, tumour}:
+        bad = (arr != 0) & (arr != liver) & (arr != tumour)
+        unknown = np.unique(arr[bad]).tolist() if bad.any() else []
     if unknown:
         raise EvaluationInputError(
             f"{path}: unknown label value(s) {', '.join(map(str, unknown))} "
