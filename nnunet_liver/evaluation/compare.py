@@ -2,9 +2,9 @@
 
 For every metric: the cases present in both sets with a defined (non-NaN) value on both sides are paired;
 the paired t-test (``scipy.stats.ttest_rel``) and the Wilcoxon signed-rank test (``scipy.stats.wilcoxon``,
-two-sided, its default zero handling) are run on the differences A - B. Cases with NaN on either side are
-dropped and counted; with fewer than two pairs the p-values are NaN, otherwise they are what scipy returns
-(NaN t-test and Wilcoxon p = 1 when every difference is zero).
+two-sided, zero differences dropped), through ``nnunet_liver.evaluation.statistics``, are run on the
+differences A - B. Cases with NaN on either side are dropped and counted; with fewer than two pairs the
+p-values are NaN; when every difference is zero both p-values are 1.
 No correction for multiple comparisons is applied: many metrics are correlated, report the one you chose
 in advance.
 """
@@ -22,19 +22,22 @@ DEFAULT_METRICS = tuple(f"{s}_{m}" for s in STRUCTURES for m in STRUCTURE_METRIC
 
 
 def paired_tests(a: Sequence[float], b: Sequence[float]) -> dict[str, float]:
-    """Paired t-test and Wilcoxon signed-rank test of A - B, NaN pairs dropped.
+    """Paired t-test and Wilcoxon signed-rank test of A - B, pairs with a NaN dropped.
+
+    The tests are ``nnunet_liver.evaluation.statistics.paired_ttest`` and ``wilcoxon`` (scipy underneath;
+    all-zero differences give p = 1).
 
     Returns:
         n, n_dropped_nan, mean_a, mean_b, mean_difference, median_difference, t_statistic, t_pvalue,
         wilcoxon_statistic, wilcoxon_pvalue.
     """
-    from scipy import stats
+    from nnunet_liver.evaluation import statistics
 
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
     if a.shape != b.shape or a.ndim != 1:
         raise ValueError(f"need two 1D sequences of equal length, got {a.shape} and {b.shape}")
-    keep = ~(np.isnan(a) | np.isnan(b))
+    keep = np.isfinite(a) & np.isfinite(b)
     a, b = a[keep], b[keep]
     d = a - b
     out = dict(n=int(a.size), n_dropped_nan=int((~keep).sum()),
@@ -45,17 +48,13 @@ def paired_tests(a: Sequence[float], b: Sequence[float]) -> dict[str, float]:
     if a.size < 2:
         return out
     with warnings.catch_warnings():
-        # Constant differences make t undefined and ties switch Wilcoxon to its normal approximation;
-        # scipy warns about both and its returned values are the answer.
+        # Ties and zeros switch Wilcoxon to its normal approximation, with a warning per metric; the
+        # returned p-value is the answer.
         warnings.simplefilter("ignore", RuntimeWarning)
         warnings.simplefilter("ignore", UserWarning)
-        t = stats.ttest_rel(a, b)
-        out.update(t_statistic=float(t.statistic), t_pvalue=float(t.pvalue))
-        try:
-            w = stats.wilcoxon(a, b)
-            out.update(wilcoxon_statistic=float(w.statistic), wilcoxon_pvalue=float(w.pvalue))
-        except ValueError:  # scipy versions that refuse all-zero differences
-            pass
+        t = statistics.paired_ttest(a, b)
+        w = statistics.wilcoxon(a, b)
+    out.update(t_statistic=t.statistic, t_pvalue=t.p, wilcoxon_statistic=w.statistic, wilcoxon_pvalue=w.p)
     return out
 
 

@@ -47,6 +47,11 @@ def test_nan_pairs_dropped_and_counted():
     assert r["mean_a"] == pytest.approx(3.75) and r["mean_b"] == pytest.approx(2.625)
 
 
+def test_identical_results_give_p_one():
+    r = compare.paired_tests([0.9, 0.8, 0.7], [0.9, 0.8, 0.7])
+    assert (r["n"], r["mean_difference"], r["t_pvalue"], r["wilcoxon_pvalue"]) == (3, 0.0, 1.0, 1.0)
+
+
 def test_too_few_pairs_give_nan():
     r = compare.paired_tests([1.0, math.nan], [0.0, 1.0])
     assert r["n"] == 1 and math.isnan(r["t_pvalue"]) and math.isnan(r["wilcoxon_pvalue"])
