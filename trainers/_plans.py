@@ -60,3 +60,73 @@ def cpu_sized_unet_plans(plans: dict, configuration: str, *, max_patch: Sequence
     cfg["patch_size"] = patch
     cfg["batch_size"] = int(batch_size)
     return with_configuration(plans, configuration, cfg)
+
+
+def window_constants(plans: dict, window: dict) -> tuple[float, float]:
+    """Zero mean / unit variance after a fixed window, from the data set's foreground HU statistics.
+
+    The paper z-scores after its fixed -100..400 HU window. With the window mapping HU to [0, 1], the
+    foreground (liver + tumour) mean and std in HU give the windowed mean and std; std is floored so a
+    degenerate fingerprint cannot blow up the inputs.
+    """
+    props = plans.get("foreground_intensity_properties_per_channel", {}).get("0")
+    lo = window["eval_level"] - window["eval_width"] / 2
+    width = window["eval_width"]
+    if not props:
+        return 0.5, 0.25
+    mean = (min(max(props["mean"], lo), lo + width) - lo) / width
+    std = max(props["std"] / width, 0.05)
+    return float(mean), float(std)
+
+
+def inplane_stages(inplane: Sequence[int], max_stages: int, min_edge: int = 4) -> int:
+    """How many stages (full resolution + stride-2 downsamplings) an in-plane patch supports."""
+    n_down = 0
+    while n_down + 1 < max_stages and min(inplane) // 2 ** (n_down + 1) >= min_edge:
+        n_down += 1
+    return n_down + 1
+
+
+def dual_stream_plans(plans: dict, configuration: str, *, n_slices_patch: int, max_inplane: int,
+                      features_per_stage: Sequence[int], n_blocks_per_stage: Sequence[int],
+                      context_features_per_stage: Sequence[int], batch_size: int, network_kwargs: dict) -> dict:
+    """Plans whose 3D configuration runs :class:`DualStreamAttentionNet` on thin-in-z patches.
+
+    The patch keeps the planned in-plane extent (capped at ``max_inplane`` and at the median image, rounded
+    to the stride product) and ``n_slices_patch`` slices; strides are in-plane only (z stride 1), which
+    nnU-Net turns into matching deep-supervision targets.
+    """
+    cfg = resolved_configuration(plans, configuration)
+    if len(cfg["patch_size"]) != 3:
+        raise ValueError(f"the dual-stream network runs on a 3D configuration (3d_fullres), not {configuration!r}")
+    median = cfg["median_image_size_in_voxels"]
+    inplane = [max(8, min(int(m), max_inplane)) for m in median[1:]]
+    n_stages = inplane_stages(inplane, len(features_per_stage))
+    factor = 2 ** (n_stages - 1)
+    inplane = [max(factor * 4, (p // factor) * factor) for p in inplane]
+    strides = [[1, 1, 1]] + [[1, 2, 2]] * (n_stages - 1)
+    arch = {
+        "strides": strides,
+        "n_stages": n_stages,
+        "features_per_stage": list(features_per_stage[:n_stages]),
+        "n_blocks_per_stage": list(n_blocks_per_stage[:n_stages]),
+        "kernel_sizes": 3,
+        "context_features_per_stage": list(context_features_per_stage),
+        **network_kwargs,
+    }
+    cfg["patch_size"] = [int(min(n_slices_patch, max(median[0], 1))), *inplane]
+    cfg["batch_size"] = int(batch_size)
+    cfg["architecture"] = {
+        "network_class_name": "nnunet_liver.architectures.dual_stream.DualStreamAttentionNet",
+        "arch_kwargs": arch,
+        "_kw_requires_import": [],
+    }
+    return with_configuration(plans, configuration, cfg)
+
+
+def windowed_unet_plans(plans: dict, configuration: str, network_kwargs: dict) -> dict:
+    """Plans whose configuration runs nnU-Net's planned U-Net behind a window layer."""
+    cfg = resolved_configuration(plans, configuration)
+    cfg["architecture"]["network_class_name"] = "nnunet_liver.architectures.windowed.WindowedPlainConvUNet"
+    cfg["architecture"]["arch_kwargs"].update(network_kwargs)
+    return with_configuration(plans, configuration, cfg)

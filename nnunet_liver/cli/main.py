@@ -12,6 +12,7 @@ import sys
 
 # Order is the order shown in --help.
 COMMANDS = (
+    "nnunet_liver.cli.demo",
     "nnunet_liver.cli.env",
     "nnunet_liver.cli.synth",
     "nnunet_liver.cli.preprocess",

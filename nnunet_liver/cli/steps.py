@@ -1,0 +1,73 @@
+"""A resumable pipeline of named steps with visible progress (used by ``demo`` and ``bench``).
+
+A finished step leaves ``<out>/.steps/<name>.done``; a rerun skips it. Steps that fail leave no marker.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+
+@dataclass
+class Pipeline:
+    out: Path
+    env: dict[str, str]
+    log: Callable[[str], None] = field(default=lambda s: print(s, flush=True))
+    started: float = field(default_factory=time.monotonic)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def marker(self, name: str) -> Path:
+        return self.out / ".steps" / f"{name}.done"
+
+    def step(self, name: str, fn: Callable[[], object], index: int, total: int) -> None:
+        head = f"[{index}/{total}] {name}"
+        if self.marker(name).is_file():
+            self.log(f"{head}: done in an earlier run, skipped")
+            return
+        self.log(f"{head} ...  (elapsed {self.elapsed()})")
+        t0 = time.monotonic()
+        fn()
+        dt = time.monotonic() - t0
+        self.timings[name] = dt
+        self.marker(name).parent.mkdir(parents=True, exist_ok=True)
+        self.marker(name).write_text(json.dumps({"seconds": round(dt, 2)}))
+        self.log(f"{head}: finished in {dt:.1f} s  (elapsed {self.elapsed()})")
+
+    def elapsed(self) -> str:
+        s = int(time.monotonic() - self.started)
+        return f"{s // 60}:{s % 60:02d}"
+
+    def run(self, argv: list[str], log_name: str) -> None:
+        """Run a command with this pipeline's environment; its output goes to ``logs/<log_name>.log``
+        and is shown live. A failure raises with the log's tail."""
+        log_path = self.out / "logs" / f"{log_name}.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ)
+        env.update(self.env)
+        bin_dir = str(Path(sys.executable).parent)
+        env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
+        self.log(f"    $ {' '.join(argv)}   (log: {log_path})")
+        with open(log_path, "w") as log:
+            proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                log.write(line)
+                if _worth_showing(line):
+                    self.log("    " + line.rstrip())
+            code = proc.wait()
+        if code != 0:
+            tail = "".join(log_path.read_text().splitlines(keepends=True)[-30:])
+            raise RuntimeError(f"{argv[0]} failed with exit code {code}; see {log_path}\n{tail}")
+
+
+def _worth_showing(line: str) -> bool:
+    """nnU-Net prints a lot; show epoch summaries, losses, timings and errors."""
+    keys = ("Epoch ", "train_loss", "val_loss", "Pseudo dice", "Epoch time", "Mean Validation Dice",
+            "Error", "error", "Traceback", "Done with", "Predicting ")
+    return any(k in line for k in keys)

@@ -1,0 +1,78 @@
+"""Shared fixtures: nnU-Net folders in tmp, the real CTs, and one tiny preprocessed phantom data set."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shared_dir() -> Path:
+    """The project's shared/ folder (beside the checkout in development and in CI)."""
+    env = os.environ.get("NNUNET_LIVER_SHARED")
+    for candidate in ([Path(env)] if env else []) + [REPO.parent / "shared", REPO / "shared"]:
+        if (candidate / "data" / "real").is_dir():
+            return candidate
+    raise RuntimeError("shared/data/real not found beside the checkout; set NNUNET_LIVER_SHARED")
+
+
+@pytest.fixture(scope="session")
+def real_dir() -> Path:
+    return shared_dir() / "data" / "real"
+
+
+def nnunet_env(root: Path) -> dict[str, str]:
+    from nnunet_liver.env import nnunet_environment
+
+    env = nnunet_environment(root)
+    for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        Path(env[k]).mkdir(parents=True, exist_ok=True)
+    env["nnUNet_n_proc_DA"] = "1"
+    env["nnUNet_def_n_proc"] = "1"
+    return env
+
+
+@pytest.fixture
+def nnunet_dirs(tmp_path, monkeypatch) -> dict[str, str]:
+    """nnU-Net's folders in a fresh tmp folder, set in os.environ for the test."""
+    env = nnunet_env(tmp_path / "nnunet")
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    return env
+
+
+def subprocess_env(env: dict[str, str]) -> dict[str, str]:
+    full = dict(os.environ)
+    full.update(env)
+    full["PATH"] = str(Path(sys.executable).parent) + os.pathsep + full.get("PATH", "")
+    full.setdefault("OMP_NUM_THREADS", "2")
+    return full
+
+
+@pytest.fixture(scope="session")
+def tiny_phantoms(tmp_path_factory) -> dict[str, str]:
+    """4 training + 2 test phantoms of size 48, planned and preprocessed (2d and 3d_fullres) with raw HU.
+
+    Returns the nnU-Net environment (folders) holding Dataset990_LiverPhantom.
+    """
+    from nnunet_liver.data.synth_dataset import SynthSettings, write_phantom_dataset
+    from nnunet_liver.planners.api import plan_and_preprocess
+
+    root = tmp_path_factory.mktemp("tiny_phantoms")
+    env = nnunet_env(root)
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        write_phantom_dataset(env["nnUNet_raw"], SynthSettings(num_train=4, num_test=2, size=48, seed=3),
+                              progress=False)
+        plan_and_preprocess(990, configurations=("2d", "3d_fullres"), num_processes=1, verify=True)
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return env

@@ -1,0 +1,99 @@
+"""CPU-sized variants of the segmentation trainers, for tests, the demo and benchmarks.
+
+Real-size trainers keep nnU-Net's defaults (1000 epochs x 250 iterations, planned widths); these shrink
+the networks and patches and train for a few iterations. Benchmarks set an equal budget for every model
+through environment variables read here, at the trainer's edge:
+
+- ``NNUNET_LIVER_EPOCHS``, ``NNUNET_LIVER_ITERS``, ``NNUNET_LIVER_VAL_ITERS``: epochs, training and
+  validation iterations per epoch (defaults 2, 4, 2);
+- ``NNUNET_LIVER_SEED``: seeds torch, numpy and random in the training process (with
+  ``nnUNet_n_proc_DA=0`` the augmentation runs in that process too, so runs repeat).
+"""
+from __future__ import annotations
+
+import os
+import random
+
+import numpy as np
+import torch
+
+from nnunet_liver.trainers import _plans
+from nnunet_liver.trainers.segmentation import (
+    DualStreamAblationBaseTrainer,
+    DualStreamAblationRWAAttTrainer,
+    DualStreamAblationRWATrainer,
+    DualStreamNoRWATrainer,
+    DualStreamTrainer,
+    LiverUNetRWATrainer,
+    LiverUNetTrainer,
+)
+
+CPU_UNET = {"max_patch": (16, 64, 64), "base_features": 8, "max_features": 32, "batch_size": 2}
+
+
+def cpu_budget_from_env(env=os.environ) -> dict:
+    return {
+        "num_epochs": int(env.get("NNUNET_LIVER_EPOCHS", 2)),
+        "num_iterations_per_epoch": int(env.get("NNUNET_LIVER_ITERS", 4)),
+        "num_val_iterations_per_epoch": int(env.get("NNUNET_LIVER_VAL_ITERS", 2)),
+        "seed": int(env["NNUNET_LIVER_SEED"]) if env.get("NNUNET_LIVER_SEED") else None,
+    }
+
+
+class CPUBudgetMixin:
+    """Few epochs and iterations (see module doc); put it first among the bases."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        budget = cpu_budget_from_env()
+        if budget["seed"] is not None:
+            random.seed(budget["seed"])
+            np.random.seed(budget["seed"])
+            torch.manual_seed(budget["seed"])
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs = budget["num_epochs"]
+        self.num_iterations_per_epoch = budget["num_iterations_per_epoch"]
+        self.num_val_iterations_per_epoch = budget["num_val_iterations_per_epoch"]
+        self.save_every = 1
+
+
+class _CPUUNet(CPUBudgetMixin):
+    def rewrite_plans(self, plans: dict, configuration: str) -> dict:
+        plans = _plans.cpu_sized_unet_plans(plans, configuration, **CPU_UNET)
+        return super().rewrite_plans(plans, configuration)
+
+
+class _CPUDualStream(CPUBudgetMixin):
+    features_per_stage = (8, 16, 16, 32, 32)
+    context_features_per_stage = (8, 16, 16)
+    n_slices_patch = 8
+    max_inplane = 64
+    batch_size = 2
+
+
+class LiverUNetTrainer_CPU(_CPUUNet, LiverUNetTrainer):
+    pass
+
+
+class LiverUNetRWATrainer_CPU(_CPUUNet, LiverUNetRWATrainer):
+    pass
+
+
+class DualStreamTrainer_CPU(_CPUDualStream, DualStreamTrainer):
+    pass
+
+
+class DualStreamNoRWATrainer_CPU(_CPUDualStream, DualStreamNoRWATrainer):
+    pass
+
+
+class DualStreamAblationBaseTrainer_CPU(_CPUDualStream, DualStreamAblationBaseTrainer):
+    pass
+
+
+class DualStreamAblationRWATrainer_CPU(_CPUDualStream, DualStreamAblationRWATrainer):
+    pass
+
+
+class DualStreamAblationRWAAttTrainer_CPU(_CPUDualStream, DualStreamAblationRWAAttTrainer):
+    pass

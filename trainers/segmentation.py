@@ -1,0 +1,170 @@
+"""Segmentation trainers of the paper: the dual-stream network, its ablation chain, and the U-Net baselines.
+
+Every trainer here reads raw HU (plans made by ``nnunet-liver plan_and_preprocess``), windows inside the
+network (so validation and ``nnUNetv2_predict`` see exactly the training-time evaluation window), trains
+the regions liver (labels 1+2) and tumour (label 2) with nnU-Net's Dice + BCE loss, and is configured
+by class attributes, so each variant is a small subclass.
+
+Intensity augmentation: nnU-Net's multiplicative brightness, contrast and gamma transforms are dropped.
+On calibrated HU they move air, fat and water by up to 25 % (a scanner never does that), and they would
+give the fixed-window baselines a different kind of intensity augmentation than the RWA models,
+confounding the RWA ablation; random windowing is the CT-specific replacement. Gaussian noise is kept
+with a variance in HU^2 (sigma up to 20 HU, about what nnU-Net's default gives on z-scored CT). Blur,
+low-resolution simulation, spatial transforms and mirroring are unchanged.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+from batchgeneratorsv2.transforms.intensity.brightness import MultiplicativeBrightnessTransform
+from batchgeneratorsv2.transforms.intensity.contrast import ContrastTransform
+from batchgeneratorsv2.transforms.intensity.gamma import GammaTransform
+from batchgeneratorsv2.transforms.intensity.gaussian_noise import GaussianNoiseTransform
+from batchgeneratorsv2.transforms.utils.random import RandomTransform
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+from nnunet_liver.augment.window import PRESETS
+from nnunet_liver.planners.api import plans_keep_hu
+from nnunet_liver.trainers import _plans
+
+HU_NOISE_VARIANCE = (0.0, 400.0)  # HU^2
+DROPPED_INTENSITY_TRANSFORMS = (MultiplicativeBrightnessTransform, ContrastTransform, GammaTransform)
+
+
+class HUDataError(RuntimeError):
+    """The preprocessed data are not raw HU (stock CT normalisation)."""
+
+
+def require_hu(plans: dict, configuration: str, trainer: str) -> None:
+    if not plans_keep_hu(plans, configuration):
+        schemes = _plans.resolved_configuration(plans, configuration).get("normalization_schemes")
+        name = plans.get("dataset_name", "this data set")
+        raise HUDataError(
+            f"{trainer} needs raw Hounsfield units, but {name} ({plans.get('plans_name')}, {configuration}) was "
+            f"preprocessed with {schemes}: nnU-Net's stock planning z-scores CT, after which no window can be "
+            f"applied. Run: nnunet-liver plan_and_preprocess -d {name.split('_')[0].replace('Dataset', '')} "
+            f"--overwrite   (then train again)")
+
+
+def liver_tumour_regions(dataset_json: dict) -> dict:
+    """dataset.json with labels liver (1+2) and tumour (2) as overlapping regions, for Dice + BCE."""
+    labels = dataset_json["labels"]
+    if any(isinstance(v, (list, tuple)) for v in labels.values()):
+        return dataset_json
+    if sorted(int(v) for v in labels.values()) != [0, 1, 2]:
+        raise ValueError(f"expected labels 0 background, 1 liver, 2 tumour, got {labels}")
+    by_value = {int(v): k for k, v in labels.items()}
+    new = dict(dataset_json)
+    new["labels"] = {by_value[0]: 0, by_value[1]: [1, 2], by_value[2]: 2}
+    new["regions_class_order"] = [1, 2]
+    return new
+
+
+def hu_training_transforms(composed):
+    """nnU-Net's training transforms with the HU-meaningless intensity transforms removed (see module doc)."""
+    kept = []
+    for t in composed.transforms:
+        inner = t.transform if isinstance(t, RandomTransform) else t
+        if isinstance(inner, DROPPED_INTENSITY_TRANSFORMS):
+            continue
+        if isinstance(inner, GaussianNoiseTransform):
+            inner.noise_variance = HU_NOISE_VARIANCE
+        kept.append(t)
+    composed.transforms = kept
+    return composed
+
+
+class LiverHUTrainerBase(nnUNetTrainer):
+    """Shared behaviour; subclasses choose the network and window through class attributes."""
+
+    #: window preset name ("paper", "ostmo_best", "fixed_paper") applied inside the network
+    window = "paper"
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        require_hu(plans, configuration, type(self).__name__)
+        plans = self.rewrite_plans(plans, configuration)
+        dataset_json = liver_tumour_regions(dataset_json)
+        super().__init__(plans, configuration, fold, dataset_json, device)
+
+    def window_kwargs(self, plans: dict) -> dict:
+        config = PRESETS[self.window]
+        kwargs = {"window": config.to_dict()}
+        if not config.is_random:  # the paper's fixed window, then zero mean / unit variance
+            kwargs["window_mean"], kwargs["window_std"] = _plans.window_constants(plans, config.to_dict())
+        return kwargs
+
+    def rewrite_plans(self, plans: dict, configuration: str) -> dict:
+        raise NotImplementedError
+
+    @staticmethod
+    def get_training_transforms(*args, **kwargs):
+        return hu_training_transforms(nnUNetTrainer.get_training_transforms(*args, **kwargs))
+
+
+class LiverUNetTrainer(LiverHUTrainerBase):
+    """Table 1 baselines: nnU-Net's planned plain U-Net (no attention) behind the paper's fixed window
+    (-100..400 HU, then zero mean / unit variance). ``2d`` = 2D U-Net, ``3d_fullres`` = 3D U-Net."""
+
+    window = "fixed_paper"
+
+    def rewrite_plans(self, plans: dict, configuration: str) -> dict:
+        return _plans.windowed_unet_plans(plans, configuration, self.window_kwargs(plans))
+
+
+class LiverUNetRWATrainer(LiverUNetTrainer):
+    """The U-Net baselines' RWA twin: same network, random window augmentation (paper ranges)."""
+
+    window = "paper"
+
+
+class DualStreamTrainer(LiverHUTrainerBase):
+    """The paper's model: 2.5D ResNet-34 spatial stream (7 slices) with attention gates on every skip, a
+    lower-resolution 3D contextual stream, fusion by concatenation; RWA; Dice + BCE. Use with 3d_fullres."""
+
+    window = "paper"
+    use_attention = True
+    use_context = True
+    features_per_stage = (32, 32, 64, 128, 256)
+    n_blocks_per_stage = (1, 3, 4, 6, 3)
+    context_features_per_stage = (16, 32, 64)
+    n_slices_patch = 8
+    max_inplane = 512
+    batch_size = 2
+
+    def rewrite_plans(self, plans: dict, configuration: str) -> dict:
+        return _plans.dual_stream_plans(
+            plans, configuration, n_slices_patch=self.n_slices_patch, max_inplane=self.max_inplane,
+            features_per_stage=self.features_per_stage, n_blocks_per_stage=self.n_blocks_per_stage,
+            context_features_per_stage=self.context_features_per_stage, batch_size=self.batch_size,
+            network_kwargs={"use_attention": self.use_attention, "use_context": self.use_context,
+                            **self.window_kwargs(plans)})
+
+
+class DualStreamNoRWATrainer(DualStreamTrainer):
+    """DualStream's non-RWA twin (robustness benchmark): the paper's fixed window instead of RWA."""
+
+    window = "fixed_paper"
+
+
+# The paper's ablation chain: baseline -> + RWA -> + attention gates -> + dual-stream fusion (= DualStreamTrainer).
+class DualStreamAblationBaseTrainer(DualStreamTrainer):
+    """Ablation step 0: the spatial stream alone, plain skips, fixed window."""
+
+    window = "fixed_paper"
+    use_attention = False
+    use_context = False
+
+
+class DualStreamAblationRWATrainer(DualStreamAblationBaseTrainer):
+    """Ablation step 1: + random window augmentation."""
+
+    window = "paper"
+
+
+class DualStreamAblationRWAAttTrainer(DualStreamAblationRWATrainer):
+    """Ablation step 2: + attention gates on the skip connections (step 3 is DualStreamTrainer)."""
+
+    use_attention = True
