@@ -55,9 +55,9 @@ def slices_to_channels(x: Tensor, n_slices: int) -> Tensor:
 
 
 def _fold_slices(x: Tensor, batch: int) -> Tensor:
-    """(B*Z, K, Y, X) -> (B, K, Z, Y, X)."""
+    """(B*Z, K, Y, X) -> (B, K, Z, Y, X), contiguous (nnU-Net's losses and predictor may call .view)."""
     bz, k, y, x_ = x.shape
-    return x.view(batch, bz // batch, k, y, x_).transpose(1, 2)
+    return x.view(batch, bz // batch, k, y, x_).transpose(1, 2).contiguous()
 
 
 def _matching_norm(norm_op: type[nn.Module] | None, dim: int) -> type[nn.Module] | None:
@@ -156,8 +156,9 @@ class DualStreamAttentionNet(nn.Module):
         strides: per stage in nnU-Net's 3D format (z, y, x); z must be 1 everywhere. nnU-Net derives the
             deep-supervision targets from it. Default: five stages, in-plane stride 2 from the second on.
         features_per_stage: spatial-stream widths. The default is ResNet-34 at half width (32, 64, 128, 256 for
-            the 3, 4, 6, 3 blocks) after a 32-channel full-resolution stage: 0.71x the forward FLOPs per voxel
-            of nnU-Net's default 3D U-Net (see `cost.count_flops_per_voxel`).
+            the 3, 4, 6, 3 blocks) after a 32-channel full-resolution stage. Forward FLOPs per output voxel
+            (`cost.count_flops_per_voxel`, patch 16x192x192): 324k, 0.71x nnU-Net's default 3D U-Net at 128^3
+            with isotropic strides (455k) and 0.47x at 64x192x192 with a first in-plane-only stride (684k).
         n_blocks_per_stage: basic blocks per stage: a full-resolution stage, then ResNet-34's 3, 4, 6, 3.
         n_conv_per_stage_decoder: convs per decoder stage.
         kernel_sizes: int or per stage (z, y, x) as in the plans; the spatial stream uses (y, x).
@@ -181,7 +182,8 @@ class DualStreamAttentionNet(nn.Module):
             plans; norm and dropout classes are matched to 2D (spatial stream) and 3D (contextual stream).
             Defaults: no bias, InstanceNorm (affine, eps 1e-5), no dropout, LeakyReLU(0.01).
 
-    Forward: x raw HU (B, C, Z, Y, X) -> logits (B, K, Z, Y, X), or a list with deep supervision.
+    Forward: x raw HU (B, C, Z, Y, X) -> logits (B, K, Z, Y, X), or a list with deep supervision. The input
+    must still be in HU (channel normalisation `noNorm` in the plans): the first layer windows and normalises.
     """
 
     def __init__(
@@ -299,7 +301,9 @@ class DualStreamAttentionNet(nn.Module):
         finest = features[0]
         if self.use_context:
             context = self.context_encoder(self.context_pool(x))
-            context = F.interpolate(context, size=(z, *finest.shape[2:]), mode="trilinear", align_corners=False)
+            # float32: under fp16 autocast the half-precision trilinear backward took twice as long (H200)
+            context = F.interpolate(context.float(), size=(z, *finest.shape[2:]), mode="trilinear",
+                                    align_corners=False)
             context = context.transpose(1, 2).reshape(batch * z, context.shape[1], *finest.shape[2:])
             finest = torch.cat((finest, context.to(finest.dtype)), dim=1)
         logits = _fold_slices(self.head(finest), batch)
