@@ -54,7 +54,7 @@ def subprocess_env(env: dict[str, str]) -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def tiny_phantoms(tmp_path_factory) -> dict[str, str]:
-    """4 training + 2 test phantoms of size 48, planned and preprocessed (2d and 3d_fullres) with raw HU.
+    """5 training + 2 test phantoms of size 48, planned and preprocessed (2d and 3d_fullres) with raw HU.
 
     Returns the nnU-Net environment (folders) holding Dataset990_LiverPhantom.
     """
@@ -66,7 +66,7 @@ def tiny_phantoms(tmp_path_factory) -> dict[str, str]:
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
-        write_phantom_dataset(env["nnUNet_raw"], SynthSettings(num_train=4, num_test=2, size=48, seed=3),
+        write_phantom_dataset(env["nnUNet_raw"], SynthSettings(num_train=5, num_test=2, size=48, seed=3),
                               progress=False)
         plan_and_preprocess(990, configurations=("2d", "3d_fullres"), num_processes=1, verify=True)
     finally:

@@ -14,6 +14,7 @@ import sys
 COMMANDS = (
     "nnunet_liver.cli.demo",
     "nnunet_liver.cli.env",
+    "nnunet_liver.cli.evaluate",
     "nnunet_liver.cli.synth",
     "nnunet_liver.cli.preprocess",
 )

@@ -14,23 +14,19 @@ from tests.conftest import subprocess_env
 pytestmark = pytest.mark.slow
 
 SPAWN_WRAPPER = (
-    "import multiprocessing as mp, sys; mp.set_start_method('{method}', force=True); "
-    "sys.argv = {argv!r}; from nnunetv2.run.{module} import {entry}; {entry}()"
+    "import multiprocessing as mp, sys; mp.set_start_method({method!r}, force=True); "
+    "sys.argv = {argv!r}; from {module} import {entry}; sys.exit({entry}())"
 )
 
 
 def stock(command: list[str], env: dict[str, str], start_method: str, cwd: Path) -> subprocess.CompletedProcess:
-    """Run a stock nnU-Net entry point (``nnUNetv2_train`` or ``nnUNetv2_predict``) in a fresh interpreter
-    whose multiprocessing start method is ``start_method``."""
-    module, entry = {
-        "nnUNetv2_train": ("run_training", "run_training_entry"),
-        "nnUNetv2_predict": ("../inference/predict_from_raw_data", "predict_entry_point"),
-    }[command[0]]
-    if command[0] == "nnUNetv2_predict":
-        code = SPAWN_WRAPPER.replace("from nnunetv2.run.{module}", "from nnunetv2.inference.predict_from_raw_data")
-        code = code.format(method=start_method, argv=command, entry=entry)
-    else:
-        code = SPAWN_WRAPPER.format(method=start_method, argv=command, module=module, entry=entry)
+    """Run a stock nnU-Net console script (``nnUNetv2_train``, ``nnUNetv2_predict``, ...) in a fresh
+    interpreter whose multiprocessing start method is ``start_method``."""
+    from importlib.metadata import entry_points
+
+    (ep,) = entry_points(group="console_scripts", name=command[0])
+    module, entry = ep.value.split(":")
+    code = SPAWN_WRAPPER.format(method=start_method, argv=command, module=module, entry=entry)
     return subprocess.run([sys.executable, "-c", code], env=subprocess_env(env), cwd=cwd,
                           capture_output=True, text=True, timeout=900)
 

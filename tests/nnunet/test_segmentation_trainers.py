@@ -1,0 +1,165 @@
+"""The segmentation trainers through the stock nnU-Net commands: train -> predict -> evaluate, resume,
+find_best_configuration, HU checks, and every trainer building its network from its own plans."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+import nnunet_liver.trainers as trainers
+from tests.nnunet.test_stock_commands import assert_ok, stock
+
+BUDGET = {"NNUNET_LIVER_EPOCHS": "1", "NNUNET_LIVER_ITERS": "2", "NNUNET_LIVER_VAL_ITERS": "1",
+          "NNUNET_LIVER_SEED": "0"}
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_phantoms, tmp_path_factory):
+    """DualStreamTrainer_CPU and LiverUNetTrainer_CPU (3d_fullres, fold 0, --npz), trained once."""
+    env = dict(tiny_phantoms, **BUDGET)
+    env["nnUNet_results"] = str(tmp_path_factory.mktemp("results"))
+    cwd = Path(env["nnUNet_results"])
+    logs = {}
+    for tr in ("DualStreamTrainer_CPU", "LiverUNetTrainer_CPU"):
+        proc = stock(["nnUNetv2_train", "990", "3d_fullres", "0", "-tr", tr, "-device", "cpu", "--npz"],
+                     env, "fork", cwd)
+        assert_ok(proc)
+        logs[tr] = proc.stdout
+    return env, logs
+
+
+def model_dir(env, trainer, config="3d_fullres") -> Path:
+    return Path(env["nnUNet_results"]) / "Dataset990_LiverPhantom" / f"{trainer}__nnUNetPlans__{config}"
+
+
+@pytest.mark.slow
+def test_dual_stream_plans_and_regions_are_saved_for_the_predictor(trained):
+    env, logs = trained
+    out = model_dir(env, "DualStreamTrainer_CPU")
+    plans = json.loads((out / "plans.json").read_text())
+    cfg = plans["configurations"]["3d_fullres"]
+    arch = cfg["architecture"]
+    assert arch["network_class_name"] == "nnunet_liver.architectures.dual_stream.DualStreamAttentionNet"
+    assert all(s[0] == 1 for s in arch["arch_kwargs"]["strides"])
+    assert arch["arch_kwargs"]["window"]["level_range"] == [12.0, 130.0]
+    assert cfg["patch_size"][0] == 8
+    ds = json.loads((out / "dataset.json").read_text())
+    assert ds["labels"]["liver"] == [1, 2] and ds["regions_class_order"] == [1, 2]
+    assert (out / "fold_0" / "checkpoint_final.pth").is_file()
+    assert list((out / "fold_0" / "validation").glob("*.npz"))  # --npz kept the probabilities
+    summary = json.loads((out / "fold_0" / "validation" / "summary.json").read_text())
+    assert "mean" in summary and summary["foreground_mean"]["Dice"] >= 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("start_method", ["fork", "spawn"])
+def test_predict_and_evaluate_dual_stream(trained, tmp_path, start_method):
+    env, _ = trained
+    raw = Path(env["nnUNet_raw"]) / "Dataset990_LiverPhantom"
+    pred = tmp_path / "pred"
+    proc = stock(["nnUNetv2_predict", "-i", str(raw / "imagesTs"), "-o", str(pred), "-d", "990", "-c",
+                  "3d_fullres", "-f", "0", "-tr", "DualStreamTrainer_CPU", "-device", "cpu", "-npp", "1",
+                  "-nps", "1"], env, start_method, tmp_path)
+    assert_ok(proc)
+    for img_path in sorted((raw / "imagesTs").glob("*_0000.nii.gz")):
+        img = sitk.ReadImage(str(img_path))
+        seg = sitk.ReadImage(str(pred / img_path.name.replace("_0000", "")))
+        assert seg.GetSize() == img.GetSize() and seg.GetSpacing() == pytest.approx(img.GetSpacing())
+        assert set(np.unique(sitk.GetArrayFromImage(seg))) <= {0, 1, 2}
+
+    from nnunet_liver.cli.main import main
+
+    assert main(["evaluate", str(raw / "labelsTs"), str(pred), "-o", str(tmp_path / "eval"), "-np", "1",
+                 "--no-progress"]) == 0
+    summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
+    assert summary  # the LiTS metric set ran on the stock predictions
+
+
+@pytest.mark.slow
+def test_resume_from_checkpoint(trained):
+    env, _ = trained
+    env = dict(env, NNUNET_LIVER_EPOCHS="2")
+    proc = stock(["nnUNetv2_train", "990", "3d_fullres", "0", "-tr", "LiverUNetTrainer_CPU", "-device", "cpu",
+                  "--c", "--npz"], env, "fork", Path(env["nnUNet_results"]))
+    assert_ok(proc)
+    assert "Epoch 1" in proc.stdout and "Epoch 0\n" not in proc.stdout  # continued, not restarted
+    ckpt = torch.load(model_dir(env, "LiverUNetTrainer_CPU") / "fold_0" / "checkpoint_final.pth",
+                      map_location="cpu", weights_only=False)
+    assert ckpt["current_epoch"] == 2
+
+
+@pytest.mark.slow
+def test_find_best_configuration(trained):
+    env, _ = trained
+    proc = stock(["nnUNetv2_find_best_configuration", "990", "-c", "3d_fullres", "-tr", "DualStreamTrainer_CPU",
+                  "LiverUNetTrainer_CPU", "-f", "0", "-np", "1"], env, "fork", Path(env["nnUNet_results"]))
+    assert_ok(proc)
+    inference = Path(env["nnUNet_results"]) / "Dataset990_LiverPhantom" / "inference_information.json"
+    assert inference.is_file()
+    assert "DualStreamTrainer_CPU" in inference.read_text()
+
+
+@pytest.mark.slow
+def test_2d_unet_baseline(tiny_phantoms, tmp_path):
+    env = dict(tiny_phantoms, **BUDGET)
+    env["nnUNet_results"] = str(tmp_path)
+    assert_ok(stock(["nnUNetv2_train", "990", "2d", "0", "-tr", "LiverUNetTrainer_CPU", "-device", "cpu"],
+                    env, "fork", tmp_path))
+    plans = json.loads((model_dir(env, "LiverUNetTrainer_CPU", "2d") / "plans.json").read_text())
+    arch = plans["configurations"]["2d"]["architecture"]
+    assert arch["network_class_name"].endswith("WindowedPlainConvUNet")
+    assert arch["arch_kwargs"]["window"]["p_level"] == 0.0  # the fixed window of the baselines
+
+
+@pytest.mark.slow
+def test_trainer_refuses_z_scored_data(tiny_phantoms, tmp_path, monkeypatch):
+    """Plans from stock nnU-Net planning (CTNormalization): a clear message naming the command to run."""
+    from nnunetv2.experiment_planning.plan_and_preprocess_api import plan_experiment_dataset
+
+    env = dict(tiny_phantoms)
+    env["nnUNet_results"] = str(tmp_path)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    plan_experiment_dataset(990, overwrite_plans_name="StockPlans")
+    proc = stock(["nnUNetv2_train", "990", "3d_fullres", "0", "-tr", "DualStreamTrainer_CPU", "-p", "StockPlans",
+                  "-device", "cpu"], env, "fork", tmp_path)
+    assert proc.returncode != 0
+    assert "needs raw Hounsfield units" in proc.stderr and "CTNormalization" in proc.stderr
+    assert "nnunet-liver plan_and_preprocess -d 990" in proc.stderr
+
+
+# ---- in-process: every trainer builds the network its rewritten plans describe ----------------------------
+
+def _plans_and_json(env):
+    pre = Path(env["nnUNet_preprocessed"]) / "Dataset990_LiverPhantom"
+    plans = json.loads((pre / "nnUNetPlans.json").read_text())
+    return plans, json.loads((pre / "dataset.json").read_text())
+
+
+@pytest.mark.parametrize("name", [n for n in trainers.__all__ if n != "LiverSmokeTrainer"])
+def test_every_trainer_builds_a_network_matching_nnunet_targets(name, tiny_phantoms, tmp_path, monkeypatch):
+    for k, v in dict(tiny_phantoms, nnUNet_results=str(tmp_path)).items():
+        monkeypatch.setenv(k, v)
+    plans, dataset_json = _plans_and_json(tiny_phantoms)
+    cls = getattr(trainers, name)
+    config = "3d_fullres"
+    t = cls(dict(plans, continue_training=False), config, 0, dataset_json, device=torch.device("cpu"))
+    net = cls.build_network_architecture(t.plans_manager, t.configuration_manager, 1,
+                                         t.label_manager.num_segmentation_heads, True)
+    patch = t.configuration_manager.patch_size
+    out = net(torch.full((2, 1, *patch), 50.0))
+    scales = t._get_deep_supervision_scales()
+    assert len(out) == len(scales)  # nnU-Net's DeepSupervisionWrapper would silently truncate a mismatch
+    for o, s in zip(out, scales):
+        assert list(o.shape[2:]) == [round(p * f) for p, f in zip(patch, s)]
+        assert o.shape[1] == 2  # regions liver, tumour
+    assert t.label_manager.has_regions
+    window = net.window.config
+    rwa = {"LiverUNetRWATrainer", "DualStreamTrainer", "DualStreamAblationRWATrainer",
+           "DualStreamAblationRWAAttTrainer"}
+    assert window.is_random == (name.removesuffix("_CPU") in rwa)
