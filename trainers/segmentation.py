@@ -22,6 +22,7 @@ from batchgeneratorsv2.transforms.intensity.brightness import MultiplicativeBrig
 from batchgeneratorsv2.transforms.intensity.contrast import ContrastTransform
 from batchgeneratorsv2.transforms.intensity.gamma import GammaTransform
 from batchgeneratorsv2.transforms.intensity.gaussian_noise import GaussianNoiseTransform
+from batchgeneratorsv2.transforms.noise.gaussian_blur import GaussianBlurTransform
 from batchgeneratorsv2.transforms.utils.random import RandomTransform
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
@@ -71,6 +72,11 @@ def hu_training_transforms(composed):
             continue
         if isinstance(inner, GaussianNoiseTransform):
             inner.noise_variance = HU_NOISE_VARIANCE
+        if isinstance(inner, GaussianBlurTransform):
+            # Plain separable convolution, no FFT. With benchmark=True batchgeneratorsv2 also times an FFT
+            # convolution in the augmentation workers; on an H200 machine (torch 2.11, forked workers) that path
+            # aborted with heap corruption for the dual-stream's thin patches (scripts/gpu_check.py).
+            inner.benchmark = False
         kept.append(t)
     composed.transforms = kept
     return composed

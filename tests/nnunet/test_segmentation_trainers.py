@@ -163,3 +163,33 @@ def test_every_trainer_builds_a_network_matching_nnunet_targets(name, tiny_phant
     rwa = {"LiverUNetRWATrainer", "DualStreamTrainer", "DualStreamAblationRWATrainer",
            "DualStreamAblationRWAAttTrainer"}
     assert window.is_random == (name.removesuffix("_CPU") in rwa)
+
+
+def test_hu_training_transforms_drop_hu_meaningless_intensity_augmentation():
+    from batchgeneratorsv2.transforms.intensity.brightness import MultiplicativeBrightnessTransform
+    from batchgeneratorsv2.transforms.intensity.gamma import GammaTransform
+    from batchgeneratorsv2.transforms.intensity.gaussian_noise import GaussianNoiseTransform
+    from batchgeneratorsv2.transforms.noise.gaussian_blur import GaussianBlurTransform
+    from batchgeneratorsv2.transforms.utils.random import RandomTransform
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    from nnunet_liver.trainers.segmentation import HU_NOISE_VARIANCE, LiverHUTrainerBase
+
+    args = dict(patch_size=(8, 32, 32), rotation_for_DA=(0, 0), deep_supervision_scales=None,
+                mirror_axes=(0, 1, 2), do_dummy_2d_data_aug=True, regions=[(1, 2), (2,)])
+    stock = nnUNetTrainer.get_training_transforms(**args)
+    ours = LiverHUTrainerBase.get_training_transforms(**args)
+
+    def inner(ts):
+        return [t.transform if isinstance(t, RandomTransform) else t for t in ts.transforms]
+
+    assert any(isinstance(t, (MultiplicativeBrightnessTransform, GammaTransform)) for t in inner(stock))
+    kinds = inner(ours)
+    assert not any(isinstance(t, (MultiplicativeBrightnessTransform, GammaTransform)) for t in kinds)
+    assert len(kinds) == len(inner(stock)) - 4  # brightness, contrast and both gammas
+    noise = [t for t in kinds if isinstance(t, GaussianNoiseTransform)]
+    assert noise and noise[0].noise_variance == HU_NOISE_VARIANCE
+    assert all(not t.benchmark for t in kinds if isinstance(t, GaussianBlurTransform))
+    # the pipeline still runs on an HU patch and keeps image/label aligned in shape
+    out = ours(image=torch.full((1, 8, 32, 32), 60.0), segmentation=torch.zeros((1, 8, 32, 32), dtype=torch.int16))
+    assert out["image"].shape == (1, 8, 32, 32)
