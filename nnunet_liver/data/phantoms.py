@@ -35,8 +35,8 @@ Anatomy model (all sizes in mm, so that lesion sizes are realistic whatever the 
   towards random liver points) run inside it. Intrahepatic vessels carry label 1 (liver), as in LiTS;
   the vena cava, the extrahepatic portal vein and the gallbladder are background.
 
-Lesion model. 0-6 lesions per case (20% of cases none); equivalent diameters log-uniform in 6-50 mm, so
-most are under 20 mm. A lesion's voxel volume is calibrated to its drawn diameter, but a grid cannot hold
+Lesion model. 0-6 lesions per case (20% of cases none); equivalent diameters drawn from a power law
+(density ~ d^-1.5) on 6-50 mm: median ~13 mm, ~70% under 20 mm, ~15% over 30 mm. A lesion's voxel volume is calibrated to its drawn diameter, but a grid cannot hold
 a lesion smaller than about ten voxels: below that the diameter is raised to the grid's minimum (about
 11 mm at size 128, 30 mm at size 48); the lesion keeps its drawn diameter in ``Anatomy.lesion_models``.
 Lesions lie inside the liver (clipped to it; at most a third may be cut off at the border), are one
@@ -100,7 +100,10 @@ _STATIC_HU = {"air": (-1005, -995), "lung": (-870, -820), "fat": (-115, -90), "g
               "thin_bone": (350, 550), "gallbladder": (0, 20)}
 _PHASE_PROBS = (0.25, 0.55, 0.20)
 _BLOOD_NATIVE_HU = 40.0
-_VESSELS = ("aorta", "ivc", "portal_vein", "hepatic_vein", "heart")
+# unenhanced HU of the tissues that enhance (the liver's is drawn per scan)
+_NATIVE_HU = {"aorta": _BLOOD_NATIVE_HU, "ivc": _BLOOD_NATIVE_HU, "portal_vein": _BLOOD_NATIVE_HU,
+              "hepatic_vein": _BLOOD_NATIVE_HU, "heart": _BLOOD_NATIVE_HU, "spleen": 45.0, "kidney_cortex": 30.0,
+              "kidney_medulla": 30.0, "bowel": 35.0, "muscle": 45.0}
 # Nominal (mid-range) values: lesion coefficients are calibrated against them.
 _NOMINAL_LIVER_NATIVE = 58.0
 _NOMINAL_LIVER = {"arterial": 70.0, "portal": 115.0, "delayed": 95.0}
@@ -271,6 +274,17 @@ def _random_rotation(rng: np.random.Generator) -> np.ndarray:
     return q
 
 
+_FACE = ndimage.generate_binary_structure(3, 1)
+_FACE_XY = np.zeros((3, 3, 3), dtype=bool)
+_FACE_XY[1] = ndimage.generate_binary_structure(2, 1)
+
+
+def _share(mask: np.ndarray, region: np.ndarray, structure: np.ndarray) -> float:
+    """Fraction of the voxels bordering ``mask`` (through ``structure``) that lie in ``region``."""
+    shell = ndimage.binary_dilation(mask, structure) & ~mask
+    return float(region[shell].mean()) if shell.any() else 0.0
+
+
 def _largest_component(mask: np.ndarray) -> np.ndarray:
     lab, n = ndimage.label(mask)
     if n <= 1:
@@ -396,7 +410,13 @@ def _grow_tree(rng: np.random.Generator, start: np.ndarray, targets: list[np.nda
         if L < 1e-3:
             continue
         r_end = r * 0.85
-        segs.append((a, b, r, r_end))
+        # a gently curved branch: three pieces through two jittered intermediate points
+        pts3 = [a]
+        for f in (1 / 3, 2 / 3):
+            pts3.append(a + f * (b - a) + rng.normal(0.0, 0.06 * L, 3))
+        pts3.append(b)
+        for k in range(3):
+            segs.append((pts3[k], pts3[k + 1], r + (r_end - r) * k / 3, r + (r_end - r) * (k + 1) / 3))
         if dep == 0 or r_end * 0.75 < r_min:
             continue
         d = (b - a) / L
@@ -418,19 +438,42 @@ def _grow_tree(rng: np.random.Generator, start: np.ndarray, targets: list[np.nda
     return segs
 
 
-def _build_anatomy(rng: np.random.Generator, grid: _Grid, meta: dict):
-    """Tissue map and liver region of one body. Returns (tissues, liver_region, vessel_in_liver)."""
-    T = TISSUE_INDEX
+@dataclass
+class _Body:
+    """State shared by the painting stages of :func:`_build_anatomy` (all lengths in mm)."""
+
+    grid: _Grid
+    meta: dict
+    tissues: np.ndarray  # uint8 (z, y, x)
+    body: np.ndarray  # inside the skin
+    d_skin: np.ndarray  # in-plane depth below the skin
+    cavity: np.ndarray  # inside the muscle wall
+    t_fat: np.ndarray  # (y, x) subcutaneous fat thickness
+    t_mus: np.ndarray  # (y, x) muscle wall thickness
+    a_in: float  # inner (cavity) semi-axes, left-right and antero-posterior
+    b_in: float
+    below: np.ndarray | None = None  # abdominal cavity under the diaphragm
+    z_d: np.ndarray | None = None  # (1, y, x) height of the diaphragm
+    liver_region: np.ndarray | None = None
+    organ_warp: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # smooth displacement fields
+    spine: dict = field(default_factory=dict)
+    landmarks: dict = field(default_factory=dict)
+
+    def paint(self, mask: np.ndarray, tissue: str, *, cut_liver: bool = True) -> None:
+        """Paint ``tissue`` over ``mask``; unless told otherwise the liver loses those voxels."""
+        self.tissues[mask] = TISSUE_INDEX[tissue]
+        if cut_liver and self.liver_region is not None:
+            self.liver_region &= ~mask
+
+
+def _paint_body_wall(rng: np.random.Generator, grid: _Grid, meta: dict) -> _Body:
+    """Body outline (super-ellipse, smooth irregularity, flat back), subcutaneous fat, muscle wall."""
     X, Y, Z = grid.X, grid.Y, grid.Z
     nz, ny, nx = grid.shape
     s = grid.spacing[0]
-    half_fov = 0.5 * grid.shape[2] * s
-    zb, zt, H = meta["liver_bottom_mm"], meta["liver_top_mm"], meta["liver_height_mm"]
-    zmid = 0.5 * (zb + zt)
-
-    # ---- body outline: super-ellipse with smooth angular irregularity and a flat back
-    A = rng.uniform(150, 185)
-    B = rng.uniform(105, 135)
+    half_fov = 0.5 * nx * s
+    zmid = 0.5 * (meta["liver_bottom_mm"] + meta["liver_top_mm"])
+    A, B = rng.uniform(150, 185), rng.uniform(105, 135)
     off_x = abs(grid.origin_offset[0] - (nx - 1) / 2 * s)
     off_y = abs(grid.origin_offset[1] - (ny - 1) / 2 * s)
     A = min(A, half_fov - off_x - 3 * s)
@@ -438,99 +481,103 @@ def _build_anatomy(rng: np.random.Generator, grid: _Grid, meta: dict):
     p_exp = rng.uniform(2.0, 2.6)
     kz = rng.uniform(0.0, 0.08)
     back = rng.uniform(0.84, 0.93)
-    decay = 0.035 / np.arange(1, 6)  # harmonics 2..6, weaker with order: bumps, not a tilted ellipse
+    decay = np.array([0.012, 0.02, 0.015, 0.01, 0.008])  # harmonics 2..6: bumps, not a tilted ellipse
     c_lo, c_hi = rng.normal(0, 1, 5) * decay, rng.normal(0, 1, 5) * decay
     ph = rng.uniform(0, 2 * np.pi, 5)
     theta2 = np.arctan2(Y[0] / B, X[0] / A)  # (ny, nx)
-    eps_lo = _fourier(theta2, c_lo, ph)
-    eps_hi = _fourier(theta2, c_hi, ph)
     wz = np.clip((grid.zs - grid.zs.min()) / max(float(np.ptp(grid.zs)), 1.0), 0, 1)[:, None, None]
-    scale_z = (1.0 - kz * ((Z - zmid) / 200.0) ** 2)
+    eps = (1 - wz) * _fourier(theta2, c_lo, ph) + wz * _fourier(theta2, c_hi, ph)  # varies slowly along z
+    scale_z = 1.0 - kz * ((Z - zmid) / 200.0) ** 2
     r_body = (np.abs(X / (A * scale_z)) ** p_exp + np.abs(Y / (B * scale_z)) ** p_exp) ** (1.0 / p_exp)
-    body = (r_body < 1.0 + (1 - wz) * eps_lo + wz * eps_hi) & (Y < back * B)
-    body = np.broadcast_to(body, grid.shape).copy()
+    body = np.broadcast_to((r_body < 1.0 + eps) & (Y < back * B), grid.shape).copy()
     d_skin = np.empty(grid.shape, dtype=np.float32)
     for k in range(nz):
         d_skin[k] = ndimage.distance_transform_edt(body[k], sampling=(s, s))
 
-    t_fat0 = rng.uniform(8, 35)
-    t_mus0 = rng.uniform(7, 14)
-    t_fat = t_fat0 * (1 + 0.35 * _fourier(theta2, rng.normal(0, 0.5, 3), rng.uniform(0, 6.3, 3)))
-    t_fat = np.maximum(t_fat, 4.0)
+    t_fat0, t_mus0 = rng.uniform(8, 35), rng.uniform(7, 14)
+    t_fat = np.maximum(t_fat0 * (1 + 0.35 * _fourier(theta2, rng.normal(0, 0.5, 3), rng.uniform(0, 6.3, 3))), 4.0)
     t_mus = t_mus0 * (1 + 0.3 * np.clip(Y[0] / B, 0, 1)) * np.ones_like(t_fat)
     wall_in = (t_fat + t_mus)[None]
     tissues = np.zeros(grid.shape, dtype=np.uint8)
-    tissues[body] = T["fat"]
-    tissues[body & (d_skin >= t_fat[None]) & (d_skin < wall_in)] = T["muscle"]
-    cavity = body & (d_skin >= wall_in)
-    a_in, b_in = A - t_fat0 - t_mus0, B - t_fat0 - t_mus0
+    tissues[body] = TISSUE_INDEX["fat"]
+    tissues[body & (d_skin >= t_fat[None]) & (d_skin < wall_in)] = TISSUE_INDEX["muscle"]
     meta.update(body_semi_axes_mm=(A, B), fat_mm=t_fat0, muscle_wall_mm=t_mus0)
+    b = _Body(grid=grid, meta=meta, tissues=tissues, body=body, d_skin=d_skin, cavity=body & (d_skin >= wall_in),
+              t_fat=t_fat, t_mus=t_mus, a_in=A - t_fat0 - t_mus0, b_in=B - t_fat0 - t_mus0)
+    # vertebral column geometry, needed to place muscles, kidneys and vessels
+    b.spine = {"y": back * B - rng.uniform(75, 95), "rx": rng.uniform(20, 25), "ry": rng.uniform(16, 20),
+               "level_h": rng.uniform(30, 36), "disc_h": rng.uniform(7, 10)}
+    b.spine["phase"] = rng.uniform(0, b.spine["level_h"])
+    return b
 
-    # ---- diaphragm: two domes, right higher; lungs above, a muscle band under it
+
+def _paint_chest_and_bowel(rng: np.random.Generator, b: _Body) -> None:
+    """Diaphragm (two domes, the right higher) with lungs and heart above; bowel, stomach, muscles below."""
+    g, meta = b.grid, b.meta
+    X, Y, Z = g.X, g.Y, g.Z
+    zb, zt, H = meta["liver_bottom_mm"], meta["liver_top_mm"], meta["liver_height_mm"]
+    a_in, b_in = b.a_in, b.b_in
     h_r = rng.uniform(45, 70)
     h_l = h_r - rng.uniform(10, 25)
-    z_peak = zt + rng.uniform(2, 8)
-    z_base = z_peak - h_r
+    z_base = zt + rng.uniform(2, 8) - h_r
     wx, wy = 0.45 * a_in, 0.65 * b_in
-    g_r = np.exp(-0.5 * (((X - (-0.45 * a_in)) / wx) ** 2 + (Y / wy) ** 2))
+    g_r = np.exp(-0.5 * (((X + 0.45 * a_in) / wx) ** 2 + (Y / wy) ** 2))
     g_l = np.exp(-0.5 * (((X - 0.45 * a_in) / wx) ** 2 + (Y / wy) ** 2))
-    z_d = z_base + np.maximum(h_r * g_r, h_l * g_l) - 20.0 * np.clip(Y / b_in, 0, 1)  # (1, ny, nx)
+    # the posterior recesses reach lower
+    b.z_d = z_base + np.maximum(h_r * g_r, h_l * g_l) - 20.0 * np.clip(Y / b_in, 0, 1)  # (1, ny, nx)
     diaph = rng.uniform(4, 6)
-    below = cavity & (Z < z_d - diaph)
-    tissues[cavity & (Z >= z_d)] = T["lung"]
-    tissues[cavity & (Z >= z_d - diaph) & (Z < z_d)] = T["muscle"]
+    b.below = b.cavity & (Z < b.z_d - diaph)
+    b.paint(b.cavity & (Z >= b.z_d), "lung")
+    b.paint(b.cavity & (Z >= b.z_d - diaph) & (Z < b.z_d), "muscle")
 
-    # ---- abdominal contents: visceral fat with bowel loops and gas
-    bowel_f = _smooth_field(rng, (grid.zs, grid.ys, grid.xs), rng.uniform(25, 40))
-    gas_f = _smooth_field(rng, (grid.zs, grid.ys, grid.xs), 15.0)
-    frac = rng.uniform(0.35, 0.55)
-    thr = float(special.ndtri(1 - frac))
-    bowel = below & (bowel_f > thr)
-    tissues[bowel] = T["bowel"]
-    tissues[bowel & (gas_f > 1.4)] = T["gas"]
-
-    # ---- spine geometry (needed for placing muscles, kidneys and vessels)
-    Yv = back * B - rng.uniform(75, 95)
-    rv_x, rv_y = rng.uniform(20, 25), rng.uniform(16, 20)
-    vert_h, disc_h = rng.uniform(30, 36), rng.uniform(7, 10)
-    vert_phase = rng.uniform(0, vert_h)
+    # visceral fat with bowel loops and gas
+    coords = (g.zs, g.ys, g.xs)
+    bowel_f = _smooth_field(rng, coords, rng.uniform(25, 40))
+    gas_f = _smooth_field(rng, coords, 15.0)
+    thr = float(special.ndtri(1 - rng.uniform(0.35, 0.55)))
+    bowel = b.below & (bowel_f > thr)
+    b.paint(bowel, "bowel")
+    b.paint(bowel & (gas_f > 1.4), "gas")
 
     # paraspinal muscles (erector spinae) and psoas
+    Yv, rv_y = b.spine["y"], b.spine["ry"]
     for side in (-1, 1):
-        cxm = side * rng.uniform(30, 40)
-        cym = Yv + rv_y + rng.uniform(25, 35)
+        cxm, cym = side * rng.uniform(30, 40), Yv + rv_y + rng.uniform(25, 35)
         ax, ay = rng.uniform(25, 35), rng.uniform(18, 26)
         m2 = ((X[0] - cxm) / ax) ** 2 + ((Y[0] - cym) / ay) ** 2 < 1.0
-        tissues[np.broadcast_to(m2, grid.shape) & body & (d_skin >= t_fat[None])] = T["muscle"]
+        b.paint(m2[None] & b.body & (b.d_skin >= b.t_fat[None]), "muscle")
         psoas_top = zb + rng.uniform(0.1, 0.35) * H
         cxp = side * rng.uniform(35, 48)
-        rp = 6.0 + 20.0 * np.clip((psoas_top - Z) / 100.0, 0, 1)  # (nz,1,1)
+        rp = 6.0 + 20.0 * np.clip((psoas_top - Z) / 100.0, 0, 1)  # (nz, 1, 1): thickens caudally
         ps = ((X - cxp) / rp) ** 2 + ((Y - (Yv - 3)) / (0.8 * rp)) ** 2 < 1.0
-        tissues[ps & cavity & (Z < psoas_top)] = T["muscle"]
+        b.paint(ps & b.cavity & (Z < psoas_top), "muscle")
 
-    # ---- heart on the central diaphragm (only its lower part is in the volume)
+    # heart on the central diaphragm (only its lower part is in the volume)
     xh, yh = rng.uniform(10, 35), -0.25 * b_in
-    ih = np.clip(np.round(grid.to_index(np.array([xh, yh, 0.0]))).astype(int), 0, [nz - 1, ny - 1, nx - 1])
-    zh = float(z_d[0, ih[1], ih[2]])
+    ih = np.clip(np.round(g.to_index(np.array([xh, yh, 0.0]))).astype(int), 0, np.array(g.shape) - 1)
+    zh = float(b.z_d[0, ih[1], ih[2]])
     heart_ax = (rng.uniform(55, 70), rng.uniform(45, 55), rng.uniform(45, 55))
-    heart = (_ellipsoid_sd(X, Y, Z, (xh, yh, zh + 0.85 * heart_ax[2]), heart_ax) < 0) & cavity & (Z >= z_d)
-    tissues[heart] = T["heart"]
+    heart = _ellipsoid_sd(X, Y, Z, (xh, yh, zh + 0.85 * heart_ax[2]), heart_ax) < 0
+    b.paint(heart & b.cavity & (Z >= b.z_d), "heart")
 
-    # ---- stomach (left upper quadrant) with an air-fluid level (supine: air anterior, small y)
+    # stomach (left upper quadrant) with an air-fluid level (supine: air anterior, small y)
     st_c = (rng.uniform(40, 70), -rng.uniform(0.05, 0.3) * b_in, zb + rng.uniform(0.45, 0.7) * H)
     st_ax = (rng.uniform(35, 50), rng.uniform(30, 45), rng.uniform(40, 60))
-    stomach = (_ellipsoid_sd(X, Y, Z, st_c, st_ax) + 6 * bowel_f < 0) & below
-    tissues[stomach] = T["bowel"]
-    tissues[stomach & (Y < st_c[1] - st_ax[1] * rng.uniform(0.3, 0.7))] = T["gas"]
+    stomach = (_ellipsoid_sd(X, Y, Z, st_c, st_ax) + 6 * bowel_f < 0) & b.below
+    b.paint(stomach, "bowel")
+    b.paint(stomach & (Y < st_c[1] - st_ax[1] * rng.uniform(0.3, 0.7)), "gas")
 
-    # ---- displacement field shared by the solid organs (low frequency)
-    zc, yc, xc = grid.zs, grid.ys, grid.xs
+
+def _paint_spleen_and_liver(rng: np.random.Generator, b: _Body) -> None:
+    """Spleen (crescent) and liver (smooth union of ellipsoids), both warped by one smooth field."""
+    g, meta = b.grid, b.meta
+    X, Y, Z = g.X, g.Y, g.Z
+    zb, H = meta["liver_bottom_mm"], meta["liver_height_mm"]
+    a_in, b_in = b.a_in, b.b_in
     corr = rng.uniform(50, 90)
-    Dx = _smooth_field(rng, (zc, yc, xc), corr)
-    Dy = _smooth_field(rng, (zc, yc, xc), corr)
-    Dz = _smooth_field(rng, (zc, yc, xc), corr)
+    Dx, Dy, Dz = (_smooth_field(rng, (g.zs, g.ys, g.xs), corr) for _ in range(3))
+    b.organ_warp = (Dx, Dy, Dz)
 
-    # ---- spleen: crescent (outer minus inner ellipsoid), posterior-lateral left
     amp_s = rng.uniform(3, 7)
     sp_c = (a_in - rng.uniform(25, 40), rng.uniform(0.2, 0.4) * b_in, zb + rng.uniform(0.55, 0.75) * H)
     sp_ax = (rng.uniform(22, 32), rng.uniform(45, 60), rng.uniform(40, 55))
@@ -539,174 +586,180 @@ def _build_anatomy(rng: np.random.Generator, grid: _Grid, meta: dict):
     outer = _ellipsoid_sd(Xs, Ys, Zs, sp_c, sp_ax, yaw_s)
     inner = _ellipsoid_sd(Xs, Ys, Zs, (sp_c[0] - 0.9 * sp_ax[0], sp_c[1] - 0.3 * sp_ax[1], sp_c[2]),
                           (sp_ax[0] * 0.8, sp_ax[1] * 0.7, sp_ax[2] * 1.2), yaw_s)
-    spleen = (np.maximum(outer, -inner) < 0) & below
-    tissues[spleen] = T["spleen"]
+    b.paint((np.maximum(outer, -inner) < 0) & b.below, "spleen")
+    b.landmarks["splenic_hilum"] = np.array([sp_c[0] - sp_ax[0], sp_c[1], sp_c[2] - 0.2 * sp_ax[2]])
 
-    # ---- liver: smooth union of deformed ellipsoids, moulded by wall and diaphragm
+    # liver: large right lobe with an inferior tip, medial segment, thin left lateral lobe across the
+    # midline, caudate lobe by the vena cava; warped, then moulded by the wall and the diaphragm
     amp = rng.uniform(6, 12)
     Xl, Yl, Zl = X + amp * Dx, Y + amp * Dy, Z + amp * Dz
     yaw = rng.uniform(-0.15, 0.15)
-    if yaw:
-        c_, s_ = math.cos(yaw), math.sin(yaw)
-        Xl, Yl = c_ * Xl + s_ * Yl, -s_ * Xl + c_ * Yl
-    rx = rng.uniform(0.42, 0.55) * a_in
-    ry = rng.uniform(0.62, 0.8) * b_in
-    rz = rng.uniform(0.42, 0.5) * H
+    c_, s_ = math.cos(yaw), math.sin(yaw)
+    Xl, Yl = c_ * Xl + s_ * Yl, -s_ * Xl + c_ * Yl
+    rx, ry, rz = rng.uniform(0.42, 0.55) * a_in, rng.uniform(0.62, 0.8) * b_in, rng.uniform(0.42, 0.5) * H
     right_c = (-a_in + rx * rng.uniform(0.75, 0.95), rng.uniform(-0.1, 0.12) * b_in, zb + rng.uniform(0.48, 0.56) * H)
+    Yv, rv_y = b.spine["y"], b.spine["ry"]
+    U = rng.uniform
     blobs = [
         _ellipsoid_sd(Xl, Yl, Zl, right_c, (rx, ry, rz)),
-        _ellipsoid_sd(Xl, Yl, Zl, (right_c[0] - rng.uniform(0, 15), right_c[1] + rng.uniform(-10, 20),
-                                   zb + rng.uniform(0.15, 0.25) * H),
-                      (rng.uniform(0.55, 0.8) * rx, rng.uniform(0.45, 0.7) * ry, rng.uniform(0.18, 0.28) * H)),
-        _ellipsoid_sd(Xl, Yl, Zl, (rng.uniform(-25, -5), -rng.uniform(0.25, 0.45) * b_in, zb + rng.uniform(0.45, 0.6) * H),
-                      (rng.uniform(35, 50), rng.uniform(30, 42), rng.uniform(0.22, 0.32) * H)),
-        _ellipsoid_sd(Xl, Yl, Zl, (rng.uniform(15, 45), -rng.uniform(0.35, 0.55) * b_in, zb + rng.uniform(0.6, 0.75) * H),
-                      (rng.uniform(45, 70), rng.uniform(14, 26), rng.uniform(0.16, 0.26) * H), rng.uniform(-0.45, -0.1)),
-        _ellipsoid_sd(Xl, Yl, Zl, (rng.uniform(-20, -5), Yv - rv_y - rng.uniform(15, 30), zb + rng.uniform(0.55, 0.7) * H),
-                      (rng.uniform(15, 22), rng.uniform(15, 22), rng.uniform(20, 30))),
+        _ellipsoid_sd(Xl, Yl, Zl, (right_c[0] - U(0, 15), right_c[1] + U(-10, 20), zb + U(0.15, 0.25) * H),
+                      (U(0.55, 0.8) * rx, U(0.45, 0.7) * ry, U(0.18, 0.28) * H)),
+        _ellipsoid_sd(Xl, Yl, Zl, (U(-25, -5), -U(0.25, 0.45) * b_in, zb + U(0.45, 0.6) * H),
+                      (U(35, 50), U(30, 42), U(0.22, 0.32) * H)),
+        _ellipsoid_sd(Xl, Yl, Zl, (U(15, 45), -U(0.35, 0.55) * b_in, zb + U(0.6, 0.75) * H),
+                      (U(45, 70), U(14, 26), U(0.16, 0.26) * H), U(-0.45, -0.1)),
+        _ellipsoid_sd(Xl, Yl, Zl, (U(-20, -5), Yv - rv_y - U(15, 30), zb + U(0.55, 0.7) * H),
+                      (U(15, 22), U(15, 22), U(20, 30))),
     ]
     liver_sd = _smooth_union(blobs, rng.uniform(6, 12))
-    del blobs, Xl, Yl, Zl
-    liver = (liver_sd < 0) & below & (d_skin >= wall_in + 2.0)
-    tissues[liver] = T["liver"]
-    liver_region = liver.copy()
+    wall_in = (b.t_fat + b.t_mus)[None]
+    liver = (liver_sd < 0) & b.below & (b.d_skin >= wall_in + 2.0)
+    b.paint(liver, "liver")
+    b.liver_region = liver.copy()
+    b.landmarks.update(right_lobe=np.array(right_c), right_lobe_rx=rx)
 
-    # ---- gallbladder in the fossa on the visceral surface
+
+def _paint_gallbladder_and_kidneys(rng: np.random.Generator, b: _Body) -> None:
+    """Gallbladder in its fossa; kidneys (cortex, medulla, sinus fat) in perirenal fat."""
+    g, meta = b.grid, b.meta
+    X, Y, Z = g.X, g.Y, g.Z
+    zb, H = meta["liver_bottom_mm"], meta["liver_height_mm"]
     if rng.random() < 0.8:
-        gb_c = (right_c[0] + rx * rng.uniform(0.35, 0.7), -rng.uniform(0.1, 0.35) * b_in, zb + rng.uniform(0.15, 0.35) * H)
+        rc, rx = b.landmarks["right_lobe"], b.landmarks["right_lobe_rx"]
+        gb_c = (rc[0] + rx * rng.uniform(0.35, 0.7), -rng.uniform(0.1, 0.35) * b.b_in, zb + rng.uniform(0.15, 0.35) * H)
         gb_ax = (rng.uniform(13, 20), rng.uniform(13, 20), rng.uniform(30, 42))
-        gb = (_ellipsoid_sd(X, Y, Z, gb_c, gb_ax, rng.uniform(-0.5, 0.5)) < 0) & below
-        tissues[gb] = T["gallbladder"]
-        liver_region &= ~gb
+        b.paint((_ellipsoid_sd(X, Y, Z, gb_c, gb_ax, rng.uniform(-0.5, 0.5)) < 0) & b.below, "gallbladder")
 
-    # ---- kidneys: cortex, medulla, sinus fat (renal impression on the liver)
+    Dx = b.organ_warp[0]
     xk = rng.uniform(55, 75)
     zk_r = zb + rng.uniform(-0.05, 0.2) * H
     for side, zk in ((-1, zk_r), (1, zk_r + rng.uniform(15, 25))):
-        kc = (side * xk, Yv - rng.uniform(-5, 10), zk)
+        kc = (side * xk, b.spine["y"] - rng.uniform(-5, 10), zk)
         kax = (rng.uniform(22, 28), rng.uniform(28, 34), rng.uniform(45, 58))
         yaw_k = -side * rng.uniform(0.2, 0.5)
         dx, dy = X - kc[0], Y - kc[1]
         c_, s_ = math.cos(yaw_k), math.sin(yaw_k)
         u, v = c_ * dx + s_ * dy, -s_ * dx + c_ * dy
         q = np.sqrt((u / kax[0]) ** 2 + (v / kax[1]) ** 2 + ((Z - kc[2]) / kax[2]) ** 2) + 0.06 * Dx
-        kid = (q < 1.0) & below
-        cortex_t = 1.0 - rng.uniform(5, 8) / min(kax)
-        tissues[kid] = T["kidney_cortex"]
-        tissues[kid & (q < cortex_t)] = T["kidney_medulla"]
-        sinus = kid & (q < 0.6) & (-side * u > 0.2 * kax[0])
-        tissues[sinus] = T["fat"]
-        liver_region &= ~kid
+        kid = (q < 1.0) & b.below
+        b.paint((q < rng.uniform(1.15, 1.35)) & b.below & ~kid, "fat")  # perirenal fat keeps the liver off
+        b.paint(kid, "kidney_cortex")
+        b.paint(kid & (q < 1.0 - rng.uniform(5, 8) / min(kax)), "kidney_medulla")
+        b.paint(kid & (q < 0.6) & (-side * u > 0.2 * kax[0]), "fat")  # renal sinus, at the medial hilum
 
-    # ---- veins: portal and hepatic trees grown inside the liver
-    liver_idx = np.argwhere(liver_region)
-    pts = grid.to_body(liver_idx[rng.choice(len(liver_idx), size=min(4000, len(liver_idx)), replace=False)])
+
+def _paint_vessels(rng: np.random.Generator, b: _Body) -> None:
+    """Portal and hepatic venous trees inside the liver, splenic vein, vena cava, aorta."""
+    g, meta = b.grid, b.meta
+    X, Y, Z = g.X, g.Y, g.Z
+    zb, zt, H = meta["liver_bottom_mm"], meta["liver_top_mm"], meta["liver_height_mm"]
+    s = g.spacing[0]
+    Yv, rv_y = b.spine["y"], b.spine["ry"]
+    liver_idx = np.argwhere(b.liver_region)
+    pts = g.to_body(liver_idx[rng.choice(len(liver_idx), size=min(4000, len(liver_idx)), replace=False)])
     cen = pts.mean(axis=0)
-    r_floor = 0.55 * s
-    r_draw = 0.3 * s
-    vess_pv = np.zeros(grid.shape, dtype=bool)
-    vess_hv = np.zeros(grid.shape, dtype=bool)
+    # vessels thinner than a third of a voxel are not drawn; the others are at least ~a voxel wide
+    r_floor, r_draw = 0.55 * s, 0.3 * s
+    U = rng.uniform
 
     def nearest(target):
         return pts[np.argmin(np.linalg.norm(pts - np.asarray(target), axis=1))]
 
-    hilum = nearest((cen[0] + rng.uniform(5, 20), cen[1] - rng.uniform(0, 15), zb + rng.uniform(0.3, 0.45) * H))
-    pv_t = [nearest((cen[0] - rng.uniform(40, 60), cen[1] + rng.uniform(10, 30), hilum[2] + rng.uniform(-20, 10))),
-            nearest((cen[0] - rng.uniform(30, 50), cen[1] - rng.uniform(10, 30), hilum[2] + rng.uniform(10, 30))),
-            nearest((cen[0] + rng.uniform(60, 90), cen[1] - rng.uniform(20, 40), hilum[2] + rng.uniform(10, 30)))]
-    xa, ya = rng.uniform(8, 25), Yv - rv_y - rng.uniform(12, 18)
-    confluence = np.array([rng.uniform(-5, 10), ya - rng.uniform(20, 35), zb + rng.uniform(0.05, 0.2) * H])
-    r_pv = rng.uniform(6, 8)
-    segs = [(confluence, hilum, r_pv, r_pv)]
-    segs += _grow_tree(rng, hilum, pv_t, r_pv * 0.8, pts, 5, r_draw)
-    sp_hilum = np.array([sp_c[0] - sp_ax[0], sp_c[1], sp_c[2] - 0.2 * sp_ax[2]])
-    pv_extra = [(confluence, sp_hilum, rng.uniform(4, 5.5), rng.uniform(3.5, 4.5))]  # splenic vein
-    for a, b, ra, rb in segs:
-        if max(ra, rb) >= r_draw:
-            _segment_mask(grid, a, b, ra, rb, r_floor, vess_pv)
-    for a, b, ra, rb in pv_extra:
-        _segment_mask(grid, a, b, ra, rb, r_floor, vess_pv)
+    def draw(segs, out):
+        for a, e, ra, re in segs:
+            if max(ra, re) >= r_draw:
+                _segment_mask(g, a, e, ra, re, r_floor, out)
 
-    xi, yi = -rng.uniform(18, 30), Yv - rv_y - rng.uniform(5, 15)
-    ivc_ax = (rng.uniform(11, 15), rng.uniform(7, 10))
-    ivc_fwd = rng.uniform(8, 18)
-    z_hv = zt - rng.uniform(10, 25)
-    hv_root = np.array([xi, yi - ivc_fwd, z_hv])
-    hv_t = [nearest((cen[0] - rng.uniform(30, 50), cen[1] + rng.uniform(0, 25), zb + rng.uniform(0.2, 0.4) * H)),
-            nearest((cen[0] + rng.uniform(0, 20), cen[1] - rng.uniform(20, 40), zb + rng.uniform(0.2, 0.4) * H)),
-            nearest((cen[0] + rng.uniform(40, 70), cen[1] - rng.uniform(10, 30), zb + rng.uniform(0.5, 0.7) * H))]
-    hv_segs = _grow_tree(rng, hv_root, hv_t, rng.uniform(5, 7), pts, 5, r_draw)
-    meta.update(portal_segments=len(segs), hepatic_segments=len(hv_segs))
-    for a, b, ra, rb in hv_segs:
-        if max(ra, rb) >= r_draw:
-            _segment_mask(grid, a, b, ra, rb, r_floor, vess_hv)
-    tissues[vess_hv & liver_region] = T["hepatic_vein"]
-    # the portal vein outside the liver is background; inside it stays liver region (label 1)
-    tissues[vess_pv & (liver_region | cavity)] = T["portal_vein"]
+    hilum = nearest((cen[0] + U(5, 20), cen[1] - U(0, 15), zb + U(0.3, 0.45) * H))
+    pv_t = [nearest((cen[0] - U(40, 60), cen[1] + U(10, 30), hilum[2] + U(-20, 10))),  # right posterior
+            nearest((cen[0] - U(30, 50), cen[1] - U(10, 30), hilum[2] + U(10, 30))),  # right anterior
+            nearest((cen[0] + U(60, 90), cen[1] - U(20, 40), hilum[2] + U(10, 30)))]  # left
+    xa, ya = U(8, 25), Yv - rv_y - U(12, 18)
+    confluence = np.array([U(-5, 10), ya - U(20, 35), zb + U(0.05, 0.2) * H])
+    r_pv = U(6, 8)
+    pv_segs = [(confluence, hilum, r_pv, r_pv)] + _grow_tree(rng, hilum, pv_t, r_pv * 0.8, pts, 5, r_draw)
+    pv_segs.append((confluence, b.landmarks["splenic_hilum"], U(4, 5.5), U(3.5, 4.5)))  # splenic vein
 
-    # ---- IVC (curving anteriorly into the liver near the top), aorta
+    xi, yi = -U(18, 30), Yv - rv_y - U(5, 15)
+    ivc_ax = (U(11, 15), U(7, 10))
+    ivc_fwd = U(8, 18)
+    hv_root = np.array([xi, yi - ivc_fwd, zt - U(10, 25)])
+    hv_t = [nearest((cen[0] - U(30, 50), cen[1] + U(0, 25), zb + U(0.2, 0.4) * H)),  # right
+            nearest((cen[0] + U(0, 20), cen[1] - U(20, 40), zb + U(0.2, 0.4) * H)),  # middle
+            nearest((cen[0] + U(40, 70), cen[1] - U(10, 30), zb + U(0.5, 0.7) * H))]  # left
+    hv_segs = _grow_tree(rng, hv_root, hv_t, U(5, 7), pts, 5, r_draw)
+    meta.update(portal_segments=len(pv_segs), hepatic_segments=len(hv_segs))
+    vess_pv = np.zeros(g.shape, dtype=bool)
+    vess_hv = np.zeros(g.shape, dtype=bool)
+    draw(pv_segs, vess_pv)
+    draw(hv_segs, vess_hv)
+    # intrahepatic vessels keep label 1 (liver region); the extrahepatic portal vein is background
+    b.paint(vess_hv & b.liver_region, "hepatic_vein", cut_liver=False)
+    b.paint(vess_pv & (b.liver_region | b.cavity), "portal_vein", cut_liver=False)
+
+    # vena cava, curving anteriorly into the liver near its top; aorta in front of the spine
     fwd = ivc_fwd * _smoothstep(zt - 0.45 * H, zt - 0.15 * H, Z)
-    ivc = (((X - xi) / ivc_ax[0]) ** 2 + ((Y - (yi - fwd)) / ivc_ax[1]) ** 2 < 1.0) & cavity
-    tissues[ivc] = T["ivc"]
-    liver_region &= ~ivc
-    ra = rng.uniform(9, 13)
-    tilt = rng.uniform(-0.05, 0.05)
-    aorta = (((X - xa - tilt * (Z - zmid)) / ra) ** 2 + ((Y - ya) / ra) ** 2 < 1.0) & cavity
-    tissues[aorta] = T["aorta"]
-    liver_region &= ~aorta
+    b.paint((((X - xi) / ivc_ax[0]) ** 2 + ((Y - (yi - fwd)) / ivc_ax[1]) ** 2 < 1.0) & b.cavity, "ivc")
+    ra, tilt = U(9, 13), U(-0.05, 0.05)
+    zmid = 0.5 * (zb + zt)
+    b.paint((((X - xa - tilt * (Z - zmid)) / ra) ** 2 + ((Y - ya) / ra) ** 2 < 1.0) & b.cavity, "aorta")
 
-    # ---- vertebral column: body (cancellous + cortical shell), discs, canal, posterior elements
+
+def _paint_bones(rng: np.random.Generator, b: _Body) -> None:
+    """Vertebral column (body with cortex, discs, canal, arch and processes) and ribs."""
+    g, meta = b.grid, b.meta
+    X, Y, Z = g.X, g.Y, g.Z
+    s = g.spacing[0]
+    sp = b.spine
+    Yv, rv_x, rv_y = sp["y"], sp["rx"], sp["ry"]
     q_v = np.sqrt((X[0] / rv_x) ** 2 + ((Y[0] - Yv) / rv_y) ** 2)  # (ny, nx)
     # cortex: the outer 2.5 mm, at least the outer ring of voxels; the arch and the ribs are thin bone
     # (cortex and marrow mixed at these voxel sizes)
     vb2 = q_v < 1.0
     shell2 = vb2 & ((q_v > 1 - 2.5 / min(rv_x, rv_y)) | ~ndimage.binary_erosion(vb2))
-    in_disc = ((grid.zs - vert_phase) % vert_h) < disc_h  # (nz,)
-    vb = np.broadcast_to(q_v < 1.0, grid.shape)
-    d3 = np.broadcast_to(in_disc[:, None, None], grid.shape)
-    tissues[vb & ~d3] = T["cancellous"]
-    tissues[vb & ~d3 & np.broadcast_to(shell2, grid.shape)] = T["cortical"]
-    tissues[vb & d3] = T["disc"]
-    yc_canal = Yv + rv_y + 9.0
-    canal2 = (X[0] / 8.0) ** 2 + ((Y[0] - yc_canal) / 8.0) ** 2 < 1.0
-    arch2 = ((X[0] / 13.0) ** 2 + ((Y[0] - yc_canal) / 13.0) ** 2 < 1.0) & ~canal2
-    spinous2 = (np.abs(X[0]) < 4.0 + 0.5 * s) & (Y[0] > yc_canal) & (Y[0] < yc_canal + rng.uniform(30, 40))
-    tproc_z = np.abs(((grid.zs - vert_phase) % vert_h) - 0.6 * vert_h) < 0.15 * vert_h
-    tproc2 = (np.abs(Y[0] - (yc_canal - 4)) < 3.0 + 0.5 * s) & (np.abs(X[0]) < rng.uniform(28, 38))
-    post = np.broadcast_to((arch2 | spinous2)[None], grid.shape) & ~d3
-    post |= np.broadcast_to(tproc2[None], grid.shape) & np.broadcast_to(tproc_z[:, None, None], grid.shape)
-    post &= body & ~np.broadcast_to(vb, grid.shape)
-    tissues[post] = T["thin_bone"]
-    tissues[np.broadcast_to(canal2[None], grid.shape)] = T["csf"]
-    spine = vb | post | np.broadcast_to(canal2[None], grid.shape)
-    liver_region &= ~spine
+    level = (g.zs - sp["phase"]) % sp["level_h"]  # (nz,) position within a vertebral level
+    disc = (level < sp["disc_h"])[:, None, None]
+    vb = vb2[None] & b.body
+    b.paint(vb & ~disc, "cancellous")
+    b.paint(vb & ~disc & shell2[None], "cortical")
+    b.paint(vb & disc, "disc")
+    yc = Yv + rv_y + 9.0
+    canal2 = (X[0] / 8.0) ** 2 + ((Y[0] - yc) / 8.0) ** 2 < 1.0
+    arch2 = ((X[0] / 13.0) ** 2 + ((Y[0] - yc) / 13.0) ** 2 < 1.0) & ~canal2
+    spinous2 = (np.abs(X[0]) < 4.0 + 0.5 * s) & (Y[0] > yc) & (Y[0] < yc + rng.uniform(30, 40))
+    tproc_z = (np.abs(level - 0.6 * sp["level_h"]) < 0.15 * sp["level_h"])[:, None, None]
+    tproc2 = (np.abs(Y[0] - (yc - 4)) < 3.0 + 0.5 * s) & (np.abs(X[0]) < rng.uniform(28, 38))
+    post = (((arch2 | spinous2)[None] & ~disc) | (tproc2[None] & tproc_z)) & b.body & ~vb
+    b.paint(post, "thin_bone")
+    b.paint(canal2[None] & b.body, "csf")
+    spine = vb | post | (canal2[None] & b.body)
 
-    # ---- ribs: oblique bands in the wall of the upper abdomen, descending anteriorly
-    period = rng.uniform(32, 40)
-    rib_h = rng.uniform(9, 12)
-    theta_b = np.arctan2(X[0], Y[0])  # 0 posterior, +-pi anterior
-    arc = np.abs(theta_b) * 0.5 * (a_in + b_in)  # mm from the back along the wall
-    rib_in = t_fat + 0.3 * t_mus
-    rib_zone = (d_skin >= rib_in[None]) & (d_skin < rib_in[None] + rng.uniform(7, 10)) & body
-    z_costal = zb + H * (0.3 + 0.45 * np.clip(-Y[0] / b_in, 0, 1))  # costal margin rises anteriorly
-    rib_phase = rng.uniform(0, period)
-    band = ((Z + 0.5 * arc[None] - rib_phase) % period) < rib_h
-    midline = (np.abs(X[0]) < 30) | ((np.abs(X[0]) < 35) & (Y[0] < 0))  # sternum gap, spine
-    ribs = rib_zone & band & (Z > z_costal[None]) & ~midline[None]
-    ribs &= ~spine
-    tissues[ribs] = T["thin_bone"]
-    liver_region &= ~ribs
+    # ribs: oblique bands in the wall of the upper abdomen, descending anteriorly
+    zb, H = meta["liver_bottom_mm"], meta["liver_height_mm"]
+    period, rib_h = rng.uniform(32, 40), rng.uniform(9, 12)
+    arc = np.abs(np.arctan2(X[0], Y[0])) * 0.5 * (b.a_in + b.b_in)  # mm along the wall from the back
+    rib_in = b.t_fat + 0.3 * b.t_mus
+    rib_zone = (b.d_skin >= rib_in[None]) & (b.d_skin < rib_in[None] + rng.uniform(7, 10)) & b.body
+    z_costal = zb + H * (0.3 + 0.45 * np.clip(-Y[0] / b.b_in, 0, 1))  # costal margin rises anteriorly
+    band = ((Z + 0.5 * arc[None] - rng.uniform(0, period)) % period) < rib_h
+    midline = (np.abs(X[0]) < 30) | ((np.abs(X[0]) < 35) & (Y[0] < 0))  # spine; gap below the sternum
+    b.paint(rib_zone & band & (Z > z_costal[None]) & ~midline[None] & ~spine, "thin_bone")
+    meta["spine_y_mm"] = Yv
 
-    # ---- the liver region is one connected piece; stray fragments become fat
-    main = _largest_component(liver_region)
-    stray = liver_region & ~main
-    tissues[stray] = T["fat"]
-    liver_region = main
-    # vessels painted over liver tissue keep label 1 only inside the region; liver tissue outside it
-    # (cut off by another organ) does not exist by construction.
-    vessel_in_liver = liver_region & ((tissues == T["portal_vein"]) | (tissues == T["hepatic_vein"]))
-    meta.update(liver_volume_ml=float(liver_region.sum()) * grid.voxel_volume / 1000.0, spine_y_mm=Yv)
-    return tissues, liver_region, vessel_in_liver
+
+def _build_anatomy(rng: np.random.Generator, grid: _Grid, meta: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Tissue map and liver region (label 1: parenchyma and intrahepatic vessels) of one body."""
+    b = _paint_body_wall(rng, grid, meta)
+    _paint_chest_and_bowel(rng, b)
+    _paint_spleen_and_liver(rng, b)
+    _paint_gallbladder_and_kidneys(rng, b)
+    _paint_vessels(rng, b)
+    _paint_bones(rng, b)
+    # the liver is one connected piece; fragments cut off by other organs become fat
+    main = _largest_component(b.liver_region)
+    b.tissues[b.liver_region & ~main] = TISSUE_INDEX["fat"]
+    meta["liver_volume_ml"] = float(main.sum()) * grid.voxel_volume / 1000.0
+    return b.tissues, main
 
 
 # --------------------------------------------------------------------------------------------------
@@ -723,49 +776,64 @@ def _draw_lesion_specs(rng: np.random.Generator) -> list[tuple[str, float]]:
     specs = []
     for _ in range(n):
         sub = dominant if rng.random() < 0.6 else SUBTYPES[int(rng.choice(4, p=sub_p))]
-        d = math.exp(rng.uniform(math.log(6.0), math.log(50.0)))
+        # density ~ d^-1.5 on [6, 50] mm (heavier towards small than log-uniform): median ~13 mm,
+        # ~70% under 20 mm, ~15% over 30 mm
+        lo, hi = 6.0 ** -0.5, 50.0 ** -0.5
+        d = (lo - rng.random() * (lo - hi)) ** -2
         specs.append((sub, d))
     return specs
 
 
-def _lesion_params(rng: np.random.Generator, subtype: str, d_mm: float) -> tuple[dict, bool]:
-    """Enhancement parameters of one lesion (see :func:`_lesion_hu`). Returns (params, low_contrast)."""
+def _lesion_params(rng: np.random.Generator, subtype: str, d_mm: float, voxel_mm: float) -> tuple[dict, bool]:
+    """Enhancement parameters of one lesion (see :func:`_lesion_hu`). Returns (params, low_contrast).
+
+    ``voxel_mm`` (the geometric-mean voxel size) sets the partial-volume share (``*_pv``) of the thin
+    peripheral compartments (rim, capsule, infiltrative margin) in the outer voxel layer: their
+    thickness in mm over the voxel size, at most 1.
+    """
+    R = d_mm / 2
     E_l = {p: _NOMINAL_LIVER[p] - _NOMINAL_LIVER_NATIVE for p in PHASES}
     E_b = _NOMINAL_BLOOD
     low = subtype in ("metastasis", "hcc") and rng.random() < 0.4
+
+    def pv(thickness_mm: float) -> float:
+        return min(1.0, thickness_mm / voxel_mm)
+
     if subtype == "cyst":
         dense = rng.random() < 0.2
         return {"fluid_hu": rng.uniform(20, 38) if dense else rng.uniform(0, 20), "tex": rng.uniform(1.5, 3.0)}, False
     if subtype == "metastasis":
         dN = -rng.uniform(5, 15)
         target = -rng.uniform(10, 20) if low else -rng.uniform(20, 40)
-        a_ratio = np.array([rng.uniform(0.6, 1.1), 1.0, rng.uniform(0.9, 1.2)])
+        a_ratio = np.array([rng.uniform(0.6, 1.1), 1.0, rng.uniform(0.9, 1.2)])  # arterial, portal, delayed
         a_p = float(np.clip(1 + (target - dN) / E_l["portal"], 0.0, 1.2))  # refined by _calibrate_lesion
-        hyper = rng.random() < 0.15
+        hyper = rng.random() < 0.15  # hypervascular: strong arterial rim, looks like HCC in that phase
         rim_b = np.array([rng.uniform(0.1, 0.2) if hyper else rng.uniform(0.02, 0.08), rng.uniform(0.0, 0.05), 0.0])
-        cystlike = (not low) and d_mm < 18 and rng.random() < 0.3
-        necrotic = (d_mm > 25 and rng.random() < 0.7) or (d_mm > 15 and rng.random() < 0.3)
-        p = {"dN": dN, "a": a_p * a_ratio, "a_ratio": a_ratio, "targets": {"portal": target}, "rim_w": rng.uniform(0.15, 0.3), "rim_a": rng.uniform(0.2, 0.6), "rim_b": rim_b,
-             "necrotic": necrotic, "nec_r": rng.uniform(0.35, 0.6), "nec_hu": rng.uniform(10, 30),
-             "margin": rng.uniform(0.15, 0.35), "margin_w": rng.uniform(0.3, 0.6), "tex": rng.uniform(4, 10),
-             "cystlike": cystlike, "cyst_hu": rng.uniform(20, 40)}
-        if cystlike:  # small cystic metastasis: near-fluid, faint rim, sharp, homogeneous
-            p.update(a=np.full(3, rng.uniform(0.0, 0.15)), rim_a=rng.uniform(0.0, 0.15), rim_b=np.zeros(3),
-                     margin=0.05, margin_w=0.0, tex=rng.uniform(2, 4), necrotic=False, targets={})
+        rim_w, margin = rng.uniform(0.15, 0.3), rng.uniform(0.15, 0.35)
+        p = {"dN": dN, "a": a_p * a_ratio, "a_ratio": a_ratio, "targets": {"portal": target},
+             "rim_w": rim_w, "rim_pv": pv(rim_w * R), "rim_a": rng.uniform(0.2, 0.6), "rim_b": rim_b,
+             "necrotic": (d_mm > 25 and rng.random() < 0.7) or (d_mm > 15 and rng.random() < 0.3),
+             "nec_r": rng.uniform(0.35, 0.6), "nec_hu": rng.uniform(10, 30),
+             "margin": margin, "margin_pv": pv(margin * R), "margin_w": rng.uniform(0.3, 0.6),
+             "tex": rng.uniform(4, 10), "cystlike": False, "cyst_hu": rng.uniform(20, 40)}
+        if not low and d_mm < 18 and rng.random() < 0.3:  # small cystic metastasis: near-fluid, faint rim
+            p.update(cystlike=True, a=np.full(3, rng.uniform(0.0, 0.15)), rim_a=rng.uniform(0.0, 0.15),
+                     rim_b=np.zeros(3), margin_w=0.0, tex=rng.uniform(2, 4), necrotic=False, targets={})
         return p, low
     if subtype == "hcc":
         dN = rng.uniform(-10, 2)
         t_art = rng.uniform(10, 20) if low else rng.uniform(20, 60)
-        t_por = -rng.uniform(10, 20) if low else -rng.uniform(15, 35)
+        t_por = -rng.uniform(10, 20) if low else -rng.uniform(20, 40)
         t_del = t_por * rng.uniform(1.0, 1.4)
         a_art = rng.uniform(0.3, 1.0)
         b_art = max(0.0, (t_art - dN - (a_art - 1) * E_l["arterial"]) / E_b["arterial"])
         a = np.array([a_art, 1 + (t_por - dN) / E_l["portal"], 1 + (t_del - dN) / E_l["delayed"]]).clip(0.0, 1.5)
+        margin = rng.uniform(0.05, 0.15)
         return {"dN": dN, "a": a, "b": np.array([b_art, 0.0, 0.0]),
                 "targets": {"arterial": t_art, "portal": t_por, "delayed": t_del}, "mosaic": rng.uniform(0.3, 0.8),
                 "capsule": d_mm >= 15 and rng.random() < 0.5, "cap_a": np.array([0.5, 1.3, 1.4]),
-                "margin": rng.uniform(0.05, 0.15), "margin_w": rng.uniform(0.2, 0.5),
-                "tex": rng.uniform(5, 12)}, low
+                "cap_pv": pv(max(1.5, 0.1 * R)), "margin": margin, "margin_pv": pv(margin * R),
+                "margin_w": rng.uniform(0.2, 0.5), "tex": rng.uniform(5, 12)}, low
     # haemangioma
     flash = d_mm < 20 and rng.random() < 0.25
     f = np.array([9.0, 9.0, 9.0]) if flash else np.array([rng.uniform(0.12, 0.25), rng.uniform(0.35, 0.6),
@@ -774,36 +842,56 @@ def _lesion_params(rng: np.random.Generator, subtype: str, d_mm: float) -> tuple
             "tex": rng.uniform(2, 5), "flash": flash}, False
 
 
-def _calibrate_lesion(m: LesionModel, mask: np.ndarray) -> None:
-    """Set the enhancement coefficient of each phase with a contrast target so that the mean lesion HU
-    minus the liver HU, under :func:`reference_conditions` of that phase, equals the target.
+def _lesion_surroundings(m: LesionModel, instances: np.ndarray, tissues: np.ndarray,
+                         ) -> tuple[tuple[slice, ...], np.ndarray, np.ndarray]:
+    """(box grown by 3 voxels, the lesion's mask in it, liver parenchyma within 2 voxels of the lesion)."""
+    big = tuple(slice(max(b.start - 3, 0), min(b.stop + 3, n)) for b, n in zip(m.box, instances.shape))
+    mask = instances[big] == m.lesion_id
+    shell = ndimage.binary_dilation(mask, _FACE, iterations=2) & (tissues[big] == TISSUE_INDEX["liver"])
+    return big, mask, shell
 
-    The lesion HU are linear in the coefficient (metastasis: the liver-enhancement fraction ``a`` of all
-    phases at fixed ratios; HCC: ``b`` in the arterial phase, ``a`` in the portal and delayed phases),
-    so two evaluations give the exact solution. ``mask`` selects the lesion's voxels in its box.
+
+def _calibrate_lesions(anatomy: Anatomy) -> None:
+    """Hit each lesion's contrast targets exactly in the noise-free reference rendering of each phase.
+
+    The contrast is ``contrast_hu``'s measure: mean lesion HU minus mean HU of the liver parenchyma within
+    two voxels. The lesion HU are linear in one coefficient per phase (metastasis: the liver-enhancement
+    fraction ``a`` of all phases at fixed ratios; HCC: ``b`` in the arterial phase, ``a`` in the portal and
+    delayed phases), so two evaluations give the exact solution (unless the coefficient hits its bounds).
     """
-    q = m.params
-    for phase, target in q.get("targets", {}).items():
-        cond = reference_conditions(phase)
-        p = PHASES.index(phase)
-        if m.subtype == "metastasis":
-            def setter(x):
-                q["a"] = x * q["a_ratio"]
-            lo, hi = 0.0, 1.5
-        elif phase == "arterial":
-            def setter(x):
-                q["b"][0] = x
-            lo, hi = 0.0, 0.6
-        else:
-            def setter(x, p=p):
-                q["a"][p] = x
-            lo, hi = 0.0, 1.8
-        c = []
-        for x in (0.0, 1.0):
-            setter(x)
-            c.append(float(_lesion_hu(m, cond)[mask].mean()) - cond.tissue_hu["liver"])
-        x = (target - c[0]) / (c[1] - c[0]) if abs(c[1] - c[0]) > 1e-6 else 0.0
-        setter(float(np.clip(x, lo, hi)))
+    refs = {}
+    for m in anatomy.lesion_models:
+        targets = m.params.get("targets", {})
+        if not targets:
+            continue
+        big, mask, shell = _lesion_surroundings(m, anatomy.instances, anatomy.tissues)
+        own = mask[tuple(slice(b.start - g.start, b.stop - g.start) for b, g in zip(m.box, big))]
+        q = m.params
+        for phase, target in targets.items():
+            cond = reference_conditions(phase)
+            if phase not in refs:
+                refs[phase] = _mean_image(anatomy, cond)
+            liver = float(refs[phase][big][shell].mean()) if shell.any() else cond.tissue_hu["liver"]
+            liver -= cond.texture_hu * float(anatomy.texture_low[big][mask].mean())  # common to both sides
+            p = PHASES.index(phase)
+            if m.subtype == "metastasis":
+                def setter(x):
+                    q["a"] = x * q["a_ratio"]
+                lo, hi = 0.0, 1.5
+            elif phase == "arterial":
+                def setter(x):
+                    q["b"][0] = x
+                lo, hi = 0.0, 0.6
+            else:
+                def setter(x, p=p):
+                    q["a"][p] = x
+                lo, hi = 0.0, 1.8
+            c = []
+            for x in (0.0, 1.0):
+                setter(x)
+                c.append(float(_lesion_hu(m, cond)[own].mean()) - liver)
+            x = (target - c[0]) / (c[1] - c[0]) if abs(c[1] - c[0]) > 1e-6 else 0.0
+            setter(float(np.clip(x, lo, hi)))
 
 
 def _lesion_hu(m: LesionModel, cond: ScanConditions) -> np.ndarray:
@@ -819,21 +907,21 @@ def _lesion_hu(m: LesionModel, cond: ScanConditions) -> np.ndarray:
         hu = np.full(rho.shape, q["fluid_hu"], dtype=np.float32)
     elif m.subtype == "metastasis":
         body_hu = (m.params["cyst_hu"] if q["cystlike"] else Nl + q["dN"]) + q["a"][p] * El
-        rim_hu = body_hu + q["rim_a"] * El + q["rim_b"][p] * Eb
+        rim_hu = body_hu + q["rim_pv"] * (q["rim_a"] * El + q["rim_b"][p] * Eb)
         w_rim = _smoothstep(1 - q["rim_w"] - 0.05, 1 - q["rim_w"] + 0.05, rho)
         hu = (1 - w_rim) * body_hu + w_rim * rim_hu
         if q["necrotic"]:
             w_nec = _smoothstep(q["nec_r"] + 0.08, q["nec_r"] - 0.08, rho)
             hu = (1 - w_nec) * hu + w_nec * q["nec_hu"]
-        w_liv = q["margin_w"] * _smoothstep(1 - q["margin"], 1.0, rho)
+        w_liv = q["margin_pv"] * q["margin_w"] * _smoothstep(1 - q["margin"], 1.0, rho)
         hu = (1 - w_liv) * hu + w_liv * liver_val
     elif m.subtype == "hcc":
         mos = 1 + q["mosaic"] * (np.round(aux * 3) / 3 - 0.5)
         hu = Nl + q["dN"] + q["a"][p] * El * mos + q["b"][p] * Eb * mos
         if q["capsule"]:
-            w_cap = _smoothstep(0.85, 0.95, rho)
+            w_cap = q["cap_pv"] * _smoothstep(0.85, 0.95, rho)
             hu = (1 - w_cap) * hu + w_cap * (Nl + q["dN"] + q["cap_a"][p] * El)
-        w_liv = q["margin_w"] * _smoothstep(1 - q["margin"], 1.0, rho)
+        w_liv = q["margin_pv"] * q["margin_w"] * _smoothstep(1 - q["margin"], 1.0, rho)
         hu = (1 - w_liv) * hu + w_liv * liver_val
     else:  # haemangioma: centripetal fill-in of nodular peripheral enhancement
         arrival = (1 - rho) + q["kappa"] * (1 - aux)
@@ -915,7 +1003,7 @@ def _place_lesions(rng: np.random.Generator, grid: _Grid, liver_region: np.ndarr
         subtype, d_drawn = specs[i]
         d_t = max(d_drawn, d_min)
         R = d_t / 2
-        params, low = _lesion_params(rng, subtype, d_t)
+        params, low = _lesion_params(rng, subtype, d_t, vv ** (1 / 3))
         for _ in range(12):
             ok = (cand_edt >= max(0.5 * R, 0.5 * sx)) & ~forbidden[tuple(cand_idx.T)]
             if not ok.any():
@@ -937,6 +1025,14 @@ def _place_lesions(rng: np.random.Generator, grid: _Grid, liver_region: np.ndarr
             mask = _largest_component(mask)
             if mask.sum() < MIN_LESION_VOXELS or (mask & forbidden[box]).any():
                 continue
+            # inside the liver: most of its neighbours, and of its in-plane neighbours, are liver
+            liver_box = liver_region[box]
+            if _share(mask, liver_box, _FACE) < 0.5 or _share(mask, liver_box, _FACE_XY) < 0.4:
+                continue
+            # compartments (rim, capsule, nodules) follow rho; on a coarse grid the outer voxel centres lie
+            # well inside rho = 1, so rescale rho to put the outer voxel layer at ~1
+            edge = mask & ~ndimage.binary_erosion(mask, _FACE)
+            rho = (rho / max(float(np.median(rho[edge])), 0.5)).astype(np.float32)
             lz, ly, lx = (np.arange(b.start, b.stop) for b in box)
             coords = ((lz - centre[0]) * sz, (ly - centre[1]) * sy, (lx - centre[2]) * sx)
             tex = _smooth_field(rng, coords, max(0.35 * R, 1.5 * sx))
@@ -954,7 +1050,6 @@ def _place_lesions(rng: np.random.Generator, grid: _Grid, liver_region: np.ndarr
             model = LesionModel(lesion_id=lid, subtype=subtype, box=box, rho=rho, texture=tex, aux=aux,
                                 sampled_diameter_mm=float(d_drawn), target_diameter_mm=float(d_t),
                                 low_contrast=low, params=params)
-            _calibrate_lesion(model, mask)
             models.append(model)
             break
     tissues[instances > 0] = TISSUE_INDEX["lesion"]
@@ -966,18 +1061,11 @@ def _lesion_table(grid: _Grid, instances: np.ndarray, models: list[LesionModel],
     sx, sy, sz = grid.spacing
     vv = grid.voxel_volume
     rows = []
-    liver_t = TISSUE_INDEX["liver"]
-    struct = ndimage.generate_binary_structure(3, 1)
     for m in models:
-        pad = 3
-        lo = [max(b.start - pad, 0) for b in m.box]
-        hi = [min(b.stop + pad, n) for b, n in zip(m.box, grid.shape)]
-        big = tuple(slice(a, b) for a, b in zip(lo, hi))
-        mask = instances[big] == m.lesion_id
-        idx = np.argwhere(mask).astype(np.float64) + np.array(lo)
+        big, mask, shell = _lesion_surroundings(m, instances, tissues)
+        idx = np.argwhere(mask).astype(np.float64) + np.array([b.start for b in big])
         n = len(idx)
         cz, cy, cx = idx.mean(axis=0)
-        shell = ndimage.binary_dilation(mask, struct, iterations=2) & (tissues[big] == liver_t)
         ref = reference[big]
         contrast = float(ref[mask].mean() - ref[shell].mean()) if shell.any() else float("nan")
         vol_mm3 = n * vv
@@ -1008,7 +1096,7 @@ def sample_anatomy(rng: np.random.Generator, size: int = 128) -> Anatomy:
         raise ValueError(f"size must be at least 32, got {size}")
     meta: dict = {}
     grid = _sample_grid(rng, size, meta)
-    tissues, liver_region, _ = _build_anatomy(rng, grid, meta)
+    tissues, liver_region = _build_anatomy(rng, grid, meta)
     coords = (grid.zs, grid.ys, grid.xs)
     tex_low = _smooth_field(rng, coords, rng.uniform(45, 75))
     tex_mid = _smooth_field(rng, coords, max(12.0, 1.5 * grid.spacing[0]))
@@ -1020,6 +1108,7 @@ def sample_anatomy(rng: np.random.Generator, size: int = 128) -> Anatomy:
                       instances=instances, lesions=[], texture_low=tex_low, texture_mid=tex_mid,
                       lesion_models=models, meta=meta)
     if models:
+        _calibrate_lesions(anatomy)
         reference = _mean_image(anatomy, reference_conditions())
         anatomy.lesions = _lesion_table(grid, instances, models, tissues, reference)
     return anatomy
@@ -1042,13 +1131,14 @@ def sample_conditions(rng: np.random.Generator, shifted: bool = False) -> ScanCo
 
     The normal draws come first and in the same order whether ``shifted`` or not, so one generator state
     gives a scan and its out-of-distribution twin. ``shifted=True`` then models a badly timed,
-    miscalibrated, noisier scan:
+    miscalibrated, noisier scan of the same phase:
 
-    * liver (and spleen) enhancement 30-50 HU lower (at most 90% of the phase's enhancement removed),
-      so lesion-to-liver contrast falls;
-    * vessel, heart and kidney enhancement scaled by 0.6-0.9;
+    * all contrast enhancement (liver, spleen, kidneys, vessels, heart, bowel wall; and so the lesions,
+      whose enhancement follows the liver and the blood pool) scaled by one factor: in the portal and
+      delayed phases the one that makes the liver 30-50 HU darker (at most 90% of its enhancement
+      removed), in the arterial phase 0.2-0.5 (a missed bolus). Lesion-to-liver contrast falls;
     * a global HU offset of +-(20-40) HU (a calibration / window shift);
-    * noise SD x1.3-2.0 (up to 50 HU) and blur x1.0-1.6.
+    * noise SD x1.3-2.0 (at most 50 HU) and blur x1.0-1.6.
 
     Args:
         rng: the conditions' random generator.
@@ -1071,21 +1161,22 @@ def sample_conditions(rng: np.random.Generator, shifted: bool = False) -> ScanCo
     offset = 0.0
     shift: dict[str, float] = {}
     if shifted:
+        # a badly timed / weak bolus scales every enhancement (over its native HU) by the same factor, so
+        # lesions that follow the liver or the blood pool lose contrast along with the liver
         E = hu["liver"] - liver_native
-        drop = min(float(rng.uniform(30, 50)), 0.9 * E)
-        hu["liver"] -= drop
-        hu["spleen"] -= min(drop, 0.9 * (hu["spleen"] - 50.0))
-        kv = float(rng.uniform(0.6, 0.9))
-        for name in _VESSELS:
-            hu[name] = _BLOOD_NATIVE_HU + kv * (hu[name] - _BLOOD_NATIVE_HU)
-        for name in ("kidney_cortex", "kidney_medulla"):
-            hu[name] = 35.0 + kv * (hu[name] - 35.0)
+        if phase == "arterial":  # little liver enhancement to lose yet: the bolus is missed instead
+            k = float(rng.uniform(0.2, 0.5))
+        else:
+            k = max(0.1, 1.0 - float(rng.uniform(30, 50)) / E)
+        for name, native in _NATIVE_HU.items():
+            hu[name] = native + k * (hu[name] - native)
+        hu["liver"] = liver_native + k * E
         hu["lesion"] = hu["liver"]
         offset = float(rng.choice([-1.0, 1.0]) * rng.uniform(20, 40))
         nf, bf = float(rng.uniform(1.3, 2.0)), float(rng.uniform(1.0, 1.6))
         noise_sd = min(noise_sd * nf, 50.0)
         blur *= bf
-        shift = {"liver_enhancement_drop_hu": drop, "vessel_enhancement_scale": kv, "hu_offset": offset,
+        shift = {"enhancement_scale": k, "liver_enhancement_drop_hu": (1 - k) * E, "hu_offset": offset,
                  "noise_factor": nf, "blur_factor": bf}
     return ScanConditions(phase=phase, tissue_hu=hu, noise_sd=noise_sd, blur_sigma_mm=blur, hu_offset=offset,
                           liver_native_hu=liver_native, blood_enhancement_hu=_blood_enhancement(phase, hu),
@@ -1118,7 +1209,8 @@ def _mean_image(anatomy: Anatomy, cond: ScanConditions) -> np.ndarray:
     img += mid[t] * anatomy.texture_mid
     for m in anatomy.lesion_models:
         inside = anatomy.instances[m.box] == m.lesion_id
-        img[m.box][inside] = _lesion_hu(m, cond)[inside]
+        # the liver's low-frequency inhomogeneity (perfusion, beam hardening) runs through its lesions
+        img[m.box][inside] = (_lesion_hu(m, cond) + cond.texture_hu * anatomy.texture_low[m.box])[inside]
     return img
 
 
