@@ -58,7 +58,8 @@ class CPUBudgetMixin:
 
 
 class _CPUUNet(CPUBudgetMixin):
-    def rewrite_plans(self, plans: dict, configuration: str) -> dict:
+    @classmethod
+    def rewrite_plans(cls, plans: dict, configuration: str) -> dict:
         plans = _plans.cpu_sized_unet_plans(plans, configuration, **CPU_UNET)
         return super().rewrite_plans(plans, configuration)
 

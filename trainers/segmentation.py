@@ -95,14 +95,16 @@ class LiverHUTrainerBase(nnUNetTrainer):
         dataset_json = liver_tumour_regions(dataset_json)
         super().__init__(plans, configuration, fold, dataset_json, device)
 
-    def window_kwargs(self, plans: dict) -> dict:
-        config = PRESETS[self.window]
+    @classmethod
+    def window_kwargs(cls, plans: dict) -> dict:
+        config = PRESETS[cls.window]
         kwargs = {"window": config.to_dict()}
         if not config.is_random:  # the paper's fixed window, then zero mean / unit variance
             kwargs["window_mean"], kwargs["window_std"] = _plans.window_constants(plans, config.to_dict())
         return kwargs
 
-    def rewrite_plans(self, plans: dict, configuration: str) -> dict:
+    @classmethod
+    def rewrite_plans(cls, plans: dict, configuration: str) -> dict:
         raise NotImplementedError
 
     @staticmethod
@@ -116,8 +118,9 @@ class LiverUNetTrainer(LiverHUTrainerBase):
 
     window = "fixed_paper"
 
-    def rewrite_plans(self, plans: dict, configuration: str) -> dict:
-        return _plans.windowed_unet_plans(plans, configuration, self.window_kwargs(plans))
+    @classmethod
+    def rewrite_plans(cls, plans: dict, configuration: str) -> dict:
+        return _plans.windowed_unet_plans(plans, configuration, cls.window_kwargs(plans))
 
 
 class LiverUNetRWATrainer(LiverUNetTrainer):
@@ -140,13 +143,14 @@ class DualStreamTrainer(LiverHUTrainerBase):
     max_inplane = 512
     batch_size = 2
 
-    def rewrite_plans(self, plans: dict, configuration: str) -> dict:
+    @classmethod
+    def rewrite_plans(cls, plans: dict, configuration: str) -> dict:
         return _plans.dual_stream_plans(
-            plans, configuration, n_slices_patch=self.n_slices_patch, max_inplane=self.max_inplane,
-            features_per_stage=self.features_per_stage, n_blocks_per_stage=self.n_blocks_per_stage,
-            context_features_per_stage=self.context_features_per_stage, batch_size=self.batch_size,
-            network_kwargs={"use_attention": self.use_attention, "use_context": self.use_context,
-                            **self.window_kwargs(plans)})
+            plans, configuration, n_slices_patch=cls.n_slices_patch, max_inplane=cls.max_inplane,
+            features_per_stage=cls.features_per_stage, n_blocks_per_stage=cls.n_blocks_per_stage,
+            context_features_per_stage=cls.context_features_per_stage, batch_size=cls.batch_size,
+            network_kwargs={"use_attention": cls.use_attention, "use_context": cls.use_context,
+                            **cls.window_kwargs(plans)})
 
 
 class DualStreamNoRWATrainer(DualStreamTrainer):
