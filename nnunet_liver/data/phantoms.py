@@ -21,40 +21,57 @@ x, the spine at large y, the lungs in the top slices.
 Anatomy model (all sizes in mm, so that lesion sizes are realistic whatever the grid):
 
 * Field of view: in-plane spacing ``U(0.7, 1.0) * 512 / size`` (the 358-512 mm field of view of an
-  abdominal CT); slice spacing 1.5-3.5x the in-plane spacing (log-uniform); the slices cover the liver
-  (140-190 mm high) plus 25-70 mm above (lung bases, heart) and 40-140 mm below, at least 16 slices.
+  abdominal CT); slice spacing 1.5-3x the in-plane spacing (log-uniform); the slices cover the liver
+  (140-190 mm high) plus 30-80 mm above (lung bases, heart) and 50-160 mm below, at least 16 slices:
+  at size 128 mostly 34-63 slices (median 45, ~0.35 x size), at sizes 48 and 64 mostly 16-32.
 * Body: a super-ellipse cross-section with smooth Fourier irregularity and a flattened back,
   subcutaneous fat of varying thickness, a muscle wall, ribs in the wall, paraspinal and psoas muscles,
-  a vertebral column (cancellous body, cortical shell, discs, spinal canal, posterior elements), aorta,
-  inferior vena cava, a diaphragm with two domes, lung bases and heart above it, stomach with an air-fluid
-  level, bowel loops with gas in visceral fat, spleen, kidneys (cortex, medulla, sinus fat), gallbladder.
-* Liver: a smooth union of six deformed ellipsoids (large right lobe with an inferior tip, medial
-  segment, thin left lateral lobe reaching across the midline, caudate lobe), warped by a low-frequency
-  random displacement field and moulded by the abdominal wall, the diaphragm dome, the kidney, the
-  gallbladder fossa and the vena cava. Portal and hepatic venous trees (tapering branching tubes grown
-  towards random liver points) run inside it. Intrahepatic vessels carry label 1 (liver), as in LiTS;
-  the vena cava, the extrahepatic portal vein and the gallbladder are background.
+  a vertebral column (cancellous body with a cortical shell, discs, spinal canal; arch and processes as
+  "thin_bone", cortex and marrow mixed at these voxel sizes), aorta, inferior vena cava, a diaphragm
+  with two domes, lung bases and heart above it, stomach with an air-fluid level, bowel loops with gas in
+  visceral fat, spleen, kidneys (cortex, medulla, sinus fat) in perirenal fat, gallbladder.
+* Liver: a smooth union of five ellipsoids (large right lobe, its inferior tip, medial segment, thin
+  left lateral lobe reaching across the midline, caudate lobe), warped by a low-frequency random
+  displacement field and moulded by the abdominal wall, the diaphragm dome, the kidney, the gallbladder
+  fossa and the vena cava. Portal and hepatic venous trees (gently curved, tapering branching tubes
+  grown towards random liver points) run inside it. Intrahepatic vessels carry label 1 (liver), as in
+  LiTS; the vena cava, the extrahepatic portal vein and the gallbladder are background.
+* Texture: a low-frequency field (~60 mm; liver amplitude ``texture_hu``, 2-6 HU) and a mid-frequency
+  mottle (~12 mm) with per-tissue amplitudes; the spleen is heterogeneous in the arterial phase.
 
 Lesion model. 0-6 lesions per case (20% of cases none); equivalent diameters drawn from a power law
-(density ~ d^-1.5) on 6-50 mm: median ~13 mm, ~70% under 20 mm, ~15% over 30 mm. A lesion's voxel volume is calibrated to its drawn diameter, but a grid cannot hold
-a lesion smaller than about ten voxels: below that the diameter is raised to the grid's minimum (about
-11 mm at size 128, 30 mm at size 48); the lesion keeps its drawn diameter in ``Anatomy.lesion_models``.
-Lesions lie inside the liver (clipped to it; at most a third may be cut off at the border), are one
-face-connected component each, and are at least two voxels apart in every direction, so face and full
-connectivity give the same components. Subtypes (50% benign by expectation; lesions of one case
-share a dominant subtype with probability 0.6): hypodense metastases (lobulated, enhancing rim,
-necrotic core when large, some cyst-like), HCC (arterial hyperenhancement with mosaic texture, washout,
-capsule), cysts (0-20 HU, 20% proteinaceous 20-38 HU, sharp and homogeneous) and haemangiomas
-(discontinuous peripheral nodules at blood-pool HU that fill in centripetally; some small ones
-flash-fill). About 20% of lesions (metastases and HCC) are low-contrast (10-20 HU in the portal phase).
+(density ~ d^-1.5) on 6-50 mm: median ~13 mm, ~70% under 20 mm, ~15% over 30 mm. A lesion's voxel
+volume is calibrated to its drawn diameter, but a grid cannot hold a lesion smaller than about ten
+voxels: below that the diameter is raised to the grid's minimum (about 9-15 mm at size 128, 23-41 mm at
+size 48); ``Anatomy.lesion_models`` keeps the drawn diameter. Lesions lie inside the liver (clipped to
+it, at most a third cut off at the border, at least half of their neighbours and 40% of their in-plane
+neighbours liver), are one face-connected component each, and are at least two voxels apart in every
+direction, so face and full connectivity give the same components; lesions under 8 voxels are redrawn
+elsewhere (12 tries) or dropped. Subtypes (50% benign by expectation; lesions of one case share a
+dominant subtype with probability 0.6):
+
+* metastasis: hypodense (20-40 HU below the liver in the portal phase), lobulated, enhancing rim
+  (strong arterial rim in 15%), necrotic fluid core when large, blurred margin; 30% of those under 18 mm
+  are cyst-like (20-40 HU, sharp, homogeneous);
+* HCC: arterial hyperenhancement (20-60 HU) with a mosaic texture, washout in the portal (20-40 HU
+  below) and delayed phases, an enhancing capsule in half of those over 15 mm;
+* cyst: 0-20 HU (20% proteinaceous, 20-38 HU), sharp, round, homogeneous, no enhancement;
+* haemangioma: discontinuous peripheral nodules at blood-pool HU that fill in centripetally towards the
+  delayed phase around a hypodense centre; a quarter of those under 20 mm flash-fill.
+
+40% of metastases and HCC (about 20% of all lesions) are low-contrast: 10-20 HU in the portal phase
+(HCC: 10-20 HU arterial hyperenhancement too). Thin peripheral compartments (rim, capsule, margin) are
+weighted by their thickness over the voxel size (partial volume).
 
 Lesion HU follow a linear enhancement model: ``native + a * E_liver + b * E_blood`` per compartment,
 where ``E_liver`` and ``E_blood`` are the scan's liver and blood-pool enhancement over their native
-values. The coefficients are calibrated so that the contrast to the liver hits its drawn target at
-nominal portal-phase values; a badly timed scan with weaker enhancement therefore also has weaker lesion
-contrast. ``contrast_hu`` in the lesion table is mean lesion HU minus mean HU of the liver parenchyma
-within two voxels around it, in a noise-free, unblurred rendering under :func:`reference_conditions`
-(portal phase, mid-range values).
+values. The coefficients are calibrated so that each drawn contrast target is met exactly in the
+noise-free reference rendering of its phase; a badly timed scan with weaker enhancement therefore also
+has weaker lesion contrast. ``contrast_hu`` in the lesion table is mean lesion HU minus mean HU of the
+liver parenchyma within two voxels around it, in a noise-free, unblurred rendering under
+:func:`reference_conditions` (portal phase, mid-range values).
+
+Speed: about 0.1 s per case at size 64 and 0.3-0.5 s at size 128 on one core.
 
 Typical use::
 
@@ -82,8 +99,8 @@ HU_RANGE = (-1024, 3071)
 MIN_LESION_VOXELS = 8
 LESION_GAP_VOXELS = 2
 
-# Phase-dependent HU ranges (uniform draws). Sources: typical multiphase liver-CT values; the brief's
-# targets for aorta / portal vein / liver are kept exactly.
+# Phase-dependent HU ranges (uniform draws): typical multiphase liver-CT values (aorta 250-350 arterial,
+# portal vein 160-200 portal, liver 60-80 / 100-130 / 90-100, as the phantom issue asks).
 _PHASE_HU = {
     "arterial": {"aorta": (250, 350), "portal_vein": (100, 160), "hepatic_vein": (55, 90), "ivc": (60, 110),
                  "liver": (60, 80), "spleen": (90, 130), "kidney_cortex": (170, 240), "kidney_medulla": (70, 110),
@@ -104,7 +121,8 @@ _BLOOD_NATIVE_HU = 40.0
 _NATIVE_HU = {"aorta": _BLOOD_NATIVE_HU, "ivc": _BLOOD_NATIVE_HU, "portal_vein": _BLOOD_NATIVE_HU,
               "hepatic_vein": _BLOOD_NATIVE_HU, "heart": _BLOOD_NATIVE_HU, "spleen": 45.0, "kidney_cortex": 30.0,
               "kidney_medulla": 30.0, "bowel": 35.0, "muscle": 45.0}
-# Nominal (mid-range) values: lesion coefficients are calibrated against them.
+# Nominal (mid-range) values of the reference rendering (:func:`reference_conditions`), in which the
+# lesion contrast targets are met.
 _NOMINAL_LIVER_NATIVE = 58.0
 _NOMINAL_LIVER = {"arterial": 70.0, "portal": 115.0, "delayed": 95.0}
 _NOMINAL_BLOOD = {"arterial": 300.0 - _BLOOD_NATIVE_HU, "portal": 180.0 - _BLOOD_NATIVE_HU,
@@ -160,8 +178,11 @@ class LesionModel:
     """Geometry fields and enhancement parameters of one lesion, for rendering.
 
     ``rho``, ``texture`` and ``aux`` cover ``box`` (a tuple of z, y, x slices of the volume): ``rho`` is
-    the normalised radial coordinate (0 at the centre, 1 at the margin), ``texture`` a unit-variance
-    smooth field, ``aux`` a smooth field mapped to [0, 1] (haemangioma nodules, HCC mosaic).
+    the normalised radial coordinate (0 at the centre, about 1 in the outer voxel layer), ``texture`` a
+    unit-variance smooth field, ``aux`` a smooth field mapped to [0, 1] (haemangioma nodules, HCC
+    mosaic). The lesion's voxels are those of ``Anatomy.instances == lesion_id`` in the box.
+    ``sampled_diameter_mm`` is the drawn size, ``target_diameter_mm`` that size raised to the grid's
+    minimum; ``params`` holds the enhancement parameters (see ``_lesion_params``).
     """
 
     lesion_id: int
@@ -340,10 +361,10 @@ class _Grid:
 
 def _sample_grid(rng: np.random.Generator, size: int, meta: dict) -> _Grid:
     s = rng.uniform(0.7, 1.0) * 512.0 / size
-    ratio = math.exp(rng.uniform(math.log(1.5), math.log(3.5)))
+    ratio = math.exp(rng.uniform(math.log(1.5), math.log(3.0)))
     sz = s * ratio
     liver_h = rng.uniform(140, 190)
-    m_top, m_bot = rng.uniform(25, 70), rng.uniform(40, 140)
+    m_top, m_bot = rng.uniform(30, 80), rng.uniform(50, 160)
     extent = liver_h + m_top + m_bot
     nz = int(min(max(16, math.ceil(extent / sz)), max(16, size)))
     extra = nz * sz - extent
