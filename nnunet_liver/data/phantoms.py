@@ -502,7 +502,7 @@ def _paint_body_wall(rng: np.random.Generator, grid: _Grid, meta: dict) -> _Body
     p_exp = rng.uniform(2.0, 2.6)
     kz = rng.uniform(0.0, 0.08)
     back = rng.uniform(0.84, 0.93)
-    decay = np.array([0.012, 0.02, 0.015, 0.01, 0.008])  # harmonics 2..6: bumps, not a tilted ellipse
+    decay = np.array([0.01, 0.012, 0.012, 0.008, 0.006])  # harmonics 2..6: bumps, not a tilted ellipse
     c_lo, c_hi = rng.normal(0, 1, 5) * decay, rng.normal(0, 1, 5) * decay
     ph = rng.uniform(0, 2 * np.pi, 5)
     theta2 = np.arctan2(Y[0] / B, X[0] / A)  # (ny, nx)
