@@ -72,6 +72,15 @@ def test_predict_and_evaluate_dual_stream(trained, tmp_path, start_method):
         assert seg.GetSize() == img.GetSize() and seg.GetSpacing() == pytest.approx(img.GetSpacing())
         assert set(np.unique(sitk.GetArrayFromImage(seg))) <= {0, 1, 2}
 
+    if start_method == "fork":  # nnU-Net's own evaluation reads the regions from the model's dataset.json
+        model = model_dir(env, "DualStreamTrainer_CPU")
+        proc = stock(["nnUNetv2_evaluate_folder", str(raw / "labelsTs"), str(pred), "-djfile",
+                      str(model / "dataset.json"), "-pfile", str(model / "plans.json"), "-np", "1"],
+                     env, start_method, tmp_path)
+        assert_ok(proc)
+        assert json.loads((pred / "summary.json").read_text())["foreground_mean"]["Dice"] >= 0
+        (pred / "summary.json").unlink()
+
     from nnunet_liver.cli.main import main
 
     assert main(["evaluate", str(raw / "labelsTs"), str(pred), "-o", str(tmp_path / "eval"), "-np", "1",
@@ -193,3 +202,14 @@ def test_hu_training_transforms_drop_hu_meaningless_intensity_augmentation():
     # the pipeline still runs on an HU patch and keeps image/label aligned in shape
     out = ours(image=torch.full((1, 8, 32, 32), 60.0), segmentation=torch.zeros((1, 8, 32, 32), dtype=torch.int16))
     assert out["image"].shape == (1, 8, 32, 32)
+
+
+@pytest.mark.slow
+def test_dual_stream_trains_under_spawn(tiny_phantoms, tmp_path):
+    """Under spawn the augmentation workers unpickle the trainer's transforms: they must be importable."""
+    env = dict(tiny_phantoms, **BUDGET, nnUNet_n_proc_DA="1")
+    env["nnUNet_results"] = str(tmp_path)
+    proc = stock(["nnUNetv2_train", "990", "3d_fullres", "0", "-tr", "DualStreamTrainer_CPU", "-device", "cpu"],
+                 env, "spawn", tmp_path)
+    assert_ok(proc)
+    assert (model_dir(env, "DualStreamTrainer_CPU") / "fold_0" / "checkpoint_final.pth").is_file()
