@@ -17,6 +17,9 @@ COMMANDS = (
     "nnunet_liver.cli.evaluate",
     "nnunet_liver.cli.synth",
     "nnunet_liver.cli.preprocess",
+    "nnunet_liver.cli.convert",
+    "nnunet_liver.cli.merge",
+    "nnunet_liver.cli.submit",
 )
 
 
