@@ -375,3 +375,23 @@ def test_ircadb_unknown_layout(tmp_path, capsys):
     code, _, err = run_cli(["convert", "ircadb", tmp_path / "src", "-o", tmp_path / "raw", *LITS], capsys)
     assert code == 2 and "no 3D-IRCADb patient folders" in err
     assert not (tmp_path / "raw").exists() or list((tmp_path / "raw").iterdir()) == []
+
+
+def test_scripts_are_thin_wrappers(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    make_lits(tmp_path / "lits", tests=0)
+    make_ircadb_patient(tmp_path / "ircadb" / "3Dircadb1.3", zipped=True)
+    for script, src, ds in (("convert_lits.py", "lits", "Dataset501_LiTS"),
+                            ("convert_ircadb.py", "ircadb", "Dataset502_3DIRCADb")):
+        proc = subprocess.run([sys.executable, str(REPO / "scripts" / script), str(tmp_path / src), "-o",
+                               str(tmp_path / "raw"), "--no-progress", "-np", "1"],
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        assert (tmp_path / "raw" / ds / "dataset.json").is_file()
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "convert_lits.py"), str(tmp_path / "none"),
+                           "-o", str(tmp_path / "raw")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "none: not a folder" in proc.stderr
