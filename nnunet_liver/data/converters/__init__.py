@@ -111,11 +111,13 @@ def nonfinite_in_nifti(path: str | os.PathLike, slab: int = 32) -> str | None:
     """"NaN" or "infinite" if the NIfTI file stores such values, else None.
 
     SimpleITK cannot tell: its NIfTI reader (niftilib) silently replaces NaN and infinities by 0. nibabel
-    reads the stored values; slabs along the last axis keep the memory small.
+    reads the stored values; slabs along the last axis of a memory-mapped ``.nii`` keep the memory small.
     """
     import nibabel as nib
 
     data = nib.load(str(path)).dataobj
+    if str(path).endswith(".gz") or data.ndim == 0:
+        slab = max(data.shape or (1,))  # gzip cannot seek: one pass over the whole array
     found = None
     for i in range(0, data.shape[-1] if data.ndim else 1, slab):
         block = np.asarray(data[..., i:i + slab]) if data.ndim else np.asarray(data)

@@ -307,7 +307,9 @@ def write_case(job: CaseJob, staging: Path) -> dict:
         if problem:
             raise ConversionError(f"{masks_src / name if masks_src.is_dir() else masks_src}: mask {name}: "
                                   f"{problem} of the CT series")
-        masks[name] = sitk.GetArrayViewFromImage(mask) > 0
+        values = sitk.GetArrayViewFromImage(mask)
+        # foreground = above the background value, which is 0 unless a rescale intercept shifted it
+        masks[name] = values > values.min() if values.size else values.astype(bool)
 
     kinds = {"tumour": 2, "cyst": 2 if p["cysts_as_tumour"] else 1}
     label = np.zeros(sitk.GetArrayViewFromImage(ct).shape, dtype=np.uint8)

@@ -127,13 +127,19 @@ def ircadb_ct(seed: int = 0) -> np.ndarray:
     return rng.integers(-1000, 1200, IRCADB_SHAPE).astype(np.int16)
 
 
-def make_ircadb_patient(patient: Path, *, zipped: bool = False, seed: int = 0, masks: dict | None = None) -> Path:
-    """``patient``/PATIENT_DICOM and MASKS_DICOM/<structure> (or the two as zip files holding the folders)."""
+def make_ircadb_patient(patient: Path, *, zipped: bool = False, seed: int = 0, masks: dict | None = None,
+                        masks_with_intercept: bool = False) -> Path:
+    """``patient``/PATIENT_DICOM and MASKS_DICOM/<structure> (or the two as zip files holding the folders).
+
+    ``masks_with_intercept``: the masks carry the CT's rescale intercept (-1024), so background reads -1024.
+    """
     patient.mkdir(parents=True, exist_ok=True)
     uid = f"1.2.826.0.1.3680043.2.1125.{seed + 10}"
     write_dicom_series(ircadb_ct(seed), patient / "PATIENT_DICOM", uid + ".1")
     for k, (name, arr) in enumerate((masks or ircadb_masks()).items()):
-        write_dicom_series(arr, patient / "MASKS_DICOM" / name, f"{uid}.{k + 2}", hu=False)
+        # with the intercept, the stored values are still 0/255, read back as -1024/-769
+        values = arr.astype(np.int16) - (1024 if masks_with_intercept else 0)
+        write_dicom_series(values, patient / "MASKS_DICOM" / name, f"{uid}.{k + 2}", hu=masks_with_intercept)
     (patient / "LABELLED_DICOM").mkdir()
     if zipped:
         for sub in ("PATIENT_DICOM", "MASKS_DICOM"):

@@ -50,16 +50,17 @@ def test_label_array_refuses(value, message):
 
 
 def test_nan_in_nifti_is_found_although_simpleitk_hides_it(tmp_path):
-    arr = np.zeros((3, 4, 70), np.float32)  # more than one slab along the last NIfTI axis
+    arr = np.zeros((70, 4, 3), np.float32)  # NIfTI's last axis has 70 slices: three slabs of 32
     write_nifti(arr, tmp_path / "ok.nii")
     assert nonfinite_in_nifti(tmp_path / "ok.nii") is None
-    arr[2, 3, 69] = np.nan
-    write_nifti(arr, tmp_path / "nan.nii.gz")
-    assert not np.isnan(sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "nan.nii.gz")))).any()
-    assert nonfinite_in_nifti(tmp_path / "nan.nii.gz") == "NaN"
+    arr[69, 3, 2] = np.nan
+    for name in ("nan.nii", "nan.nii.gz"):
+        write_nifti(arr, tmp_path / name)
+        assert not np.isnan(sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / name)))).any()
+        assert nonfinite_in_nifti(tmp_path / name) == "NaN"
     with pytest.raises(ConversionError, match="nan.nii.gz: the segmentation has NaN values"):
         read_image(tmp_path / "nan.nii.gz", "segmentation")
-    arr[2, 3, 69] = -np.inf
+    arr[69, 3, 2] = -np.inf
     write_nifti(arr, tmp_path / "inf.nii")
     assert nonfinite_in_nifti(tmp_path / "inf.nii") == "infinite"
 

@@ -10,13 +10,20 @@ import SimpleITK as sitk
 from nnunet_liver.data.converters import ConversionError
 from nnunet_liver.data.converters.ircadb import (
     _extract,
+    convert_ircadb,
     find_patients,
     lesion_rows,
     list_structures,
     read_series,
     structure_kind,
 )
-from tests.data.converters.fixtures import IRCADB_SPACING, ircadb_ct, write_dicom_series
+from tests.data.converters.fixtures import (
+    IRCADB_SPACING,
+    ircadb_ct,
+    ircadb_masks,
+    make_ircadb_patient,
+    write_dicom_series,
+)
 
 
 @pytest.mark.parametrize("name, kind", [
@@ -93,3 +100,12 @@ def test_touching_lesions_share_their_label_component():
         ("livertumor01", 1, 8), ("livertumor02", 1, 8), ("livercyst", "", 1)]
     assert rows[0]["volume_ml"] == pytest.approx(8 * 6 / 1000)
     assert (rows[2]["centroid_x_mm"], rows[2]["centroid_y_mm"], rows[2]["centroid_z_mm"]) == (5.0, 8.0, 9.0)
+
+
+def test_masks_whose_background_is_shifted_by_an_intercept(tmp_path):
+    make_ircadb_patient(tmp_path / "src" / "3Dircadb1.1", masks_with_intercept=True)
+    result = convert_ircadb(tmp_path / "src", tmp_path / "raw", progress=False)
+    label = sitk.GetArrayFromImage(sitk.ReadImage(str(result.folder / "labelsTr" / "ircadb_001.nii.gz")))
+    m = {k: v > 0 for k, v in ircadb_masks().items()}
+    assert np.array_equal(label == 2, m["livertumor01"] | m["livertumor02"])
+    assert np.array_equal(label == 1, (m["liver"] | m["liverkyst"]) & ~(label == 2))
