@@ -347,7 +347,8 @@ def extract_crops(data: PreprocessedData, rows: Sequence[TableRow], out_dir: str
                   spec: CropSpec = CropSpec(), tumour_label: int | None = None,
                   raw_centroids: Callable[[str], Mapping[int, tuple[float, float, float]]] | None = None,
                   strict: bool = True, tolerance_mm: float = 5.0, progress: bool = True,
-                  table_path: str | None = None, log: Callable[[str], None] = print) -> ExtractResult:
+                  table_path: str | None = None, log: Callable[[str], None] = print,
+                  validate: Callable[[list[Lesion]], None] | None = None) -> ExtractResult:
     """Join the table with the preprocessed components and write (or refresh) the crop cache.
 
     Args:
@@ -363,6 +364,8 @@ def extract_crops(data: PreprocessedData, rows: Sequence[TableRow], out_dir: str
         progress: tqdm progress bar.
         table_path: recorded in crops.json.
         log: where warnings go.
+        validate: called with the joined lesions before anything is written; raise to abort (e.g. folds
+            that cannot be made).
 
     Raises:
         LesionJoinError: mismatches (strict) — nothing is written then.
@@ -390,6 +393,8 @@ def extract_crops(data: PreprocessedData, rows: Sequence[TableRow], out_dir: str
         raise CropError(f"no lesions to crop: the table and {data.dataset_name} ({data.folder.name}) share no "
                         f"tumour component (label {tumour_label})")
 
+    if validate is not None:
+        validate(lesions)
     out = check_writable_dir(out_dir)
     index_path = out / "index.csv"
     plan = []

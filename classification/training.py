@@ -75,7 +75,9 @@ __all__ = [
     "count_flops_per_lesion",
     "count_parameters",
     "resolve_device",
+    "run_folder",
     "PREDICTION_COLUMNS",
+    "write_predictions",
 ]
 
 CHECKPOINT_FORMAT = "nnunet_liver.classification/1"
@@ -99,6 +101,11 @@ def resolve_device(device: str) -> torch.device:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError("--device cuda requested but CUDA is not available")
     return torch.device(device)
+
+
+def run_folder(root: str | os.PathLike, model_name: str, preset: str, seed: int = 0) -> Path:
+    """``<root>/<model>__<preset>`` (``__seed<k>`` appended for seeds other than 0); folds go below it."""
+    return Path(root) / (f"{model_name}__{preset}" + (f"__seed{seed}" if seed else ""))
 
 
 def build_model(model_name: str, config: TrainConfig, pretrained: str | os.PathLike | None = None) -> nn.Module:
@@ -346,6 +353,16 @@ def model_from_checkpoint(ckpt: dict) -> tuple[nn.Module, TrainConfig]:
     return model.eval(), config
 
 
+def _can_extend(ckpt: dict, config: TrainConfig) -> bool:
+    """Whether a finished run stopped by a limit that ``config`` raises (more epochs or more time)."""
+    reason = ckpt.get("stop_reason")
+    if reason == "max epochs":
+        return config.epochs > ckpt["epoch"] + 1
+    if reason == "time budget":
+        return config.max_time_s is None or config.max_time_s > ckpt["elapsed_s"]
+    return False
+
+
 def _config_differences(a: dict, b: dict) -> list[str]:
     return sorted(k for k in set(a) | set(b) if k not in _RESUMABLE_CHANGES and a.get(k) != b.get(k))
 
@@ -390,10 +407,12 @@ def plot_progress(history: dict, path: str | os.PathLike, title: str = "") -> No
 # training
 
 
-def _write_predictions(path: Path, data: CropData, pred: dict[str, np.ndarray]) -> None:
+def write_predictions(path: str | os.PathLike, data: CropData, pred: dict[str, np.ndarray], *,
+                      overwrite: bool = True) -> None:
+    """Per-lesion predictions as CSV (``PREDICTION_COLUMNS``), written atomically."""
     from nnunet_liver.data.io import staged_file
 
-    with staged_file(path, overwrite=True) as tmp:
+    with staged_file(path, overwrite=overwrite) as tmp:
         with open(tmp, "w", newline="") as f:
             w = csv.writer(f, lineterminator="\n")
             w.writerow(PREDICTION_COLUMNS)
@@ -425,7 +444,8 @@ def train_fold(*, crop_dir: str | os.PathLike, out_dir: str | os.PathLike, model
         config: training configuration.
         seed: seeds initialisation, shuffling and augmentation (with the fold).
         device: torch device.
-        resume: continue from ``checkpoint_latest.pt`` when present (a finished run is left as it is).
+        resume: continue from ``checkpoint_latest.pt`` when present. A finished run is left as it is, unless
+            it stopped at the epoch or time limit and ``config`` raises that limit.
         pretrained: local state_dict for the 2D baselines.
         progress: tqdm bar over epochs.
         log: messages.
@@ -461,7 +481,7 @@ def train_fold(*, crop_dir: str | os.PathLike, out_dir: str | os.PathLike, model
         if diff:
             raise CheckpointError(f"{out} holds a run with another configuration (differs in: {', '.join(diff)}); "
                                   f"use --overwrite to start again")
-        if ckpt.get("finished") and final_path.is_file():
+        if ckpt.get("finished") and final_path.is_file() and not _can_extend(ckpt, config):
             log(f"{model_name} fold {fold}: already finished ({out})")
             return json.loads((out / "training_log.json").read_text())["summary"]
 
@@ -495,7 +515,7 @@ def train_fold(*, crop_dir: str | os.PathLike, out_dir: str | os.PathLike, model
 
     def state(epoch: int, finished: bool = False, weights: dict | None = None) -> dict:
         return {"format": CHECKPOINT_FORMAT, "model": model_name, "config": config.to_dict(), "fold": fold,
-                "seed": seed, "epoch": epoch, "finished": finished,
+                "seed": seed, "epoch": epoch, "finished": finished, "stop_reason": stop_reason,
                 "state_dict": weights if weights is not None else model.state_dict(),
                 "optimizer": optimizer.state_dict(), "generator": generator.get_state(), "history": history,
                 "best_score": list(best_score) if best_score is not None else None, "stale": stale,
@@ -566,12 +586,13 @@ def train_fold(*, crop_dir: str | os.PathLike, out_dir: str | os.PathLike, model
     if history["best_epoch"] is None:
         raise CheckpointError(f"{model_name} fold {fold}: no epoch was trained (epochs={config.epochs})")
 
+    save_checkpoint(latest, state(epoch, finished=True))  # last-epoch weights: what --continue goes on from
     best = load_checkpoint(best_path, expected_model=model_name)
     model.load_state_dict(best["state_dict"])
     t0 = time.perf_counter()
     pred = predict_lesions(model, model_name, test, config, device)
     predict_s = time.perf_counter() - t0
-    _write_predictions(out / "predictions.csv", test, pred)
+    write_predictions(out / "predictions.csv", test, pred)
     yt = test.labels.numpy()
     summary = {
         "model": model_name, "fold": fold, "seed": seed, "preset": config.preset,
@@ -585,7 +606,6 @@ def train_fold(*, crop_dir: str | os.PathLike, out_dir: str | os.PathLike, model
         "n_parameters": count_parameters(model), "device": str(device),
     }
     save_checkpoint(final_path, state(history["best_epoch"], finished=True, weights=best["state_dict"]))
-    save_checkpoint(latest, {**state(epoch, finished=True)})
     from nnunet_liver.data.io import staged_file
 
     with staged_file(out / "training_log.json", overwrite=True) as tmp:
