@@ -21,7 +21,6 @@ from tests.data.converters.fixtures import (
     LITS_DIRECTION,
     LITS_ORIGIN,
     LITS_SPACING,
-    SHAPE,
     ircadb_ct,
     ircadb_masks,
     lits_label,

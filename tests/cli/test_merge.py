@@ -99,3 +99,20 @@ def test_merge_bad_input(tmp_path, capsys):
     code, _, err = run_cli(["merge", "601", "602", "-d", 601, "-o", raw, *ARGS], capsys)
     assert code == 2 and "dataset id 601 is already used" in err
     assert not any(p.name.startswith("Dataset610") for p in raw.iterdir())
+
+
+def test_converted_and_merged_datasets_pass_nnunet_verification(tmp_path, capsys):
+    """LiTS + 3D-IRCADb conversions merged: nnU-Net's own integrity check accepts the result."""
+    from nnunetv2.experiment_planning.verify_dataset_integrity import verify_dataset_integrity
+
+    from tests.data.converters.fixtures import make_ircadb_patient
+
+    raw = tmp_path / "raw"
+    assert run_cli(["convert", "lits", make_lits(tmp_path / "lits", tests=1), "-o", raw, *ARGS], capsys)[0] == 0
+    make_ircadb_patient(tmp_path / "ircadb" / "3Dircadb1.1")
+    assert run_cli(["convert", "ircadb", tmp_path / "ircadb", "-o", raw, *ARGS], capsys)[0] == 0
+    code, out, err = run_cli(["merge", "501", "502", "-d", 510, "-o", raw, *ARGS], capsys)
+    assert code == 0 and "6 case(s) (6 copied" in out and "0 duplicate(s)" in out, err
+    verify_dataset_integrity(str(raw / "Dataset510_LiTS_3DIRCADb"), num_processes=1)  # raises on a problem
+    lesions = list(csv.DictReader(open(raw / "Dataset510_LiTS_3DIRCADb" / "lesions.csv")))
+    assert {r["case_id"] for r in lesions} == {"3DIRCADb_ircadb_001"} and len(lesions) == 5

@@ -6,19 +6,11 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
-import pytest
 import SimpleITK as sitk
 
 from nnunet_liver.cli.main import main
 from tests.conftest import shared_dir
-from tests.data.converters.fixtures import (
-    LITS_DIRECTION,
-    SHAPE,
-    lits_label,
-    make_lits,
-    tree_hashes,
-    write_nifti,
-)
+from tests.data.converters.fixtures import lits_label, make_lits, tree_hashes, write_nifti
 
 ARGS = ["--no-progress", "-np", "1"]
 
@@ -121,7 +113,8 @@ def test_bad_predictions(tmp_path, capsys):
     assert code == 2 and "no prediction for test-volume-1" in err
     write_nifti(lits_label(1)[:, :, :15], preds / "test-segmentation-1.nii")
     code, _, err = run_cli(["submit", preds, "--test-images", src, "-o", out, *ARGS], capsys)
-    assert code == 2 and "test-segmentation-1.nii: shape (15, 16, 8) differs from (16, 16, 8) of test-volume-1.nii" in err
+    assert code == 2 and \
+        "test-segmentation-1.nii: shape (15, 16, 8) differs from (16, 16, 8) of test-volume-1.nii" in err
     lab = lits_label(1)
     lab[0, 0, 0] = 4
     fake_prediction(src / "test-volume-1.nii", preds / "test-segmentation-1.nii", lab)

@@ -258,7 +258,7 @@ def lesion_rows(case: str, image, label: np.ndarray, lesion_masks: list[tuple[st
         if n == 0:
             continue
         index = np.arange(1, n + 1)
-        counts = ndimage.sum_labels(np.ones_like(components, dtype=np.int64), components, index)
+        counts = np.bincount(components.ravel(), minlength=n + 1)[1:]
         centroids = ndimage.center_of_mass(mask, components, index)
         for k, box, count, (cz, cy, cx) in zip(index, ndimage.find_objects(components), counts, centroids):
             lesion_id = ""

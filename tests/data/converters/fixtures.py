@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 import shutil
 import zipfile
 from pathlib import Path
@@ -156,8 +155,3 @@ def reference_ct(patient_dicom: Path) -> sitk.Image:
     reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(patient_dicom)))
     return reader.Execute()
 
-
-def make_readonly(folder: Path) -> None:
-    for dirpath, dirnames, filenames in os.walk(folder):
-        for f in filenames:
-            os.chmod(os.path.join(dirpath, f), 0o444)
