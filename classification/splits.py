@@ -34,9 +34,15 @@ def _case_of(key: str) -> str:
 
 
 def _group_split(keys: np.ndarray, labels: np.ndarray, groups: np.ndarray, n_splits: int, seed: int):
+    import warnings
+
     from sklearn.model_selection import StratifiedGroupKFold
 
-    return list(StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed).split(keys, labels, groups))
+    with warnings.catch_warnings():
+        # "least populated class has fewer members than n_splits": one-class training parts are reported by
+        # fold_labels, with the fold named, when that fold is trained
+        warnings.simplefilter("ignore", UserWarning)
+        return list(StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed).split(keys, labels, groups))
 
 
 def make_splits(keys: Sequence[str], labels: Sequence[int], *, n_folds: int = 5, seed: int = 0,
