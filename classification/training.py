@@ -68,6 +68,7 @@ __all__ = [
     "model_input",
     "predict_lesions",
     "train_fold",
+    "training_step",
     "save_checkpoint",
     "load_checkpoint",
     "model_from_checkpoint",
@@ -124,6 +125,8 @@ def build_model(model_name: str, config: TrainConfig, pretrained: str | os.PathL
             raise ValueError(f"input size {config.input_size} is not divisible by 2**n_blocks = {factor}")
         kwargs = {**config.hybrid, "use_attention": model_name == "hybrid3d"}
         return HybridLesionNet3D(in_channels=config.in_channels, **kwargs)
+    if model_name == "densenet121_2d" and config.input_size < 32:
+        raise ValueError(f"densenet121_2d needs slices of at least 32 x 32 (five 2x reductions), got {config.input_size}")
     make = make_resnet50_2d if model_name == "resnet50_2d" else make_densenet121_2d
     return make(in_channels=config.in_channels, pretrained_path=None if pretrained is None else os.fspath(pretrained))
 
@@ -296,6 +299,38 @@ def predict_lesions(model: nn.Module, model_name: str, data: CropData, config: T
         return {"prob": prob, "pred": (prob >= 0.5).astype(np.int64), "n_slices": np.ones(n, dtype=np.int64)}
     finally:
         model.train(was_training)
+
+
+def training_step(model: nn.Module, optimizer: torch.optim.Optimizer, x_hu: torch.Tensor, mask: torch.Tensor,
+                  y: torch.Tensor, *, config: TrainConfig, pos_weight: torch.Tensor | float | None,
+                  generator: torch.Generator | None = None, device: torch.device | str = "cpu",
+                  augment_batch: bool = True) -> float:
+    """One optimisation step on one batch; returns the loss.
+
+    The loss is weighted by the class balance: ``pos_weight = n_benign / n_malignant`` of the training samples
+    (``class_balance_weights``), on the BCE of the main logit (2D: of the slice logit) and, for the hybrid
+    network, on its auxiliary cross entropy (``hybrid_loss``). ``pos_weight=None`` gives unweighted losses.
+
+    Args:
+        x_hu, mask: (batch, 1, *spatial) HU crop or slices and lesion mask (CPU).
+        y: (batch,) 0/1 labels.
+        augment_batch: apply :func:`augment` (the random window is always drawn).
+    """
+    model.train()
+    if augment_batch:
+        x_hu, mask = augment(x_hu, mask, config, generator)
+    inp = model_input(x_hu.to(device), mask.to(device), config, train=True, generator=generator)
+    y = y.to(device)
+    out = model(inp)
+    pw = None if pos_weight is None else torch.as_tensor(pos_weight, dtype=torch.float32, device=device)
+    if isinstance(out, HybridOutput):
+        loss = hybrid_loss(out, y, pw, aux_weight=config.aux_weight)
+    else:
+        loss = F.binary_cross_entropy_with_logits(out, y.float(), pos_weight=pw)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return float(loss.detach())
 
 
 def _weighted_bce(prob: np.ndarray, y: np.ndarray, pos_weight: float) -> float:
@@ -539,18 +574,8 @@ def train_fold(*, crop_dir: str | os.PathLike, out_dir: str | os.PathLike, model
             idx = order[a:a + batch]
             if idx.numel() < 2:  # batch norm needs two samples
                 continue
-            x, m = augment(tr_x[idx], tr_m[idx], config, generator)
-            inp = model_input(x.to(device), m.to(device), config, train=True, generator=generator)
-            y = tr_y[idx].to(device)
-            out_ = model(inp)
-            if isinstance(out_, HybridOutput):
-                loss = hybrid_loss(out_, y, pw, aux_weight=config.aux_weight)
-            else:
-                loss = F.binary_cross_entropy_with_logits(out_, y.float(), pos_weight=pw)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses.append(float(loss.detach()))
+            losses.append(training_step(model, optimizer, tr_x[idx], tr_m[idx], tr_y[idx], config=config,
+                                        pos_weight=pw, generator=generator, device=device))
         train_loss = float(np.mean(losses)) if losses else float("nan")
         if val.entries:
             vp = predict_lesions(model, model_name, val, config, device)
