@@ -329,7 +329,7 @@ def fmt(v) -> str:
 
 def markdown(report: dict) -> str:
     s = report.get("settings", {})
-    lines = [f"# Segmentation benchmarks (synthetic phantoms, CPU)", "",
+    lines = ["# Segmentation benchmarks (synthetic phantoms, CPU)", "",
              f"Machine: {report['machine']}. Data: {s.get('num_train')} training / {s.get('num_test')} test phantoms "
              f"of {s.get('size')} voxels; budget per model: {s.get('epochs')} epochs x {s.get('iters')} iterations, "
              f"seeds {s.get('seeds')}. Synthetic data and a tiny CPU budget: not LiTS results.", ""]

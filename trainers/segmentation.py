@@ -14,9 +14,7 @@ low-resolution simulation, spatial transforms and mirroring are unchanged.
 """
 from __future__ import annotations
 
-import os
 
-import numpy as np
 import torch
 from batchgeneratorsv2.transforms.intensity.brightness import MultiplicativeBrightnessTransform
 from batchgeneratorsv2.transforms.intensity.contrast import ContrastTransform

@@ -19,6 +19,12 @@ import numpy as np
 DATASET_RE = re.compile(r"^Dataset(\d{3})_(.+)$")
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 class OutputExistsError(FileExistsError):
     """Raised when an output exists and overwriting was not requested."""
 
@@ -68,6 +74,7 @@ def staged_dir(final: str | os.PathLike, overwrite: bool = False) -> Iterator[Pa
         raise OutputExistsError(f"{final} exists (use --overwrite to replace it)")
     parent = check_writable_dir(final.parent)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=parent))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; the result should not be
     try:
         yield tmp
     except BaseException:
@@ -92,6 +99,7 @@ def staged_file(final: str | os.PathLike, overwrite: bool = False) -> Iterator[P
     fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.partial-", dir=final.parent, suffix=final.suffix)
     os.close(fd)
     tmp = Path(tmp)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; the result should not be
     try:
         yield tmp
     except BaseException:

@@ -31,10 +31,9 @@ from nnunet_liver.data.converters import (
     load_mapping,
     output_folder,
     read_image,
-    staged_output,
     write_cases,
 )
-from nnunet_liver.data.io import DATASET_RE, datasets_with_id
+from nnunet_liver.data.io import DATASET_RE, datasets_with_id, staged_file
 
 KIND = "merge"
 DUPLICATE_COLUMNS = ("case_id", "source_dataset", "source_case", "duplicate_of", "same_label")
@@ -150,7 +149,7 @@ def copy_case_files(job: CaseJob, staging: Path) -> dict:
 
 
 def _write_csv(path: Path, columns, rows) -> None:
-    with staged_output(path, overwrite=True) as tmp:
+    with staged_file(path, overwrite=True) as tmp:
         with open(tmp, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=list(columns), lineterminator="\n", restval="")
             w.writeheader()

@@ -25,8 +25,8 @@ from nnunet_liver.data.converters import (
     label_array,
     read_header,
     read_image,
-    staged_output,
 )
+from nnunet_liver.data.io import staged_file
 
 TEST_VOLUME_RE = re.compile(r"^test-volume-(\d+)\.nii(\.gz)?$")
 PREDICTION_RE = re.compile(r"^test-(?:volume|segmentation)-(\d+)$")
@@ -193,7 +193,7 @@ def write_submission(pred_dir: str | os.PathLike, test_images: str | os.PathLike
                 bar.update()
         bar.close()
         names = [entry_name(n) for n in sorted(predictions)]
-        with staged_output(output, overwrite=overwrite) as tmp:
+        with staged_file(output, overwrite=overwrite) as tmp:
             method = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
             with zipfile.ZipFile(tmp, "w", compression=method) as z:
                 for name in names:

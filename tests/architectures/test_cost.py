@@ -1,5 +1,4 @@
 import pytest
-import torch
 from dynamic_network_architectures.architectures.unet import PlainConvUNet
 from torch import nn
 

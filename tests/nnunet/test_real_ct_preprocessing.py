@@ -1,7 +1,6 @@
 """The real CTs go through data set writing and HU-keeping preprocessing with their geometry intact."""
 from __future__ import annotations
 
-import pickle
 
 import numpy as np
 import pytest

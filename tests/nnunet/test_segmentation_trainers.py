@@ -3,7 +3,6 @@ find_best_configuration, HU checks, and every trainer building its network from 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np

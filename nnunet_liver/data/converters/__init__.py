@@ -236,23 +236,8 @@ def load_mapping(folder: Path) -> dict | None:
         raise ConversionError(f"{path}: unreadable ({e})") from None
 
 
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-@contextlib.contextmanager
-def staged_output(final: str | os.PathLike, overwrite: bool = True) -> Iterator[Path]:
-    """:func:`nnunet_liver.data.io.staged_file` whose result gets the usual permissions (``mkstemp`` makes
-    files readable by their owner only)."""
-    with staged_file(final, overwrite=overwrite) as tmp:
-        yield tmp
-        os.chmod(tmp, 0o666 & ~_umask())
-
-
 def _write_json(path: Path, data: dict) -> None:
-    with staged_output(path) as tmp:
+    with staged_file(path, overwrite=True) as tmp:
         tmp.write_text(json.dumps(data, indent=1, sort_keys=False) + "\n")
 
 
@@ -332,7 +317,6 @@ def write_cases(final: str | os.PathLike, jobs: Sequence[CaseJob], writer: Calla
 
     if overwrite and final.exists():
         with staged_dir(final, overwrite=True) as tmp:
-            os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private
             return _write_all(tmp, final, jobs, writer, kind=kind, header=header, dataset_json=dataset_json,
                               finish=finish, previous={}, num_processes=num_processes, progress=progress)
 

@@ -31,9 +31,9 @@ from nnunet_liver.data.converters import (
     fingerprint,
     geometry_difference,
     output_folder,
-    staged_output,
     write_cases,
 )
+from nnunet_liver.data.io import staged_file
 
 KIND = "convert ircadb"
 PATIENT_RE = re.compile(r"^3Dircadb1\.(\d+)$")
@@ -330,7 +330,7 @@ def write_case(job: CaseJob, staging: Path) -> dict:
 
 def write_lesion_table(folder: Path, records: dict[str, dict]) -> None:
     rows = [r for cid in sorted(records) for r in records[cid].get("lesions", ())]
-    with staged_output(folder / "lesions.csv", overwrite=True) as tmp:
+    with staged_file(folder / "lesions.csv", overwrite=True) as tmp:
         with open(tmp, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=LESION_COLUMNS, lineterminator="\n")
             w.writeheader()
