@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from nnunet_liver.trainers import _plans
+from nnunet_liver.trainers._mixins import NoInferenceMirroringMixin
 from nnunet_liver.trainers.segmentation import (
     DualStreamAblationBaseTrainer,
     DualStreamAblationRWAAttTrainer,
@@ -40,8 +41,8 @@ def cpu_budget_from_env(env=os.environ) -> dict:
     }
 
 
-class CPUBudgetMixin:
-    """Few epochs and iterations (see module doc); put it first among the bases."""
+class CPUBudgetMixin(NoInferenceMirroringMixin):
+    """Few epochs and iterations (see module doc), no test-time mirroring; put it first among the bases."""
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):

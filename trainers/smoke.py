@@ -4,11 +4,13 @@ from __future__ import annotations
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
+from nnunet_liver.trainers._mixins import NoInferenceMirroringMixin
 from nnunet_liver.trainers._plans import cpu_sized_unet_plans
 
 
-class LiverSmokeTrainer(nnUNetTrainer):
-    """nnU-Net's default trainer with 2 epochs of 2 iterations, small patch and widths (CPU tests, demo)."""
+class LiverSmokeTrainer(NoInferenceMirroringMixin, nnUNetTrainer):
+    """nnU-Net's default trainer with 2 epochs of 2 iterations, small patch and widths, no test-time
+    mirroring (CPU tests, demo)."""
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):

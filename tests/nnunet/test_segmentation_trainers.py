@@ -49,7 +49,8 @@ def test_dual_stream_plans_and_regions_are_saved_for_the_predictor(trained):
     assert cfg["patch_size"][0] == 8
     ds = json.loads((out / "dataset.json").read_text())
     assert ds["labels"]["liver"] == [1, 2] and ds["regions_class_order"] == [1, 2]
-    assert (out / "fold_0" / "checkpoint_final.pth").is_file()
+    ckpt = torch.load(out / "fold_0" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    assert ckpt["inference_allowed_mirroring_axes"] is None  # CPU variants: no test-time mirroring
     assert list((out / "fold_0" / "validation").glob("*.npz"))  # --npz kept the probabilities
     summary = json.loads((out / "fold_0" / "validation" / "summary.json").read_text())
     assert "mean" in summary and summary["foreground_mean"]["Dice"] >= 0
