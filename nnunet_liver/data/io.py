@@ -50,6 +50,17 @@ def datasets_with_id(root: str | os.PathLike, dataset_id: int) -> list[Path]:
     return found
 
 
+def dataset_output_folder(raw_root: str | os.PathLike, dataset_id: int, name: str) -> Path:
+    """``<raw_root>/DatasetXXX_<name>``; refuses an id already used by a data set with another name."""
+    raw_root = Path(raw_root)
+    final = raw_root / dataset_folder_name(dataset_id, name)
+    others = [p for p in datasets_with_id(raw_root, dataset_id) if p.name != final.name]
+    if others:
+        raise OutputExistsError(f"dataset id {dataset_id} is already used by {others[0]} "
+                                f"(choose another -d, or remove that folder)")
+    return final
+
+
 def check_writable_dir(path: str | os.PathLike) -> Path:
     """Create ``path`` if needed and check that files can be created in it."""
     path = Path(path)

@@ -18,8 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nnunet_liver.data.io import (
-    dataset_folder_name,
-    datasets_with_id,
+    dataset_output_folder,
     staged_dir,
     write_dataset_json,
     write_image,
@@ -112,12 +111,7 @@ def write_phantom_dataset(raw_root: str | os.PathLike, settings: SynthSettings, 
     from tqdm import tqdm
 
     settings.validate()
-    raw_root = Path(raw_root)
-    final = raw_root / dataset_folder_name(dataset_id, name)
-    others = [p for p in datasets_with_id(raw_root, dataset_id) if p.name != final.name]
-    if others:
-        raise FileExistsError(f"dataset id {dataset_id} is already used by {others[0]} "
-                              f"(choose another -d, or remove that folder)")
+    final = dataset_output_folder(raw_root, dataset_id, name)
     if final.exists() and not overwrite:
         raise FileExistsError(f"{final} exists (use --overwrite to replace it)")
 

@@ -30,8 +30,7 @@ import numpy as np
 from nnunet_liver.data.io import (
     OutputExistsError,
     check_writable_dir,
-    dataset_folder_name,
-    datasets_with_id,
+    dataset_output_folder,
     staged_dir,
     staged_file,
     write_dataset_json,
@@ -208,14 +207,8 @@ def label_image(image, path):
 
 
 def output_folder(raw_root: str | os.PathLike, dataset_id: int, name: str) -> Path:
-    """``<raw_root>/DatasetXXX_<name>``; refuses an id already used by a data set with another name."""
-    raw_root = Path(raw_root)
-    final = raw_root / dataset_folder_name(dataset_id, name)
-    others = [p for p in datasets_with_id(raw_root, dataset_id) if p.name != final.name]
-    if others:
-        raise OutputExistsError(f"dataset id {dataset_id} is already used by {others[0]} "
-                                f"(choose another -d, or remove that folder)")
-    return final
+    """``<raw_root>/DatasetXXX_<name>`` (see :func:`nnunet_liver.data.io.dataset_output_folder`)."""
+    return dataset_output_folder(raw_root, dataset_id, name)
 
 
 def check_not_inside(output: Path, source: Path) -> None:
