@@ -16,12 +16,13 @@ absolute scale.
 Cache layout (one folder)::
 
     <case_id>__<lesion_id>.npz   image float32 (size^3, HU), mask uint8 (size^3), meta (JSON string)
-    index.csv                    one row per lesion (written last: its presence marks a complete cache)
+    index.csv                    one row per lesion (written last: its presence marks a complete cache);
+                                 source_key = hash of what the crop depends on
     crops.json                   data set, plans, configuration, spacing, crop parameters, table
     splits.json                  cross-validation folds (see ``splits.py``)
 
-``meta`` records the source files' names, sizes and modification times and every crop parameter; a crop
-whose meta matches is not extracted again.
+``meta`` records the source files' names, sizes and modification times, a hash of the lesion's voxels and
+every crop parameter; a crop whose meta matches is not extracted again.
 """
 
 from __future__ import annotations
@@ -45,8 +46,10 @@ from nnunet_liver.classification.lesions import (
     Lesion,
     LesionJoinError,
     TableRow,
+    instance_components,
     join_lesions,
     raw_component_centroids,
+    raw_to_preprocessed_grid,
     tumour_components,
 )
 
@@ -67,13 +70,14 @@ __all__ = [
     "load_crop",
     "load_segmentations",
     "raw_centroids_from_folder",
+    "raw_reader",
     "CropEntry",
 ]
 
 CROP_FORMAT = 1
 AIR_HU = -1000.0
 INDEX_COLUMNS = ("case_id", "lesion_id", "label", "subtype", "file", "cube_mm", "diameter_mm", "n_voxels",
-                 "centre_z", "centre_y", "centre_x", "padded", "match_distance_mm")
+                 "centre_z", "centre_y", "centre_x", "padded", "match_distance_mm", "source_key")
 
 
 class CropError(ValueError):
@@ -280,7 +284,7 @@ def _crop_file(row: TableRow) -> str:
     return f"{safe}__{row.lesion_id}.npz"
 
 
-def _meta(data: PreprocessedData, lesion: Lesion, spec: CropSpec, tumour_label: int) -> dict:
+def _meta(data: PreprocessedData, lesion: Lesion, spec: CropSpec, tumour_label: int, labelled: np.ndarray) -> dict:
     sources = []
     for p in data.source_files(lesion.row.case_id):
         st = p.stat()
@@ -293,6 +297,8 @@ def _meta(data: PreprocessedData, lesion: Lesion, spec: CropSpec, tumour_label: 
         "lesion_id": lesion.row.lesion_id,
         "label": lesion.row.label,
         "component_centroid": [round(v, 4) for v in lesion.component.centroid],
+        # the lesion's voxels: a changed instance map (or label) renews the crop even if its centroid stays
+        "mask_sha1": hashlib.sha1(np.flatnonzero(labelled == lesion.component.index).tobytes()).hexdigest(),
         "tumour_label": tumour_label,
         "spec": asdict(spec),
         "sources": sources,
@@ -330,22 +336,44 @@ class ExtractResult:
         return self.written / self.seconds if self.seconds > 0 and self.written else float("nan")
 
 
-def load_segmentations(data: PreprocessedData, tumour_label: int, case_ids: Sequence[str] | None = None,
-                       ) -> dict[str, tuple[CaseGeometry, np.ndarray]]:
-    """Tumour components of every case: ``{case_id: (geometry, labelled components)}``."""
+def load_segmentations(data: PreprocessedData, tumour_label: int, case_ids: Sequence[str] | None = None, *,
+                       instance_maps: Callable[[str], np.ndarray | None] | None = None,
+                       table_cases: Sequence[str] = ()) -> dict[str, tuple[CaseGeometry, np.ndarray]]:
+    """Lesions of every case: ``{case_id: (geometry, labelled array)}``.
+
+    Without ``instance_maps`` the lesions are the tumour components of the preprocessed segmentation; with
+    them (``case_id -> raw instance array``) each instance, carried onto the preprocessed grid, is a lesion
+    whose id is its value (touching lesions stay apart).
+
+    Raises:
+        CropError: instance maps are given but missing for a case that has tumour voxels or table rows.
+    """
     ds = data.dataset()
-    out = {}
+    out, missing = {}, []
     for cid in case_ids if case_ids is not None else sorted(ds.identifiers):
         _, seg, _, props = ds.load_case(cid)
         seg0 = np.asarray(seg[0])
+        raw = instance_maps(cid) if instance_maps is not None else None
+        if raw is not None:
+            labelled = raw_to_preprocessed_grid(raw, props, data.transpose_forward, seg0.shape).astype(np.int32)
+            out[cid] = (CaseGeometry(instance_components(labelled, data.spacing), props, tuple(seg0.shape),
+                                     by_id=True), labelled)
+            continue
         labelled, comps = tumour_components(seg0, tumour_label, data.spacing)
+        if instance_maps is not None and (comps or cid in table_cases):
+            missing.append(cid)
         out[cid] = (CaseGeometry(comps, props, tuple(seg0.shape)), labelled)
+    if missing:
+        where = getattr(instance_maps, "folder", "the instance folder")
+        raise CropError(f"no instance map for {len(missing)} case(s) with lesions in {where}: "
+                        f"{', '.join(missing[:8])}{', ...' if len(missing) > 8 else ''}")
     return out
 
 
 def extract_crops(data: PreprocessedData, rows: Sequence[TableRow], out_dir: str | os.PathLike, *,
                   spec: CropSpec = CropSpec(), tumour_label: int | None = None,
                   raw_centroids: Callable[[str], Mapping[int, tuple[float, float, float]]] | None = None,
+                  instance_maps: Callable[[str], np.ndarray | None] | None = None,
                   strict: bool = True, tolerance_mm: float = 5.0, progress: bool = True,
                   table_path: str | None = None, log: Callable[[str], None] = print,
                   validate: Callable[[list[Lesion]], None] | None = None) -> ExtractResult:
@@ -358,7 +386,9 @@ def extract_crops(data: PreprocessedData, rows: Sequence[TableRow], out_dir: str
         spec: crop parameters.
         tumour_label: tumour value; default from dataset.json.
         raw_centroids: ``case_id -> {lesion_id: raw (z, y, x)}`` for tables without centroid columns (from
-            raw labels or instance maps); called only for cases that need it.
+            raw labels); called only for cases that need it.
+        instance_maps: ``case_id -> raw instance array`` (see :func:`raw_reader`): lesions are the instances,
+            joined with the table by lesion id.
         strict: raise on any mismatch; False skips unmatched rows/components with a warning.
         tolerance_mm: matching tolerance (see ``lesions.match_case``).
         progress: tqdm progress bar.
@@ -377,7 +407,8 @@ def extract_crops(data: PreprocessedData, rows: Sequence[TableRow], out_dir: str
 
     t0 = time.perf_counter()
     tumour_label = tumour_label_from_dataset_json(data.dataset_json) if tumour_label is None else tumour_label
-    segs = load_segmentations(data, tumour_label)
+    segs = load_segmentations(data, tumour_label, instance_maps=instance_maps,
+                              table_cases=sorted({r.case_id for r in rows}))
     cases = {cid: geo for cid, (geo, _) in segs.items()}
     need_raw = {r.case_id for r in rows if r.centroid_vox is None and r.centroid_mm is None and r.case_id in cases}
     raw = {cid: raw_centroids(cid) for cid in sorted(need_raw)} if (need_raw and raw_centroids) else None
@@ -399,7 +430,7 @@ def extract_crops(data: PreprocessedData, rows: Sequence[TableRow], out_dir: str
     index_path = out / "index.csv"
     plan = []
     for les in lesions:
-        meta = _meta(data, les, spec, tumour_label)
+        meta = _meta(data, les, spec, tumour_label, segs[les.row.case_id][1])
         path = out / _crop_file(les.row)
         cached = _cached_meta(path) if path.is_file() else None
         plan.append((les, meta, path, cached is not None and _meta_key(cached) == _meta_key(meta)))
@@ -435,7 +466,8 @@ def extract_crops(data: PreprocessedData, rows: Sequence[TableRow], out_dir: str
             "diameter_mm": round(les.component.diameter_mm, 3), "n_voxels": les.component.n_voxels,
             "centre_z": round(les.component.centroid[0], 3), "centre_y": round(les.component.centroid[1], 3),
             "centre_x": round(les.component.centroid[2], 3), "padded": int(bool(meta.get("padded", False))),
-            "match_distance_mm": round(les.distance_mm, 3),
+            "match_distance_mm": round(les.distance_mm, 3) if math.isfinite(les.distance_mm) else "",
+            "source_key": _meta_key(meta)[:16],
         })
     for p in stale:
         p.unlink()
@@ -505,28 +537,42 @@ def load_crop(crop_dir: str | os.PathLike, entry: CropEntry) -> tuple[np.ndarray
         raise CropError(f"{path}: unreadable crop ({e}); run classify extract again") from None
 
 
-def raw_centroids_from_folder(folder: str | os.PathLike, file_ending: str, *, tumour_label: int | None,
-                              reader_json: Mapping | None = None) -> Callable[[str], dict[int, tuple[float, float, float]]]:
-    """A ``raw_centroids`` callback reading ``<folder>/<case_id><file_ending>`` with nnU-Net's reader.
+def raw_reader(folder: str | os.PathLike, file_ending: str, reader_json: Mapping | None = None,
+               ) -> Callable[[str], np.ndarray | None]:
+    """``case_id -> (z, y, x) array`` of ``<folder>/<case_id><file_ending>`` read with nnU-Net's reader (None if absent).
 
     Args:
         folder: raw label folder (``labelsTr``) or an instance-map folder.
         file_ending: e.g. ".nii.gz".
-        tumour_label: for label images; None for instance maps (values are lesion ids).
         reader_json: dataset.json (to pick nnU-Net's reader/writer as nnU-Net does).
     """
     from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
 
     folder = Path(folder)
 
-    def centroids(case_id: str) -> dict[int, tuple[float, float, float]]:
+    def read(case_id: str) -> np.ndarray | None:
         path = folder / f"{case_id}{file_ending}"
         if not path.is_file():
-            return {}
+            return None
         rw = determine_reader_writer_from_dataset_json(dict(reader_json or {"file_ending": file_ending}),
                                                        str(path), allow_nonmatching_filename=True,
                                                        verbose=False)()
         seg, _ = rw.read_seg(str(path))
-        return raw_component_centroids(np.asarray(seg[0]), tumour_label)
+        return np.asarray(seg[0])
+
+    read.folder = folder  # for messages
+    read.file_ending = file_ending
+    return read
+
+
+def raw_centroids_from_folder(folder: str | os.PathLike, file_ending: str, *, tumour_label: int | None,
+                              reader_json: Mapping | None = None) -> Callable[[str], dict[int, tuple[float, float, float]]]:
+    """A ``raw_centroids`` callback: lesion id -> raw centroid, from label images (``tumour_label``: ids number
+    their components in ``scipy.ndimage.label`` order) or instance maps (``tumour_label=None``)."""
+    read = raw_reader(folder, file_ending, reader_json)
+
+    def centroids(case_id: str) -> dict[int, tuple[float, float, float]]:
+        arr = read(case_id)
+        return {} if arr is None else raw_component_centroids(arr, tumour_label)
 
     return centroids

@@ -10,7 +10,6 @@ raw image array):
 
 - from the table's ``centroid_{z,y,x}_vox`` columns when present, else from ``centroid_{x,y,z}_mm``
   (physical coordinates, converted with the raw image's origin/direction/spacing stored by nnU-Net);
-- else from an instance map (raw grid, value = lesion id), when one is given;
 - else from the raw label image: ``lesion_id`` k is the k-th component of ``scipy.ndimage.label`` on the
   tumour label (its numbering order).
 
@@ -18,6 +17,10 @@ Raw centroids are mapped into the preprocessed grid (transpose, crop box, nnU-Ne
 ``raw = (pre + 0.5) * old / new - 0.5``) and matched one-to-one to the preprocessed components by minimum
 total distance (Hungarian assignment), a pair being accepted within a tolerance (see :func:`match_case`).
 Every mismatch is reported: rows of unknown cases, rows without a component, components without a row.
+
+With an instance map (raw grid, value = lesion id) the lesions are its instances instead, carried onto the
+preprocessed grid (:func:`raw_to_preprocessed_grid`), and rows are joined by lesion id; touching lesions,
+one tumour component, then stay separate.
 
 numpy/scipy only: nnU-Net is imported by the callers that load data.
 """
@@ -51,6 +54,8 @@ __all__ = [
     "physical_to_raw_voxel",
     "raw_component_centroids",
     "match_case",
+    "instance_components",
+    "raw_to_preprocessed_grid",
     "join_lesions",
 ]
 
@@ -376,13 +381,73 @@ def match_case(components: Sequence[Component], centroids: Sequence[np.ndarray |
     return (pairs, [i for i in range(n_r) if i not in matched_r], [j for j in range(n_c) if j not in matched_c])
 
 
+def _match_ids(components: Sequence[Component], rows: Sequence[TableRow], centroids: Sequence[np.ndarray | None],
+               spacing: Sequence[float]) -> tuple[list[tuple[int, int, float]], list[int], list[int]]:
+    """Pairs (row, component) with ``component.index == row.lesion_id``; distance NaN without a centroid."""
+    by_index = {c.index: j for j, c in enumerate(components)}
+    pairs, lost_rows = [], []
+    for i, r in enumerate(rows):
+        j = by_index.get(r.lesion_id)
+        if j is None:
+            lost_rows.append(i)
+            continue
+        c = centroids[i]
+        d = float("nan") if c is None else float(np.linalg.norm(
+            (np.asarray(c) - np.asarray(components[j].centroid)) * np.asarray(spacing, dtype=np.float64)))
+        pairs.append((i, j, d))
+    matched = {j for _, j, _ in pairs}
+    return pairs, lost_rows, [j for j in range(len(components)) if j not in matched]
+
+
+def instance_components(instances: np.ndarray, spacing: Sequence[float]) -> list[Component]:
+    """One :class:`Component` per non-zero value of an instance map; ``index`` is the lesion id."""
+    inst = np.asarray(instances)
+    ids = [int(i) for i in np.unique(inst) if i != 0]
+    if not ids:
+        return []
+    cents = ndimage.center_of_mass(np.ones(inst.shape, np.float32), inst, ids)
+    voxel_ml = float(np.prod(spacing)) / 1000.0
+    comps = []
+    for i, c in zip(ids, cents):
+        where = np.nonzero(inst == i)
+        n = int(where[0].size)
+        comps.append(Component(index=i, n_voxels=n, centroid=tuple(float(v) for v in c),
+                               bbox=tuple((int(w.min()), int(w.max()) + 1) for w in where), volume_ml=n * voxel_ml))
+    return comps
+
+
+def raw_to_preprocessed_grid(raw: np.ndarray, properties: Mapping, transpose_forward: Sequence[int],
+                             shape: Sequence[int]) -> np.ndarray:
+    """Carry a raw label/instance array onto the preprocessed grid (nearest neighbour).
+
+    Transposes, crops with ``bbox_used_for_cropping`` and resamples with nnU-Net's coordinate convention, so an
+    instance map lands on the voxels of the preprocessed image.
+    """
+    arr = np.transpose(np.asarray(raw), list(transpose_forward))
+    box = tuple(slice(int(a), int(b)) for a, b in properties["bbox_used_for_cropping"])
+    arr = arr[box]
+    old = np.asarray(arr.shape, dtype=np.float64)
+    axes = [np.clip(np.rint((np.arange(n) + 0.5) * o / n - 0.5), 0, o - 1).astype(np.intp)
+            for n, o in zip(shape, old)]
+    return arr[np.ix_(*axes)]
+
+
 @dataclass(frozen=True)
 class CaseGeometry:
-    """What the join needs from one preprocessed case."""
+    """What the join needs from one preprocessed case.
+
+    Attributes:
+        components: the case's lesions in the preprocessed grid.
+        properties: nnU-Net's per-case properties.
+        shape: preprocessed spatial shape.
+        by_id: the components come from an instance map and their ``index`` is the lesion id: rows are joined
+            by id instead of by centroid.
+    """
 
     components: list[Component]
     properties: Mapping
     shape: tuple[int, int, int]
+    by_id: bool = False
 
 
 def join_lesions(rows: Iterable[TableRow], cases: Mapping[str, CaseGeometry], *, transpose_forward: Sequence[int],
@@ -428,7 +493,11 @@ def join_lesions(rows: Iterable[TableRow], cases: Mapping[str, CaseGeometry], *,
                 continue
             cents.append(raw_to_preprocessed(raw, geo.properties, transpose_forward, geo.shape)[0])
             reasons.append("no tumour component at its centroid")
-        pairs, lost_rows, lost_comps = match_case(geo.components, cents, spacing, tolerance_mm)
+        if geo.by_id:
+            pairs, lost_rows, lost_comps = _match_ids(geo.components, case_rows, cents, spacing)
+            reasons = ["no such instance in the instance map"] * len(case_rows)
+        else:
+            pairs, lost_rows, lost_comps = match_case(geo.components, cents, spacing, tolerance_mm)
         for ri, ci, d in pairs:
             report.lesions.append(Lesion(case_rows[ri], geo.components[ci], d))
         report.unmatched_rows += [(case_rows[i], reasons[i]) for i in lost_rows]

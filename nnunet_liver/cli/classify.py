@@ -39,8 +39,10 @@ def add_parser(subparsers) -> None:
                    help="lesion table CSV: case_id, lesion_id, label (benign/malignant or 0/1), optional subtype "
                    "and centroid_{z,y,x}_vox or centroid_{x,y,z}_mm (default: $nnUNet_raw/<dataset>/lesions.csv)")
     e.add_argument("--instances", default=None,
-                   help="folder of raw instance maps <case_id><file_ending> (value = lesion id), for tables "
-                   "without centroids (default: number the components of the raw labelsTr images)")
+                   help="folder of raw instance maps <case_id><file_ending> (value = lesion id): lesions are "
+                   "their instances, joined by id (default: tumour components, joined by centroid; tables "
+                   "without centroids number the components of the raw labelsTr images in scipy.ndimage.label "
+                   "order)")
     e.add_argument("--tumour-label", type=int, default=None, help="tumour label value (default from dataset.json)")
     e.add_argument("--crop-mm", default="64",
                    help="cube side in mm, or 'auto' for max(48 mm, 2 x lesion diameter) (default 64)")
@@ -156,6 +158,7 @@ def _extract(args: argparse.Namespace) -> int:
         extract_crops,
         open_preprocessed,
         raw_centroids_from_folder,
+        raw_reader,
         tumour_label_from_dataset_json,
     )
     from nnunet_liver.classification.lesions import read_lesion_table
@@ -175,10 +178,12 @@ def _extract(args: argparse.Namespace) -> int:
     rows = read_lesion_table(table)
     tumour_label = args.tumour_label if args.tumour_label is not None else tumour_label_from_dataset_json(data.dataset_json)
     file_ending = data.dataset_json.get("file_ending", ".nii.gz")
+    instance_maps = None
     if args.instances:
-        raw_centroids = raw_centroids_from_folder(args.instances, file_ending, tumour_label=None,
-                                                  reader_json=data.dataset_json)
-    elif raw_dir is not None and (raw_dir / "labelsTr").is_dir():
+        if not Path(args.instances).is_dir():
+            raise UsageError(f"--instances: no such folder: {args.instances}")
+        instance_maps = raw_reader(args.instances, file_ending, data.dataset_json)
+    if raw_dir is not None and (raw_dir / "labelsTr").is_dir():
         raw_centroids = raw_centroids_from_folder(raw_dir / "labelsTr", file_ending, tumour_label=tumour_label,
                                                   reader_json=data.dataset_json)
     else:
@@ -199,6 +204,7 @@ def _extract(args: argparse.Namespace) -> int:
         splits["new"] = not same
 
     result = extract_crops(data, rows, out, spec=spec, tumour_label=tumour_label, raw_centroids=raw_centroids,
+                           instance_maps=instance_maps,
                            strict=not args.skip_unmatched, tolerance_mm=args.tolerance_mm,
                            progress=not args.no_progress, table_path=str(table), validate=make_folds,
                            log=lambda m: print(m, file=sys.stderr))
@@ -245,8 +251,9 @@ def run_train(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     import shutil
 
+    from nnunet_liver.classification.crops import read_index
     from nnunet_liver.classification.presets import get_preset
-    from nnunet_liver.classification.splits import load_splits
+    from nnunet_liver.classification.splits import fold_labels, load_splits
     from nnunet_liver.classification.training import resolve_device, run_folder, train_fold
     from nnunet_liver.cli.main import UsageError
     from nnunet_liver.env import activate
@@ -273,6 +280,9 @@ def _train(args: argparse.Namespace) -> int:
             raise UsageError(f"fold {folds[0]} does not exist: {crops / 'splits.json'} has folds 0..{n_folds - 1}")
     if args.pretrained and not Path(args.pretrained).is_file():
         raise UsageError(f"--pretrained: file not found: {args.pretrained}")
+    labels = {e.key: e.label for e in read_index(crops)}
+    for k in folds:  # every requested fold must be trainable before any is trained
+        fold_labels(splits, k, labels)
     device = resolve_device(args.device)
     run = run_folder(root, args.model, config.preset, args.seed)
     for k in folds:

@@ -145,3 +145,42 @@ def test_missing_dataset_and_configuration(tmp_path):
 def test_spacing_is_read_from_plans(fake):
     tmp, _ = fake
     assert open_preprocessed(tmp / "pre", 991).spacing == list(SPACING)
+
+
+def test_instance_maps_split_touching_lesions(tmp_path):
+    import SimpleITK as sitk
+
+    from nnunet_liver.classification.crops import raw_reader
+    from tests.classification.fakes import OFFSET, SHAPE
+
+    # two touching lesions: one tumour component, two instances
+    cases = {"case_00": [((6, 12, 9), 0), ((6, 12, 13), 1)], "case_01": [((4, 7, 7), 1), ((8, 16, 16), 0)]}
+    info = write_fake_dataset(tmp_path / "pre", cases)
+    inst_dir = tmp_path / "instances"
+    inst_dir.mkdir()
+    raw_shape = tuple(s + 2 * o for s, o in zip(SHAPE, OFFSET))
+    zz, yy, xx = np.indices(raw_shape)
+    for cid, lesions in cases.items():
+        inst = np.zeros(raw_shape, np.uint8)
+        for k, (c, _) in enumerate(lesions, start=1):
+            c = [a + o for a, o in zip(c, OFFSET)]
+            inst[((zz - c[0]) ** 2 + (yy - c[1]) ** 2 + (xx - c[2]) ** 2 <= 2.2 ** 2) & (inst == 0)] = k
+        sitk.WriteImage(sitk.GetImageFromArray(inst), str(inst_dir / f"{cid}.nii.gz"))
+    table = tmp_path / "t.csv"
+    table.write_text("case_id,lesion_id,label\ncase_00,1,benign\ncase_00,2,malignant\ncase_01,1,malignant\n"
+                     "case_01,2,benign\n")
+    data = open_preprocessed(tmp_path / "pre", 991)
+    rows = read_lesion_table(table)
+    with pytest.raises(LesionJoinError):  # components cannot separate the touching pair
+        extract_crops(data, rows, tmp_path / "c1", progress=False)
+    res = extract_crops(data, rows, tmp_path / "c2", spec=CropSpec(size=8, crop_mm=12.0), progress=False,
+                        instance_maps=raw_reader(inst_dir, ".nii.gz"))
+    assert [les.key for les in res.lesions] == ["case_00/1", "case_00/2", "case_01/1", "case_01/2"]
+    a, b = (les.component for les in res.lesions[:2])
+    assert a.centroid[2] < b.centroid[2] and a.n_voxels > 10 and b.n_voxels > 10
+    # an instance that the table lacks is reported, by id
+    table.write_text("case_id,lesion_id,label\ncase_00,1,benign\ncase_01,1,malignant\ncase_01,2,benign\n")
+    with pytest.raises(LesionJoinError, match="case_00 component"):
+        extract_crops(data, read_lesion_table(table), tmp_path / "c3", progress=False,
+                      instance_maps=raw_reader(inst_dir, ".nii.gz"))
+    assert info["folder"].is_dir()
