@@ -139,14 +139,17 @@ def crop_coordinates(centre: Sequence[float], spacing: Sequence[float], cube_mm:
     return [c + offsets_mm / s for c, s in zip(centre, spacing)]
 
 
-def _sample(volume: np.ndarray, coords: list[np.ndarray], *, order: int, cval: float) -> np.ndarray:
-    """Interpolate ``volume`` on the grid ``coords`` (outer product), reading only the box it needs."""
+def _sample(volume: np.ndarray, coords: list[np.ndarray], *, order: int, cval: float,
+            select: int | None = None) -> np.ndarray:
+    """Interpolate ``volume`` (or ``volume == select``) on the grid ``coords`` (outer product), reading only the
+    box it needs."""
     lo = [max(int(math.floor(c.min())) - 1, 0) for c in coords]
     hi = [min(int(math.ceil(c.max())) + 2, n) for c, n in zip(coords, volume.shape)]
     size = tuple(len(c) for c in coords)
     if any(h <= l for l, h in zip(lo, hi)):  # entirely outside
         return np.full(size, cval, dtype=np.float32)
-    box = np.ascontiguousarray(volume[tuple(slice(l, h) for l, h in zip(lo, hi))], dtype=np.float32)
+    box = volume[tuple(slice(l, h) for l, h in zip(lo, hi))]
+    box = np.ascontiguousarray(box if select is None else box == select, dtype=np.float32)
     grid = np.meshgrid(*[c - l for c, l in zip(coords, lo)], indexing="ij")
     # grid-constant: beyond the box (= beyond the volume, the box only stops at its edges) is cval, also
     # for interpolation between the last voxel and the outside
@@ -155,7 +158,8 @@ def _sample(volume: np.ndarray, coords: list[np.ndarray], *, order: int, cval: f
 
 
 def extract_crop(image: np.ndarray, spacing: Sequence[float], centre: Sequence[float], cube_mm: float, size: int,
-                 *, mask: np.ndarray | None = None, pad_hu: float = AIR_HU) -> tuple[np.ndarray, np.ndarray | None, bool]:
+                 *, mask: np.ndarray | None = None, mask_value: int | None = None,
+                 pad_hu: float = AIR_HU) -> tuple[np.ndarray, np.ndarray | None, bool]:
     """One lesion-centred cube.
 
     Args:
@@ -164,7 +168,8 @@ def extract_crop(image: np.ndarray, spacing: Sequence[float], centre: Sequence[f
         centre: (z, y, x) voxels.
         cube_mm: side in mm.
         size: samples per side.
-        mask: optional (z, y, x) 0/1 lesion mask on the same grid.
+        mask: optional (z, y, x) lesion mask (non-zero = lesion) or labelled array on the same grid.
+        mask_value: with a labelled ``mask``, the lesion's value (compared only inside the crop's box).
         pad_hu: value outside the volume.
 
     Returns:
@@ -176,10 +181,12 @@ def extract_crop(image: np.ndarray, spacing: Sequence[float], centre: Sequence[f
     crop = _sample(image, coords, order=1, cval=pad_hu)
     mask_crop = None
     if mask is not None:
-        m = _sample(mask.astype(np.float32), coords, order=1, cval=0.0)
+        if mask_value is None:
+            mask, mask_value = mask != 0, True
+        m = _sample(mask, coords, order=1, cval=0.0, select=mask_value)
         mask_crop = (m >= 0.5).astype(np.uint8)
         if not mask_crop.any():
-            mask_crop = (_sample(mask.astype(np.float32), coords, order=0, cval=0.0) > 0).astype(np.uint8)
+            mask_crop = (_sample(mask, coords, order=0, cval=0.0, select=mask_value) > 0).astype(np.uint8)
     return crop, mask_crop, padded
 
 
@@ -298,11 +305,18 @@ def _meta(data: PreprocessedData, lesion: Lesion, spec: CropSpec, tumour_label: 
         "label": lesion.row.label,
         "component_centroid": [round(v, 4) for v in lesion.component.centroid],
         # the lesion's voxels: a changed instance map (or label) renews the crop even if its centroid stays
-        "mask_sha1": hashlib.sha1(np.flatnonzero(labelled == lesion.component.index).tobytes()).hexdigest(),
+        "mask_sha1": _mask_digest(labelled, lesion.component),
         "tumour_label": tumour_label,
         "spec": asdict(spec),
         "sources": sources,
     }
+
+
+def _mask_digest(labelled: np.ndarray, component) -> str:
+    """SHA-1 of the component's voxel positions (read inside its bounding box only)."""
+    box = tuple(slice(a, b) for a, b in component.bbox)
+    where = np.argwhere(labelled[box] == component.index) + np.array([a for a, _ in component.bbox])
+    return hashlib.sha1(np.ascontiguousarray(where, dtype=np.int64).tobytes()).hexdigest()
 
 
 def _meta_key(meta: Mapping) -> str:
@@ -450,9 +464,9 @@ def extract_crops(data: PreprocessedData, rows: Sequence[TableRow], out_dir: str
                 d, _, _, _ = ds.load_case(les.row.case_id)
                 image = np.asarray(d[spec.channel], dtype=np.float32)
                 current_case = les.row.case_id
-            lesion_mask = segs[les.row.case_id][1] == les.component.index
             crop, mask, padded = extract_crop(image, data.spacing, les.component.centroid, cube, spec.size,
-                                              mask=lesion_mask, pad_hu=spec.pad_hu)
+                                              mask=segs[les.row.case_id][1], mask_value=les.component.index,
+                                              pad_hu=spec.pad_hu)
             meta["padded"] = bool(padded)
             with staged_file(path, overwrite=True) as tmp:
                 with open(tmp, "wb") as f:

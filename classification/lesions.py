@@ -402,18 +402,19 @@ def _match_ids(components: Sequence[Component], rows: Sequence[TableRow], centro
 def instance_components(instances: np.ndarray, spacing: Sequence[float]) -> list[Component]:
     """One :class:`Component` per non-zero value of an instance map; ``index`` is the lesion id."""
     inst = np.asarray(instances)
+    if inst.size and inst.min() < 0:
+        raise ValueError("instance maps must not hold negative values")
+    inst = inst.astype(np.int64, copy=False)
     ids = [int(i) for i in np.unique(inst) if i != 0]
     if not ids:
         return []
     cents = ndimage.center_of_mass(np.ones(inst.shape, np.float32), inst, ids)
+    counts = np.bincount(inst.ravel())
+    boxes = ndimage.find_objects(inst)
     voxel_ml = float(np.prod(spacing)) / 1000.0
-    comps = []
-    for i, c in zip(ids, cents):
-        where = np.nonzero(inst == i)
-        n = int(where[0].size)
-        comps.append(Component(index=i, n_voxels=n, centroid=tuple(float(v) for v in c),
-                               bbox=tuple((int(w.min()), int(w.max()) + 1) for w in where), volume_ml=n * voxel_ml))
-    return comps
+    return [Component(index=i, n_voxels=int(counts[i]), centroid=tuple(float(v) for v in c),
+                      bbox=tuple((sl.start, sl.stop) for sl in boxes[i - 1]), volume_ml=float(counts[i]) * voxel_ml)
+            for i, c in zip(ids, cents)]
 
 
 def raw_to_preprocessed_grid(raw: np.ndarray, properties: Mapping, transpose_forward: Sequence[int],

@@ -122,5 +122,10 @@ def test_bad_options(env, capsys):
     assert "--crop-mm must be a number of mm or 'auto'" in capsys.readouterr().err
     assert run("extract", "-d", 991, "--table", env / "missing.csv") == 2
     assert "lesion table not found" in capsys.readouterr().err
+    assert extract(env, "--instances", env / "nowhere") == 2
+    assert "--instances: no such folder" in capsys.readouterr().err
+    (env / "instances").mkdir()
+    assert extract(env, "--instances", env / "instances") == 2
+    assert "no instance map for 6 case(s) with lesions" in capsys.readouterr().err
     assert run("evaluate", "-d", 991, "--preset", "cpu") == 2
     assert "no finished fold" in capsys.readouterr().err
