@@ -54,7 +54,8 @@ class Pipeline:
         env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
         self.log(f"    $ {' '.join(argv)}   (log: {log_path})")
         with open(log_path, "w") as log:
-            proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                    encoding="utf-8", errors="replace")
             assert proc.stdout is not None
             for line in proc.stdout:
                 log.write(line)

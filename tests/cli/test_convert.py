@@ -388,9 +388,9 @@ def test_scripts_are_thin_wrappers(tmp_path):
                             ("convert_ircadb.py", "ircadb", "Dataset502_3DIRCADb")):
         proc = subprocess.run([sys.executable, str(REPO / "scripts" / script), str(tmp_path / src), "-o",
                                str(tmp_path / "raw"), "--no-progress", "-np", "1"],
-                              capture_output=True, text=True, timeout=120)
+                              capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=120)
         assert proc.returncode == 0, proc.stderr
         assert (tmp_path / "raw" / ds / "dataset.json").is_file()
     proc = subprocess.run([sys.executable, str(REPO / "scripts" / "convert_lits.py"), str(tmp_path / "none"),
-                           "-o", str(tmp_path / "raw")], capture_output=True, text=True, timeout=120)
+                           "-o", str(tmp_path / "raw")], capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=120)
     assert proc.returncode == 2 and "none: not a folder" in proc.stderr

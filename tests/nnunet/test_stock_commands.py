@@ -28,7 +28,7 @@ def stock(command: list[str], env: dict[str, str], start_method: str, cwd: Path)
     module, entry = ep.value.split(":")
     code = SPAWN_WRAPPER.format(method=start_method, argv=command, module=module, entry=entry)
     return subprocess.run([sys.executable, "-c", code], env=subprocess_env(env), cwd=cwd,
-                          capture_output=True, text=True, timeout=900)
+                          capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=900)
 
 
 def assert_ok(proc: subprocess.CompletedProcess) -> None:
