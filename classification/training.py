@@ -486,7 +486,8 @@ def train_fold(*, crop_dir: str | os.PathLike, out_dir: str | os.PathLike, model
         log: messages.
 
     Returns:
-        Summary: best epoch and score, epochs run, seconds, test metrics (``auc``, ``accuracy``), paths.
+        Summary (also in ``training_log.json``): epochs run, best epoch and its validation AUC, stop reason,
+        training seconds, test AUC and accuracy of the fold, class counts, pos_weight, parameters.
 
     Raises:
         SplitError: unknown fold or one class in its training part.

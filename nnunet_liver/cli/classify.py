@@ -66,7 +66,8 @@ def add_parser(subparsers) -> None:
                        "progress.png go to <root>/<model>__<preset>/fold_<k>.")
     t.add_argument("-d", dest="dataset_id", type=int, default=None, help="dataset id (for the default folders)")
     t.add_argument("-m", dest="model", required=True, choices=MODELS, help="model")
-    t.add_argument("-f", dest="fold", required=True, help="fold number, or 'all' for every fold in turn")
+    t.add_argument("-f", dest="fold", required=True, help="fold number, or 'all' for every fold in turn (unlike nnU-Net's 'all', "
+                   "which trains one model on every case)")
     t.add_argument("--preset", default="default", choices=("cpu", "default"),
                    help="training preset (cpu: tiny network, 32^3 input, few epochs)")
     t.add_argument("--seed", type=int, default=0, help="seed of initialisation and augmentation (default 0)")
