@@ -514,6 +514,8 @@ def train_fold(*, crop_dir: str | os.PathLike, out_dir: str | os.PathLike, model
         ckpt = load_checkpoint(latest if latest.is_file() else final_path, expected_model=model_name)
         diff = _config_differences(ckpt["config"], config.to_dict())
         diff += [k for k, v in (("fold", fold), ("seed", seed)) if ckpt.get(k) != v]
+        if {k: sorted(v) for k, v in ckpt.get("keys", {}).items()} != {k: sorted(v) for k, v in parts.items()}:
+            diff.append("splits (splits.json changed since this run)")
         if diff:
             raise CheckpointError(f"{out} holds a run with another configuration (differs in: {', '.join(diff)}); "
                                   f"use --overwrite to start again")
