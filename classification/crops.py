@@ -54,24 +54,24 @@ from nnunet_liver.classification.lesions import (
 )
 
 __all__ = [
+    "AIR_HU",
     "CROP_FORMAT",
     "INDEX_COLUMNS",
-    "AIR_HU",
+    "CropEntry",
     "CropError",
     "CropSpec",
-    "PreprocessedData",
     "ExtractResult",
+    "PreprocessedData",
     "crop_coordinates",
     "extract_crop",
-    "open_preprocessed",
-    "tumour_label_from_dataset_json",
     "extract_crops",
-    "read_index",
     "load_crop",
     "load_segmentations",
+    "open_preprocessed",
     "raw_centroids_from_folder",
     "raw_reader",
-    "CropEntry",
+    "read_index",
+    "tumour_label_from_dataset_json",
 ]
 
 CROP_FORMAT = 1
@@ -143,8 +143,8 @@ def _sample(volume: np.ndarray, coords: list[np.ndarray], *, order: int, cval: f
             select: int | None = None) -> np.ndarray:
     """Interpolate ``volume`` (or ``volume == select``) on the grid ``coords`` (outer product), reading only the
     box it needs."""
-    lo = [max(int(math.floor(c.min())) - 1, 0) for c in coords]
-    hi = [min(int(math.ceil(c.max())) + 2, n) for c, n in zip(coords, volume.shape)]
+    lo = [max(math.floor(c.min()) - 1, 0) for c in coords]
+    hi = [min(math.ceil(c.max()) + 2, n) for c, n in zip(coords, volume.shape)]
     size = tuple(len(c) for c in coords)
     if any(h <= l for l, h in zip(lo, hi)):  # entirely outside
         return np.full(size, cval, dtype=np.float32)
@@ -560,7 +560,9 @@ def raw_reader(folder: str | os.PathLike, file_ending: str, reader_json: Mapping
         file_ending: e.g. ".nii.gz".
         reader_json: dataset.json (to pick nnU-Net's reader/writer as nnU-Net does).
     """
-    from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
+    from nnunetv2.imageio.reader_writer_registry import (
+        determine_reader_writer_from_dataset_json,
+    )
 
     folder = Path(folder)
 

@@ -28,7 +28,12 @@ from pathlib import Path
 
 import numpy as np
 
-from nnunet_liver.evaluation.classification_metrics import auc_score, binary_metrics, bootstrap_ci, roc_points
+from nnunet_liver.evaluation.classification_metrics import (
+    auc_score,
+    binary_metrics,
+    bootstrap_ci,
+    roc_points,
+)
 from nnunet_liver.evaluation.statistics import delong_test, paired_ttest
 
 __all__ = [
@@ -36,17 +41,17 @@ __all__ = [
     "TABLE_METRICS",
     "EvaluationError",
     "FoldPredictions",
-    "read_predictions",
-    "collect_runs",
-    "lesion_metrics",
-    "summarize_model",
-    "compare_models",
-    "evaluate_runs",
-    "table2_markdown",
-    "plot_roc",
-    "plot_metrics",
     "attention_figure",
+    "collect_runs",
+    "compare_models",
     "evaluate_classification",
+    "evaluate_runs",
+    "lesion_metrics",
+    "plot_metrics",
+    "plot_roc",
+    "read_predictions",
+    "summarize_model",
+    "table2_markdown",
 ]
 
 DISPLAY_NAMES = {
@@ -121,7 +126,7 @@ def lesion_metrics(y: np.ndarray, prob: np.ndarray, pred: np.ndarray) -> dict[st
 
 def _pool(folds: Mapping[int, FoldPredictions]) -> FoldPredictions:
     parts = list(folds.values())
-    return FoldPredictions(sum((p.keys for p in parts), []), np.concatenate([p.cases for p in parts]),
+    return FoldPredictions([k for p in parts for k in p.keys], np.concatenate([p.cases for p in parts]),
                            np.concatenate([p.y for p in parts]), np.concatenate([p.prob for p in parts]),
                            np.concatenate([p.pred for p in parts]))
 
@@ -328,7 +333,12 @@ def attention_figure(checkpoint: str | os.PathLike, crop_dir: str | os.PathLike,
     from nnunet_liver.architectures.hybrid3d import gradcam_3d
     from nnunet_liver.augment.window import as_window_config
     from nnunet_liver.classification.crops import read_index
-    from nnunet_liver.classification.training import load_checkpoint, load_crop_data, model_from_checkpoint, model_input
+    from nnunet_liver.classification.training import (
+        load_checkpoint,
+        load_crop_data,
+        model_from_checkpoint,
+        model_input,
+    )
 
     ckpt = load_checkpoint(checkpoint)
     if not ckpt["model"].startswith("hybrid3d"):

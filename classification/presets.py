@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
-__all__ = ["MODELS", "TrainConfig", "PRESETS", "get_preset"]
+__all__ = ["MODELS", "PRESETS", "TrainConfig", "get_preset"]
 
 MODELS = ("hybrid3d", "hybrid3d_noatt", "resnet50_2d", "densenet121_2d")
 

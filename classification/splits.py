@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["SplitError", "make_splits", "check_splits", "write_splits", "load_splits", "fold_labels"]
+__all__ = ["SplitError", "check_splits", "fold_labels", "load_splits", "make_splits", "write_splits"]
 
 
 class SplitError(ValueError):

@@ -95,7 +95,12 @@ def main(argv=None) -> int:
     import numpy as np
     import torch
 
-    from nnunet_liver.classification.crops import CropSpec, extract_crops, open_preprocessed, read_index
+    from nnunet_liver.classification.crops import (
+        CropSpec,
+        extract_crops,
+        open_preprocessed,
+        read_index,
+    )
     from nnunet_liver.classification.evaluation import collect_runs, lesion_metrics
     from nnunet_liver.classification.lesions import read_lesion_table
     from nnunet_liver.classification.presets import get_preset
@@ -162,7 +167,7 @@ def main(argv=None) -> int:
             y = np.concatenate([f.y for f in folds.values()])
             prob = np.concatenate([f.prob for f in folds.values()])
             pred = np.concatenate([f.pred for f in folds.values()])
-            keys = sum((f.keys for f in folds.values()), [])
+            keys = [k for f in folds.values() for k in f.keys]
             order = np.argsort(keys)
             pooled[m][seed] = (y[order], prob[order])
             met = lesion_metrics(y, prob, pred)
@@ -213,7 +218,7 @@ def main(argv=None) -> int:
                 y, ph = pooled["hybrid3d"][seed]
                 _, po = pooled[m][seed]
                 if y.min() != y.max():
-                    a, b, z, p = delong_test(y, ph, po)
+                    a, b, _, p = delong_test(y, ph, po)
                     delong.append({"seed": seed, "auc_hybrid3d": a, f"auc_{m}": b, "p": p})
             comparisons[m] = {"auc_diff_hybrid_minus_model": t.mean_diff, "ttest_n": t.n, "ttest_p": t.p,
                               "delong_per_seed": delong}

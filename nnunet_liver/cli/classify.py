@@ -9,11 +9,14 @@ Default folders (``DatasetXXX_Name`` is found in ``$nnUNet_preprocessed``)::
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
 
-from nnunet_liver.classification.presets import MODELS  # dataclasses only: --help stays instant
+from nnunet_liver.classification.presets import (
+    MODELS,  # dataclasses only: --help stays instant
+)
 
 
 def add_parser(subparsers) -> None:
@@ -163,7 +166,13 @@ def _extract(args: argparse.Namespace) -> int:
         tumour_label_from_dataset_json,
     )
     from nnunet_liver.classification.lesions import read_lesion_table
-    from nnunet_liver.classification.splits import SplitError, fold_labels, load_splits, make_splits, write_splits
+    from nnunet_liver.classification.splits import (
+        SplitError,
+        fold_labels,
+        load_splits,
+        make_splits,
+        write_splits,
+    )
     from nnunet_liver.cli.main import UsageError
     from nnunet_liver.env import require_paths
 
@@ -255,7 +264,11 @@ def _train(args: argparse.Namespace) -> int:
     from nnunet_liver.classification.crops import read_index
     from nnunet_liver.classification.presets import get_preset
     from nnunet_liver.classification.splits import fold_labels, load_splits
-    from nnunet_liver.classification.training import resolve_device, run_folder, train_fold
+    from nnunet_liver.classification.training import (
+        resolve_device,
+        run_folder,
+        train_fold,
+    )
     from nnunet_liver.cli.main import UsageError
     from nnunet_liver.env import activate
 
@@ -300,7 +313,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _num(v) -> str:
-    return "n/a" if v is None or v != v else f"{v:.3f}"
+    return "n/a" if v is None or math.isnan(v) else f"{v:.3f}"
 
 
 def run_evaluate(args: argparse.Namespace) -> int:

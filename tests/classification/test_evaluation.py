@@ -78,7 +78,7 @@ def test_evaluate_classification_writes_everything(tmp_path):
         dirs[m] = tmp_path / m
         write_run(dirs[m], folds)
     dirs["hybrid3d_noatt"] = tmp_path / "never_trained"
-    out, res = evaluate_classification(dirs, tmp_path / "crops", tmp_path / "eval", n_boot=100, attention=False)
+    out, _ = evaluate_classification(dirs, tmp_path / "crops", tmp_path / "eval", n_boot=100, attention=False)
     assert sorted(p.name for p in out.iterdir()) == ["metrics.png", "roc.png", "table2.json", "table2.md"]
     data = json.loads((out / "table2.json").read_text(), parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
     assert set(data["models"]) == {"hybrid3d", "resnet50_2d", "densenet121_2d"}

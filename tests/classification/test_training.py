@@ -11,7 +11,12 @@ import torch
 from torch import nn
 
 from nnunet_liver.classification import training
-from nnunet_liver.classification.crops import CropSpec, extract_crops, open_preprocessed, read_index
+from nnunet_liver.classification.crops import (
+    CropSpec,
+    extract_crops,
+    open_preprocessed,
+    read_index,
+)
 from nnunet_liver.classification.lesions import read_lesion_table
 from nnunet_liver.classification.presets import get_preset
 from nnunet_liver.classification.splits import make_splits, write_splits
