@@ -213,3 +213,37 @@ def test_dual_stream_trains_under_spawn(tiny_phantoms, tmp_path):
                  env, "spawn", tmp_path)
     assert_ok(proc)
     assert (model_dir(env, "DualStreamTrainer_CPU") / "fold_0" / "checkpoint_final.pth").is_file()
+
+
+@pytest.mark.slow
+def test_real_ct_convert_predict_submit_keeps_geometry(trained, real_dir, tmp_path):
+    """The real CT with scanner geometry (direction diag(-1, -1, 1)) through convert -> stock predict with
+    our trainer -> submit: the submitted segmentation has exactly the test volume's grid."""
+    import zipfile
+
+    from nnunet_liver.cli.main import main
+
+    env, _ = trained
+    src = tmp_path / "lits"
+    src.mkdir()
+    ct = sitk.ReadImage(str(real_dir / "totalseg_abdomen_ct.nii.gz"))
+    sitk.WriteImage(ct, str(src / "test-volume-0.nii"), useCompression=False)
+    raw = tmp_path / "raw"
+    assert main(["convert", "lits", str(src), "-o", str(raw), "-np", "1", "--no-progress"]) == 0
+    pred = tmp_path / "pred"
+    proc = stock(["nnUNetv2_predict", "-i", str(raw / "Dataset501_LiTS" / "imagesTs"), "-o", str(pred), "-d", "990",
+                  "-c", "3d_fullres", "-f", "0", "-tr", "DualStreamTrainer_CPU", "-device", "cpu", "-npp", "1",
+                  "-nps", "1"], env, "fork", tmp_path)
+    assert_ok(proc)
+    out = tmp_path / "submission.zip"
+    assert main(["submit", str(pred), "--test-images", str(src), "-o", str(out), "--mapping",
+                 str(raw / "Dataset501_LiTS" / "case_mapping.json"), "--no-progress"]) == 0
+    with zipfile.ZipFile(out) as z:
+        assert z.namelist() == ["test-segmentation-0.nii"]
+        z.extract("test-segmentation-0.nii", tmp_path / "unzipped")
+    seg = sitk.ReadImage(str(tmp_path / "unzipped" / "test-segmentation-0.nii"))
+    assert seg.GetSize() == ct.GetSize()
+    assert seg.GetSpacing() == ct.GetSpacing() and seg.GetOrigin() == ct.GetOrigin()
+    assert seg.GetDirection() == ct.GetDirection()
+    assert seg.GetPixelID() == sitk.sitkUInt8
+    assert main(["submit", "--check", str(out), "--test-images", str(src)]) == 0
