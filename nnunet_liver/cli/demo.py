@@ -49,7 +49,8 @@ def run(args: argparse.Namespace) -> int:
     num_train, num_test, size = PRESETS["quick" if args.quick else "default"]
     dataset_id, dataset = 990, "Dataset990_LiverPhantom"
     raw = Path(env["nnUNet_raw"]) / dataset
-    pipe = Pipeline(out=out, env=env)
+    pipe = Pipeline(out=out, env=env, signature={"preset": "quick" if args.quick else "default",
+                                                 "device": args.device})
     print(f"nnunet-liver demo: {num_train} training + {num_test} test phantoms of {size} voxels, out={out}")
 
     def synth():

@@ -1,6 +1,7 @@
 """A resumable pipeline of named steps with visible progress (used by ``demo`` and ``bench``).
 
-A finished step leaves ``<out>/.steps/<name>.done``; a rerun skips it. Steps that fail leave no marker.
+A finished step leaves ``<out>/.steps/<name>.done`` holding the pipeline's ``signature`` (its settings); a
+rerun with the same settings skips it, one with other settings redoes it. Steps that fail leave no marker.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from typing import Callable
 class Pipeline:
     out: Path
     env: dict[str, str]
+    signature: dict = field(default_factory=dict)
     log: Callable[[str], None] = field(default=lambda s: print(s, flush=True))
     started: float = field(default_factory=time.monotonic)
     timings: dict[str, float] = field(default_factory=dict)
@@ -27,7 +29,7 @@ class Pipeline:
 
     def step(self, name: str, fn: Callable[[], object], index: int, total: int) -> None:
         head = f"[{index}/{total}] {name}"
-        if self.marker(name).is_file():
+        if self._done(name):
             self.log(f"{head}: done in an earlier run, skipped")
             return
         self.log(f"{head} ...  (elapsed {self.elapsed()})")
@@ -36,8 +38,14 @@ class Pipeline:
         dt = time.monotonic() - t0
         self.timings[name] = dt
         self.marker(name).parent.mkdir(parents=True, exist_ok=True)
-        self.marker(name).write_text(json.dumps({"seconds": round(dt, 2)}))
+        self.marker(name).write_text(json.dumps({"seconds": round(dt, 2), "signature": self.signature}))
         self.log(f"{head}: finished in {dt:.1f} s  (elapsed {self.elapsed()})")
+
+    def _done(self, name: str) -> bool:
+        try:
+            return json.loads(self.marker(name).read_text()).get("signature") == self.signature
+        except (OSError, ValueError):
+            return False
 
     def elapsed(self) -> str:
         s = int(time.monotonic() - self.started)
