@@ -568,6 +568,7 @@ def train_fold(*, crop_dir: str | os.PathLike, out_dir: str | os.PathLike, model
     for epoch in bar:
         if config.max_time_s is not None and elapsed >= config.max_time_s:
             stop_reason = "time budget"
+            epoch -= 1  # this epoch was not trained: the checkpoint records the last one that was
             break
         t0 = time.perf_counter()
         model.train()

@@ -214,3 +214,16 @@ def test_flops_and_pretrained_guard():
         build_model("densenet121_2d", TINY)
     with pytest.raises(ValueError, match="not divisible"):
         build_model("hybrid3d", TINY.replace(input_size=18))
+
+
+def test_time_budget_stop_resumes_at_the_next_untrained_epoch(crop_dir, tmp_path):
+    run = tmp_path / "hybrid3d" / "fold_0"
+    s = train_fold(crop_dir=crop_dir, out_dir=run, model_name="hybrid3d", fold=0,
+                   config=TINY.replace(epochs=3, max_time_s=1e-9), progress=False)
+    assert s["stop_reason"] == "time budget" and s["epochs_run"] == 1
+    assert load_checkpoint(run / "checkpoint_latest.pt")["epoch"] == 0  # the last trained epoch
+    s2 = train_fold(crop_dir=crop_dir, out_dir=run, model_name="hybrid3d", fold=0, config=TINY.replace(epochs=3),
+                    progress=False, resume=True)
+    assert s2["epochs_run"] == 3  # epochs 1 and 2 trained, none skipped
+    hist = json.loads((run / "training_log.json").read_text())["history"]
+    assert len(hist["train_loss"]) == len(hist["val_auc"]) == 3 and 0 <= s2["best_epoch"] < 3
