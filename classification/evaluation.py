@@ -177,7 +177,8 @@ def compare_models(runs: Mapping[str, Mapping[int, FoldPredictions]], reference:
         pa, pr = _pool({k: folds[k] for k in common}), _pool({k: ref[k] for k in common})
         pos = {k: i for i, k in enumerate(pr.keys)}
         shared = [(i, pos[k]) for i, k in enumerate(pa.keys) if k in pos]
-        if shared and len(set(pa.y[[i for i, _ in shared]].tolist())) == 2:
+        ys = pa.y[[i for i, _ in shared]]
+        if min(int((ys == 1).sum()), int((ys == 0).sum())) >= 2:  # DeLong needs two lesions of each class
             ia, ir = map(list, zip(*shared))
             auc_a, auc_r, z, p = delong_test(pa.y[ia], pa.prob[ia], pr.prob[ir])
             res["delong"] = {"n": len(shared), "auc": auc_a, "auc_reference": auc_r, "z": z, "p": p}

@@ -61,6 +61,20 @@ def test_single_fold_gives_na_tests():
     assert "n/a" in table2_markdown(res)
 
 
+def test_one_lesion_of_a_class_gives_na_delong_instead_of_failing():
+    keys = [f"case_{i}/1" for i in range(6)]
+    y = np.array([1, 0, 0, 0, 0, 0])
+
+    def fold(prob):
+        return FoldPredictions(keys, np.array([k.split("/")[0] for k in keys]), y, np.array(prob),
+                               (np.array(prob) >= 0.5).astype(int))
+
+    runs = {"hybrid3d": {0: fold([0.9, 0.1, 0.2, 0.3, 0.4, 0.6])},
+            "resnet50_2d": {0: fold([0.7, 0.2, 0.8, 0.3, 0.1, 0.4])}}
+    d = evaluate_runs(runs, n_boot=0)["comparisons"]["resnet50_2d"]["delong"]
+    assert d["n"] == 6 and np.isnan(d["p"])
+
+
 def write_run(folder, folds):
     for k, p in folds.items():
         (folder / f"fold_{k}").mkdir(parents=True)
