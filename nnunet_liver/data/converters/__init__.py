@@ -212,10 +212,13 @@ def output_folder(raw_root: str | os.PathLike, dataset_id: int, name: str) -> Pa
 
 
 def check_not_inside(output: Path, source: Path) -> None:
-    """Refuse an output folder inside the source tree (the source is never written to)."""
+    """Refuse an output folder inside the source tree (the source is never written to), or a source inside
+    the output folder (``overwrite`` replaces that folder, and would delete the source with it)."""
     out, src = Path(output).resolve(), Path(source).resolve()
     if out == src or src in out.parents:
         raise ConversionError(f"{output}: the output must not be inside the source folder {source}")
+    if out in src.parents:
+        raise ConversionError(f"{source}: the source must not be inside the output folder {output} (move it out)")
 
 
 def load_mapping(folder: Path) -> dict | None:

@@ -174,3 +174,14 @@ def test_keep_largest_liver():
     expected[4, 7, 6:8] = 0
     assert np.array_equal(out, expected)
     assert keep_largest_liver(np.zeros((2, 2, 2), np.uint8)).sum() == 0
+
+
+def test_source_inside_the_output_is_refused_before_overwrite_can_delete_it(tmp_path):
+    from nnunet_liver.data.converters.lits import convert_lits
+    from tests.data.converters.fixtures import make_lits
+
+    src = make_lits(tmp_path / "raw" / "Dataset501_LiTS" / "download", batches=False, tests=0)
+    before = tree_hashes(src)
+    with pytest.raises(ConversionError, match="must not be inside the output folder"):
+        convert_lits(src, tmp_path / "raw", overwrite=True, progress=False)
+    assert tree_hashes(src) == before
