@@ -68,24 +68,21 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from nnunet_liver.cli.main import UsageError
+    from nnunet_liver.cli.main import UsageError, check_num_processes, raw_root
 
-    raw_root = args.raw_root or os.environ.get("nnUNet_raw")
-    if not raw_root:
-        raise UsageError("no output: pass -o RAW_ROOT or set nnUNet_raw")
-    if args.num_processes < 1:
-        raise UsageError(f"-np must be positive, got {args.num_processes}")
+    root = raw_root(args)
+    check_num_processes(args)
     options = dict(dataset_id=args.dataset_id, name=args.name, overwrite=args.overwrite,
                    num_processes=args.num_processes, progress=not args.no_progress)
     try:
         if args.source_kind == "lits":
             from nnunet_liver.data.converters.lits import convert_lits
 
-            result = convert_lits(args.source, raw_root, **options)
+            result = convert_lits(args.source, root, **options)
         else:
             from nnunet_liver.data.converters.ircadb import convert_ircadb
 
-            result = convert_ircadb(args.source, raw_root, cysts_as_tumour=args.cysts_as_tumour, **options)
+            result = convert_ircadb(args.source, root, cysts_as_tumour=args.cysts_as_tumour, **options)
     except (ValueError, FileExistsError, PermissionError) as e:
         raise UsageError(str(e)) from None
     print(f"{result.folder}: {len(result.converted)} case(s) converted, {len(result.skipped)} already done")

@@ -56,14 +56,13 @@ def run(args: argparse.Namespace) -> int:
     import json
     import sys
 
-    from nnunet_liver.cli.main import UsageError
+    from nnunet_liver.cli.main import UsageError, check_num_processes
     from nnunet_liver.evaluation import compare, lits
 
     for label, folder in (("REF_DIR", args.ref_dir), ("PRED_DIR", args.pred_dir)):
         if not os.path.isdir(folder):
             raise UsageError(f"{label} {folder} is not a folder")
-    if args.num_processes < 1:
-        raise UsageError(f"-np must be positive, got {args.num_processes}")
+    check_num_processes(args)
     liver, tumour = args.labels
     if liver == tumour or not (0 < liver < 256 and 0 < tumour < 256):
         raise UsageError(f"--labels needs two different values in 1..255, got {liver} {tumour}")

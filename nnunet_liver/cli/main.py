@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # Order is the order shown in --help.
@@ -26,6 +27,20 @@ COMMANDS = (
 
 class UsageError(Exception):
     """Bad input from the user: printed as one line, exit code 2."""
+
+
+def raw_root(args: argparse.Namespace) -> str:
+    """The raw data root of a command that writes a data set: ``-o`` or ``$nnUNet_raw``."""
+    root = args.raw_root or os.environ.get("nnUNet_raw")
+    if not root:
+        raise UsageError("no raw data root: pass -o RAW_ROOT or set nnUNet_raw")
+    return root
+
+
+def check_num_processes(args: argparse.Namespace) -> int:
+    if args.num_processes < 1:
+        raise UsageError(f"-np must be positive, got {args.num_processes}")
+    return args.num_processes
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -33,18 +33,15 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from nnunet_liver.cli.main import UsageError
+    from nnunet_liver.cli.main import UsageError, check_num_processes, raw_root
     from nnunet_liver.data.merge import merge_datasets
 
-    raw_root = args.raw_root or os.environ.get("nnUNet_raw")
-    if not raw_root:
-        raise UsageError("no raw data root: pass -o RAW_ROOT or set nnUNet_raw")
+    root = raw_root(args)
     if len(args.sources) < 2:
         raise UsageError("merge needs two or more data sets")
-    if args.num_processes < 1:
-        raise UsageError(f"-np must be positive, got {args.num_processes}")
+    check_num_processes(args)
     try:
-        result = merge_datasets(raw_root, args.sources, dataset_id=args.dataset_id, name=args.name,
+        result = merge_datasets(root, args.sources, dataset_id=args.dataset_id, name=args.name,
                                 overwrite=args.overwrite, num_processes=args.num_processes,
                                 progress=not args.no_progress)
     except (ValueError, FileExistsError, PermissionError) as e:

@@ -34,14 +34,13 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from nnunet_liver.cli.main import UsageError
+    from nnunet_liver.cli.main import UsageError, check_num_processes
     from nnunet_liver.env import activate, require_paths
     from nnunet_liver.planners.api import plan_and_preprocess
 
     activate()
     require_paths("nnUNet_raw", "nnUNet_preprocessed")
-    if args.num_processes < 1:
-        raise UsageError(f"-np must be positive, got {args.num_processes}")
+    check_num_processes(args)
     for dataset_id in args.dataset_ids:
         try:
             plan_and_preprocess(

@@ -40,7 +40,7 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     import sys
 
-    from nnunet_liver.cli.main import UsageError
+    from nnunet_liver.cli.main import UsageError, check_num_processes
     from nnunet_liver.data import submission
 
     try:
@@ -59,8 +59,7 @@ def run(args: argparse.Namespace) -> int:
             return 0
         if not args.pred_dir or not args.output:
             raise UsageError("PRED_DIR and -o ZIP are needed (or --check ZIP)")
-        if args.num_processes < 1:
-            raise UsageError(f"-np must be positive, got {args.num_processes}")
+        check_num_processes(args)
         names = submission.write_submission(
             args.pred_dir, args.test_images, args.output, mapping=args.mapping,
             largest_liver=args.keep_largest_liver, compress=not args.store, overwrite=args.overwrite,

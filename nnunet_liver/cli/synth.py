@@ -27,17 +27,14 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from nnunet_liver.cli.main import UsageError
+    from nnunet_liver.cli.main import UsageError, check_num_processes, raw_root
     from nnunet_liver.data.synth_dataset import SynthSettings, write_phantom_dataset
 
-    raw_root = args.raw_root or os.environ.get("nnUNet_raw")
-    if not raw_root:
-        raise UsageError("no output: pass -o RAW_ROOT or set nnUNet_raw")
-    if args.num_processes < 1:
-        raise UsageError(f"-np must be positive, got {args.num_processes}")
+    root = raw_root(args)
+    check_num_processes(args)
     settings = SynthSettings(num_train=args.num_train, num_test=args.num_test, size=args.size, seed=args.seed)
     try:
-        folder = write_phantom_dataset(raw_root, settings, dataset_id=args.dataset_id, name=args.name,
+        folder = write_phantom_dataset(root, settings, dataset_id=args.dataset_id, name=args.name,
                                        overwrite=args.overwrite, num_processes=args.num_processes,
                                        progress=not args.no_progress)
     except (ValueError, FileExistsError, PermissionError) as e:
