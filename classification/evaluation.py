@@ -32,6 +32,7 @@ from nnunet_liver.evaluation.classification_metrics import (
     auc_score,
     binary_metrics,
     bootstrap_ci,
+    fold_mean_std,
     roc_points,
 )
 from nnunet_liver.evaluation.statistics import delong_test, paired_ttest
@@ -134,12 +135,7 @@ def _pool(folds: Mapping[int, FoldPredictions]) -> FoldPredictions:
 def summarize_model(folds: Mapping[int, FoldPredictions], *, n_boot: int = 1000, seed: int = 0) -> dict:
     """Per-fold, mean ± sd and pooled metrics (with 95% patient-level bootstrap CIs) of one model."""
     per_fold = {k: lesion_metrics(p.y, p.prob, p.pred) for k, p in folds.items()}
-    mean, std = {}, {}
-    for name in TABLE_METRICS:
-        v = np.array([m[name] for m in per_fold.values()], dtype=np.float64)
-        v = v[np.isfinite(v)]
-        mean[name] = float(v.mean()) if v.size else float("nan")
-        std[name] = float(v.std(ddof=1)) if v.size > 1 else float("nan")
+    mean, std = fold_mean_std(per_fold, TABLE_METRICS)
     pooled = _pool(folds)
     pm = lesion_metrics(pooled.y, pooled.prob, pooled.pred)
     ci = {}

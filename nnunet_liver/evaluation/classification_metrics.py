@@ -9,6 +9,7 @@ absent. numpy/scipy/scikit-learn only.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from scipy.stats import rankdata
@@ -173,6 +174,18 @@ def roc_points(y_true, y_prob) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return fpr, tpr, thr
 
 
+def fold_mean_std(per_fold: Mapping[Any, Mapping[str, float]],
+                  names: Sequence[str]) -> tuple[dict[str, float], dict[str, float]]:
+    """Mean and sample std (ddof 1) over folds of each metric, ignoring NaN folds (NaN when too few)."""
+    mean, std = {}, {}
+    for name in names:
+        v = np.array([m[name] for m in per_fold.values()], dtype=np.float64)
+        v = v[np.isfinite(v)]
+        mean[name] = float(v.mean()) if v.size else float("nan")
+        std[name] = float(v.std(ddof=1)) if v.size > 1 else float("nan")
+    return mean, std
+
+
 def summarize_folds(
     folds: Mapping[object, tuple[Sequence, Sequence]] | Sequence[tuple[Sequence, Sequence]],
     threshold: float = 0.5,
@@ -197,11 +210,6 @@ def summarize_folds(
         ps.append(np.asarray(p, dtype=np.float64).ravel())
     if not per_fold:
         raise ValueError("no folds given")
-    mean, std = {}, {}
-    for name in METRIC_NAMES:
-        v = np.array([m[name] for m in per_fold.values()], dtype=np.float64)
-        v = v[np.isfinite(v)]
-        mean[name] = float(v.mean()) if v.size else float("nan")
-        std[name] = float(v.std(ddof=1)) if v.size > 1 else float("nan")
+    mean, std = fold_mean_std(per_fold, METRIC_NAMES)
     pooled = binary_metrics(np.concatenate(ys), np.concatenate(ps), threshold)
     return {"per_fold": per_fold, "mean": mean, "std": std, "pooled": pooled}
