@@ -23,7 +23,9 @@ class TrainConfig:
         preset: the preset's name.
         epochs: maximum epochs (one epoch = one pass over the training lesions, or their slices for 2D).
         patience: epochs without a better validation score before stopping.
-        max_time_s: wall-clock budget of a run (None: unlimited); checked after every epoch.
+        max_time_s: time budget of a run in seconds (None: unlimited); checked after every epoch.
+        budget_clock: what ``max_time_s`` counts: "wall" (elapsed time) or "cpu" (this process's CPU time,
+            so the budget stays equal on a busy machine; use it with one torch thread).
         batch_size: lesions per batch (3D).
         slice_batch_size: slices per batch (2D).
         lr, weight_decay: Adam.
@@ -45,6 +47,7 @@ class TrainConfig:
     epochs: int = 200
     patience: int = 30
     max_time_s: float | None = None
+    budget_clock: str = "wall"
     batch_size: int = 16
     slice_batch_size: int = 64
     lr: float = 1e-3
@@ -98,4 +101,6 @@ def get_preset(name: str, **overrides: Any) -> TrainConfig:
     unknown = set(overrides) - {f.name for f in fields(TrainConfig)}
     if unknown:
         raise ValueError(f"unknown training option(s): {', '.join(sorted(unknown))}")
+    if overrides.get("budget_clock") not in (None, "wall", "cpu"):
+        raise ValueError(f"budget_clock must be 'wall' or 'cpu', not {overrides['budget_clock']!r}")
     return PRESETS[name].replace(**overrides)

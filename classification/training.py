@@ -84,7 +84,7 @@ __all__ = [
 CHECKPOINT_FORMAT = "nnunet_liver.classification/1"
 PREDICTION_COLUMNS = ("case_id", "lesion_id", "label", "prob", "pred", "n_slices")
 # Resuming may extend or shorten the schedule; anything else must match the checkpoint.
-_RESUMABLE_CHANGES = {"epochs", "patience", "max_time_s", "eval_batch_size"}
+_RESUMABLE_CHANGES = {"epochs", "patience", "max_time_s", "budget_clock", "eval_batch_size"}
 
 
 class CheckpointError(ValueError):
@@ -565,12 +565,13 @@ def train_fold(*, crop_dir: str | os.PathLike, out_dir: str | os.PathLike, model
                disable=not progress, leave=False, initial=start_epoch, total=config.epochs)
     epoch = start_epoch - 1
     last_plot = time.perf_counter()
+    clock = time.process_time if config.budget_clock == "cpu" else time.perf_counter
     for epoch in bar:
         if config.max_time_s is not None and elapsed >= config.max_time_s:
             stop_reason = "time budget"
             epoch -= 1  # this epoch was not trained: the checkpoint records the last one that was
             break
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), clock()
         model.train()
         order = torch.randperm(tr_x.shape[0], generator=generator)
         losses = []
@@ -589,7 +590,7 @@ def train_fold(*, crop_dir: str | os.PathLike, out_dir: str | os.PathLike, model
         else:
             val_loss, val_auc = float("nan"), float("nan")
             score = (-math.inf, -train_loss)
-        elapsed += time.perf_counter() - t0
+        elapsed += clock() - c0
         history["train_loss"].append(train_loss)
         history["val_loss"].append(val_loss)
         history["val_auc"].append(val_auc)

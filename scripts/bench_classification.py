@@ -3,7 +3,7 @@
 
 Steps: synthetic phantoms -> nnU-Net planning/preprocessing with raw HU -> crop extraction (timed) ->
 patient-level stratified folds -> for every seed, model and fold a training run capped by the same
-wall-clock budget (the ``cpu`` preset; early stopping is off by default so every model gets the whole budget,
+budget of process CPU seconds, so a busy machine does not shrink it (the ``cpu`` preset; early stopping is off by default so every model gets the whole budget,
 and the epoch with the best validation AUC is kept) -> test predictions of each fold.
 
 Reported (``bench_classification.json`` and ``.md`` in ``--out``):
@@ -49,7 +49,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--folds", type=int, default=3, help="cross-validation folds (default 3)")
     p.add_argument("--seeds", type=int, default=3, help="training seeds, at least 3 (default 3)")
     p.add_argument("--budget-s", type=float, default=15.0,
-                   help="training seconds per run, checked after each epoch (default 15)")
+                   help="training CPU seconds per run, checked after each epoch (default 15)")
     p.add_argument("--patience", type=int, default=None,
                    help="early-stopping patience (default: none, every run uses its whole budget)")
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
@@ -139,6 +139,7 @@ def main(argv=None) -> int:
           f"{ex.lesions_per_s:.1f} lesions/s", flush=True)
 
     config = get_preset("cpu", input_size=args.crop_size, epochs=100000, max_time_s=args.budget_s,
+                        budget_clock="cpu",
                         patience=args.patience if args.patience else 10**9)
     runs_root = out / "runs"
     if runs_root.exists():
@@ -252,7 +253,7 @@ def main(argv=None) -> int:
         f"{result['data']['lesions']} lesions ({result['data']['malignant']} malignant) from "
         f"{result['data']['cases']} phantom cases ({args.size}^2 in-plane), crops {args.crop_size}^3 over "
         f"{args.crop_mm:g} mm; {args.folds}-fold patient-level CV; {args.seeds} seeds; every run capped at "
-        f"{args.budget_s:g} s of training on {torch.get_num_threads()} thread(s) "
+        f"{args.budget_s:g} CPU s of training on {torch.get_num_threads()} thread(s) "
         f"({'no early stopping' if not args.patience else f'patience {args.patience}'}; best validation epoch kept); "
         f"`cpu` preset. {result['machine']['platform']}, torch {torch.__version__}.", "",
         "| Model | AUC (pooled folds, mean ± sd over seeds) | Accuracy | Parameters | MFLOPs / lesion | s / epoch | "
