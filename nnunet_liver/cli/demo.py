@@ -1,31 +1,80 @@
 """``nnunet-liver demo``: the whole pipeline on synthetic phantoms, on this machine's CPU.
 
-Steps: synthesise phantoms -> plan and preprocess (raw HU kept) -> train with the stock ``nnUNetv2_train``
--> predict the test cases with the stock ``nnUNetv2_predict``. Everything lives under ``--out``; nnU-Net's
-environment variables are set for this run only; a rerun resumes finished steps.
+Steps: synthesise phantoms -> plan and preprocess (raw HU kept; ``2d`` and ``3d_fullres``) -> train
+DualStream, the 3D U-Net and the 2D U-Net (CPU presets) with the stock ``nnUNetv2_train`` -> predict the test
+cases with the stock ``nnUNetv2_predict`` -> LiTS metrics and cost (parameters, FLOPs, seconds per case) ->
+lesion crops from the preprocessed data -> hybrid 3D CNN, its no-attention ablation, ResNet-50 2D and
+DenseNet-121 2D, cross-validated -> Table 2 -> ``results.json`` -> ``nnunet-liver report``.
+
+Everything lives under ``--out``; nnU-Net's environment variables are set for this run only; a rerun
+resumes finished steps (a step is redone when the preset or device changed).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import platform
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
+DATASET_ID, DATASET = 990, "Dataset990_LiverPhantom"
+CLASSIFIERS = ("hybrid3d", "hybrid3d_noatt", "resnet50_2d", "densenet121_2d")
+
+
+@dataclass(frozen=True)
+class DemoPreset:
+    num_train: int
+    num_test: int
+    size: int  # in-plane voxels of a phantom
+    epochs: int  # segmentation: epochs x iterations per model (each CPU trainer the same budget)
+    iters: int
+    val_iters: int
+    cls_folds: int  # classification: patient-level cross-validation folds
+    cls_seconds: float  # training budget per classifier and fold (wall-clock seconds)
+    crop_size: int = 32
+    crop_mm: float = 64.0
+
+
 PRESETS = {
-    # name: (num_train, num_test, size)
-    "quick": (6, 2, 64),
-    "default": (24, 8, 128),
+    "quick": DemoPreset(num_train=8, num_test=2, size=48, epochs=2, iters=5, val_iters=1, cls_folds=2,
+                        cls_seconds=2.0),
+    "default": DemoPreset(num_train=20, num_test=6, size=96, epochs=8, iters=25, val_iters=4, cls_folds=3,
+                          cls_seconds=15.0),
 }
+
+
+@dataclass(frozen=True)
+class SegModel:
+    label: str
+    trainer: str
+    configuration: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.trainer}__{self.configuration}"
+
+
+SEG_MODELS = (
+    SegModel("DualStream", "DualStreamTrainer_CPU", "3d_fullres"),
+    SegModel("3D U-Net", "LiverUNetTrainer_CPU", "3d_fullres"),
+    SegModel("2D U-Net", "LiverUNetTrainer_CPU", "2d"),
+)
 
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "demo",
-        help="run the whole pipeline on synthetic phantoms (CPU, minutes)",
-        description="Synthesise phantoms, plan/preprocess with raw HU, train with the stock nnUNetv2_train, "
-        "predict with the stock nnUNetv2_predict. All folders under --out; rerun to resume.",
+        help="run the whole pipeline on synthetic phantoms and write the report (CPU, minutes)",
+        description="Synthesise phantoms, plan/preprocess with raw HU, train DualStream, 3D U-Net and 2D U-Net "
+        "with the stock nnUNetv2_train (CPU presets), predict with the stock nnUNetv2_predict, evaluate "
+        "(LiTS metrics), train and cross-validate the lesion classifiers, and write the report. All folders "
+        "under --out; rerun to resume.",
     )
     p.add_argument("--out", default="nnunet_liver_demo", help="output folder (default ./nnunet_liver_demo)")
-    p.add_argument("--quick", action="store_true", help="smallest preset (a few minutes)")
+    p.add_argument("--quick", action="store_true", help="smallest preset (about 4 minutes on 2 cores)")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="training/prediction device")
     p.add_argument("-np", dest="num_processes", type=int, default=min(2, os.cpu_count() or 1),
                    help="worker processes (default min(2, cores))")
@@ -33,51 +82,215 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from nnunet_liver.cli.main import UsageError
+    from nnunet_liver.cli.main import UsageError, check_num_processes
     from nnunet_liver.cli.steps import Pipeline
     from nnunet_liver.data.io import check_writable_dir
     from nnunet_liver.env import activate
 
+    check_num_processes(args)
     out = Path(args.out).resolve()
     try:
         check_writable_dir(out)
     except PermissionError as e:
         raise UsageError(str(e)) from None
     env = activate(out / "nnunet")
-    env["nnUNet_n_proc_DA"] = os.environ.get("nnUNet_n_proc_DA", str(args.num_processes))
+    # nnU-Net's export and validation pools default to 8 processes, each importing torch: on a laptop CPU
+    # they cost more than the work itself
+    env["nnUNet_def_n_proc"] = os.environ.get("nnUNet_def_n_proc", str(args.num_processes))
     os.environ.update(env)
-    num_train, num_test, size = PRESETS["quick" if args.quick else "default"]
-    dataset_id, dataset = 990, "Dataset990_LiverPhantom"
-    raw = Path(env["nnUNet_raw"]) / dataset
-    pipe = Pipeline(out=out, env=env, signature={"preset": "quick" if args.quick else "default",
-                                                 "device": args.device})
-    print(f"nnunet-liver demo: {num_train} training + {num_test} test phantoms of {size} voxels, out={out}")
-
-    def synth():
-        from nnunet_liver.data.synth_dataset import SynthSettings, write_phantom_dataset
-
-        write_phantom_dataset(env["nnUNet_raw"], SynthSettings(num_train, num_test, size, seed=0),
-                              dataset_id=dataset_id, overwrite=True, num_processes=args.num_processes)
-
-    def preprocess():
-        from nnunet_liver.planners.api import plan_and_preprocess
-
-        plan_and_preprocess(dataset_id, configurations=("3d_fullres",), num_processes=args.num_processes,
-                            verify=True, overwrite=True)
-
-    def train():
-        pipe.run(["nnUNetv2_train", str(dataset_id), "3d_fullres", "0", "-tr", "LiverSmokeTrainer",
-                  "-device", args.device], "train_LiverSmokeTrainer")
-
-    def predict():
-        pipe.run(["nnUNetv2_predict", "-i", str(raw / "imagesTs"), "-o", str(out / "predictions" / "LiverSmoke"),
-                  "-d", str(dataset_id), "-c", "3d_fullres", "-f", "0", "-tr", "LiverSmokeTrainer",
-                  "-device", args.device, "-npp", "1", "-nps", "1"], "predict_LiverSmokeTrainer")
-
-    steps = [("synthesise phantoms", synth), ("plan and preprocess (raw HU)", preprocess),
-             ("train LiverSmokeTrainer (nnUNetv2_train)", train),
-             ("predict test cases (nnUNetv2_predict)", predict)]
+    preset_name = "quick" if args.quick else "default"
+    preset = PRESETS[preset_name]
+    pipe = Pipeline(out=out, env=env, signature={"preset": preset_name, "device": args.device, **asdict(preset)})
+    demo = _Demo(out, env, preset, preset_name, args.device, args.num_processes, pipe)
+    print(f"nnunet-liver demo ({preset_name}): {preset.num_train} training + {preset.num_test} test phantoms of "
+          f"{preset.size} voxels; out={out}")
+    steps = [("synthesise phantoms", demo.synth),
+             ("plan and preprocess, raw HU (2d, 3d_fullres)", demo.preprocess)]
+    steps += [(f"train {m.label} ({m.trainer}, {m.configuration}) with nnUNetv2_train", _bind(demo.train, m))
+              for m in SEG_MODELS]
+    steps += [(f"predict the test cases with nnUNetv2_predict: {m.label}", _bind(demo.predict, m))
+              for m in SEG_MODELS]
+    steps += [("evaluate segmentations (LiTS metrics) and measure cost", demo.evaluate_segmentation),
+              ("extract lesion crops from the preprocessed data", demo.extract),
+              ("train the lesion classifiers (cross-validation)", demo.train_classifiers),
+              ("evaluate the classifiers (Table 2, ROC, attention)", demo.evaluate_classifiers),
+              ("write results.json and the report", demo.report)]
     for i, (name, fn) in enumerate(steps, 1):
         pipe.step(name, fn, i, len(steps))
-    print(f"demo finished in {pipe.elapsed()}; results under {out}")
+    print(f"demo finished in {pipe.elapsed()}; report: {out / 'report' / 'report.html'}")
     return 0
+
+
+def _bind(fn, *a):
+    return lambda: fn(*a)
+
+
+class _Demo:
+    """The steps, sharing the demo's folders: ``<out>/nnunet`` (nnU-Net's three folders),
+    ``predictions/<trainer>__<configuration>``, ``evaluation/...``, ``classification/...``, ``report/``."""
+
+    def __init__(self, out: Path, env: dict, preset: DemoPreset, preset_name: str, device: str,
+                 num_processes: int, pipe):
+        self.out, self.env, self.preset, self.preset_name = out, env, preset, preset_name
+        self.device, self.np, self.pipe = device, num_processes, pipe
+        self.raw = Path(env["nnUNet_raw"]) / DATASET
+        self.cls_root = out / "classification"
+
+    # -- segmentation ----------------------------------------------------------------------------------
+    def synth(self) -> None:
+        from nnunet_liver.data.synth_dataset import SynthSettings, write_phantom_dataset
+
+        p = self.preset
+        write_phantom_dataset(self.env["nnUNet_raw"], SynthSettings(p.num_train, p.num_test, p.size, seed=0),
+                              dataset_id=DATASET_ID, overwrite=True, num_processes=self.np)
+
+    def preprocess(self) -> None:
+        from nnunet_liver.planners.api import plan_and_preprocess
+
+        plan_and_preprocess(DATASET_ID, configurations=("2d", "3d_fullres"), num_processes=self.np,
+                            verify=True, overwrite=True)
+
+    def train(self, m: SegModel) -> None:
+        p = self.preset
+        budget = {"NNUNET_LIVER_EPOCHS": str(p.epochs), "NNUNET_LIVER_ITERS": str(p.iters),
+                  "NNUNET_LIVER_VAL_ITERS": str(p.val_iters), "NNUNET_LIVER_SEED": "0",
+                  # augmentation in the training process: no worker start-up, and seeded runs repeat
+                  "nnUNet_n_proc_DA": os.environ.get("nnUNet_n_proc_DA", "0" if self.device == "cpu" else "12")}
+        t0 = time.perf_counter()
+        self.pipe.run(["nnUNetv2_train", str(DATASET_ID), m.configuration, "0", "-tr", m.trainer,
+                       "-device", self.device], f"train_{m.key}", extra_env=budget)
+        self._record(m, train_seconds=time.perf_counter() - t0, iterations=p.epochs * p.iters)
+
+    def predict(self, m: SegModel) -> None:
+        from nnunet_liver.data.io import staged_dir
+
+        final = self.out / "predictions" / m.key
+        with staged_dir(final, overwrite=True) as tmp:
+            self.pipe.run(["nnUNetv2_predict", "-i", str(self.raw / "imagesTs"), "-o", str(tmp),
+                           "-d", str(DATASET_ID), "-c", m.configuration, "-f", "0", "-tr", m.trainer,
+                           "-device", self.device, "-npp", "1", "-nps", "1", "--disable_progress_bar"],
+                          f"predict_{m.key}")
+
+    def evaluate_segmentation(self) -> None:
+        from nnunet_liver.cli.main import main
+
+        for m in SEG_MODELS:
+            code = main(["evaluate", str(self.raw / "labelsTs"), str(self.out / "predictions" / m.key),
+                         "-o", str(self.out / "evaluation" / m.key), "-np", str(self.np), "--overwrite"])
+            if code:
+                raise RuntimeError(f"nnunet-liver evaluate failed for {m.label} (exit code {code})")
+            self._record(m, **self._cost(m))
+
+    def _cost(self, m: SegModel) -> dict:
+        """Parameters and forward FLOPs per output voxel of the trained network at its patch, and seconds per
+        case of nnU-Net's sliding-window predictor in this process (mean over up to 2 test cases)."""
+        import torch
+        from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+        from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+        from nnunet_liver.architectures.cost import count_flops_per_voxel
+
+        model_dir = Path(self.env["nnUNet_results"]) / DATASET / f"{m.trainer}__nnUNetPlans__{m.configuration}"
+        predictor = nnUNetPredictor(tile_step_size=0.5, use_mirroring=False, device=torch.device(self.device),
+                                    verbose=False, verbose_preprocessing=False, allow_tqdm=False)
+        predictor.initialize_from_trained_model_folder(str(model_dir), use_folds=(0,),
+                                                       checkpoint_name="checkpoint_final.pth")
+        net = predictor.network
+        patch = list(predictor.configuration_manager.patch_size)
+        io = SimpleITKIO()
+        seconds = []
+        for img in sorted(self.raw.joinpath("imagesTs").glob("*_0000.nii.gz"))[:2]:
+            data, props = io.read_images([str(img)])
+            t0 = time.perf_counter()
+            predictor.predict_single_npy_array(data, props)
+            seconds.append(time.perf_counter() - t0)
+        return {"params": sum(q.numel() for q in net.parameters()), "patch_size": patch,
+                "flops_per_voxel": count_flops_per_voxel(net, patch, input_channels=1),
+                "seconds_per_case": sum(seconds) / len(seconds) if seconds else None}
+
+    def _record(self, m: SegModel, **values) -> None:
+        """Merge measurements of a model into ``<out>/evaluation/cost.json`` (kept across resumed runs)."""
+        path = self.out / "evaluation" / "cost.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = json.loads(path.read_text()) if path.is_file() else {}
+        data.setdefault(m.key, {}).update(values)
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(data, indent=1))
+        tmp.replace(path)
+
+    # -- classification --------------------------------------------------------------------------------
+    def _classify(self, *argv: str) -> None:
+        from nnunet_liver.cli.main import main
+
+        code = main(["classify", *argv])
+        if code:
+            raise RuntimeError(f"nnunet-liver classify {argv[0]} failed (exit code {code})")
+
+    def extract(self) -> None:
+        import shutil
+
+        crops = self.cls_root / "crops"
+        if crops.exists():  # a changed preset: new phantoms, new crops
+            shutil.rmtree(crops)
+        p = self.preset
+        self._classify("extract", "-d", str(DATASET_ID), "-c", "3d_fullres", "--size", str(p.crop_size),
+                       "--crop-mm", f"{p.crop_mm:g}", "--num-folds", str(p.cls_folds), "-o", str(crops),
+                       # the table lists the test cases too (not preprocessed), and a lesion of a voxel or two
+                       # can vanish in resampling: both are skipped with a warning
+                       "--skip-unmatched")
+
+    def train_classifiers(self) -> None:
+        for model in CLASSIFIERS:
+            self._classify("train", "-m", model, "-f", "all", "--preset", "cpu", "--crops",
+                           str(self.cls_root / "crops"), "-o", str(self.cls_root), "--overwrite",
+                           "--max-time-s", f"{self.preset.cls_seconds:g}", "--device", self.device)
+
+    def evaluate_classifiers(self) -> None:
+        self._classify("evaluate", "--preset", "cpu", "--crops", str(self.cls_root / "crops"), "--root",
+                       str(self.cls_root), "-o", str(self.cls_root / "evaluation"), "--overwrite",
+                       "--n-boot", "200", "--device", self.device)
+
+    # -- results and report ----------------------------------------------------------------------------
+    def manifest(self) -> dict:
+        import torch
+
+        p = self.preset
+        cost = json.loads((self.out / "evaluation" / "cost.json").read_text())
+        rel = lambda path: os.path.relpath(path, self.out)  # noqa: E731
+        models = [{"label": m.label, "group": "table1", "trainer": m.trainer, "configuration": m.configuration,
+                   "predictions": rel(self.out / "predictions" / m.key),
+                   "evaluation": rel(self.out / "evaluation" / m.key / "summary.json"),
+                   "cost": cost.get(m.key, {})} for m in SEG_MODELS]
+        return {
+            "format": "nnunet_liver.results/1",
+            "title": f"nnunet-liver demo ({self.preset_name} preset)",
+            "provenance": {
+                "data": f"synthetic phantoms ({DATASET}): {p.num_train} training / {p.num_test} test cases, "
+                        f"{p.size} voxels in-plane",
+                "budget": f"each segmentation model {p.epochs} epochs x {p.iters} iterations on fold 0 (CPU "
+                          f"presets, seed 0); classifiers {p.cls_seconds:g} s of training per fold, "
+                          f"{p.cls_folds}-fold patient-level cross-validation, {p.crop_size}^3 crops over "
+                          f"{p.crop_mm:g} mm",
+                "device": self.device,
+                "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+                            "threads": torch.get_num_threads(), "torch": torch.__version__,
+                            "platform": platform.platform()},
+                "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "synthetic": True,
+                "command": f"nnunet-liver demo{' --quick' if self.preset_name == 'quick' else ''} "
+                           f"--out {self.out}",
+            },
+            "dataset": {"images": rel(self.raw / "imagesTs"), "labels": rel(self.raw / "labelsTs")},
+            "segmentation": {"reference": "DualStream", "models": models},
+            "classification": {"evaluation": rel(self.cls_root / "evaluation"), "preset": "cpu"},
+        }
+
+    def report(self) -> None:
+        from nnunet_liver.cli.main import main
+        from nnunet_liver.data.io import staged_file
+
+        with staged_file(self.out / "results.json", overwrite=True) as tmp:
+            tmp.write_text(json.dumps(self.manifest(), indent=1))
+        code = main(["report", str(self.out / "results.json"), "-o", str(self.out / "report"), "--overwrite"])
+        if code:
+            raise RuntimeError(f"nnunet-liver report failed (exit code {code})")

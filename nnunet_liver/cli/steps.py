@@ -51,13 +51,14 @@ class Pipeline:
         s = int(time.monotonic() - self.started)
         return f"{s // 60}:{s % 60:02d}"
 
-    def run(self, argv: list[str], log_name: str) -> None:
-        """Run a command with this pipeline's environment; its output goes to ``logs/<log_name>.log``
-        and is shown live. A failure raises with the log's tail."""
+    def run(self, argv: list[str], log_name: str, extra_env: dict[str, str] | None = None) -> None:
+        """Run a command with this pipeline's environment (plus ``extra_env``); its output goes to
+        ``logs/<log_name>.log`` and is shown live. A failure raises with the log's tail."""
         log_path = self.out / "logs" / f"{log_name}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ)
         env.update(self.env)
+        env.update(extra_env or {})
         bin_dir = str(Path(sys.executable).parent)
         env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
         self.log(f"    $ {' '.join(argv)}   (log: {log_path})")
