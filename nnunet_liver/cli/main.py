@@ -22,6 +22,8 @@ COMMANDS = (
     "nnunet_liver.cli.merge",
     "nnunet_liver.cli.submit",
     "nnunet_liver.cli.classify",
+    "nnunet_liver.cli.predict",
+    "nnunet_liver.cli.report",
 )
 
 
