@@ -54,6 +54,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="early-stopping patience (default: none, every run uses its whole budget)")
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                   help="training and inference device (default cpu; on cuda the budget is wall-clock seconds)")
     p.add_argument("--quick", action="store_true",
                    help="tiny smoke run: 8 cases of 48^2, 2 folds, 3 seeds, 3 s per run")
     args = p.parse_args(argv)
@@ -144,7 +146,7 @@ def main(argv=None) -> int:
           f"{ex.lesions_per_s:.1f} lesions/s", flush=True)
 
     config = get_preset("cpu", input_size=args.crop_size, epochs=100000, max_time_s=args.budget_s,
-                        budget_clock="cpu",
+                        budget_clock="cpu" if args.device == "cpu" else "wall",
                         patience=args.patience if args.patience else 10**9)
     runs_root = out / "runs"
     if runs_root.exists():
@@ -155,7 +157,8 @@ def main(argv=None) -> int:
         for model in args.models:
             for fold in range(args.folds):
                 s = train_fold(crop_dir=crops, out_dir=runs_root / f"seed{seed}" / model / f"fold_{fold}",
-                               model_name=model, fold=fold, config=config, seed=seed, progress=False,
+                               model_name=model, fold=fold, config=config, seed=seed, device=args.device,
+                               progress=False,
                                log=lambda m: None)
                 summaries.append(s)
                 print(f"seed {seed} {model:15s} fold {fold}: {s['epochs_run']:3d} epochs in {s['train_seconds']:.1f} s, "
@@ -191,12 +194,12 @@ def main(argv=None) -> int:
     mean_slices = float(_slices(all_data)[0].shape[0]) / len(all_data.entries)
     cost = {}
     for m in args.models:
-        net = build_model(m, config).eval()
-        predict_lesions(net, m, all_data, config)  # warm-up
+        net = build_model(m, config).eval().to(args.device)
+        predict_lesions(net, m, all_data, config, args.device)  # warm-up
         times = []
         for _ in range(3):
             t0 = time.perf_counter()
-            predict_lesions(net, m, all_data, config)
+            predict_lesions(net, m, all_data, config, args.device)
             times.append(time.perf_counter() - t0)
         runs_m = [s for s in summaries if s["model"] == m]
         cost[m] = {

@@ -62,6 +62,7 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--iters", type=int, default=25)
     p.add_argument("--quick", action="store_true", help="tiny settings for a smoke run")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="training and prediction device")
     args = p.parse_args()
     if args.quick:
         args.size, args.num_train, args.num_test, args.seeds, args.epochs, args.iters = 48, 5, 2, [0], 1, 2
@@ -76,7 +77,7 @@ def main() -> None:
     from nnunet_liver.env import activate
 
     activate(out / "work")
-    report = {"machine": machine(), "settings": {k: v for k, v in vars(args).items() if k != "out"}}
+    report = {"machine": machine(args.device), "settings": {k: v for k, v in vars(args).items() if k != "out"}}
 
     def save() -> None:
         (out / "results.json").write_text(json.dumps(report, indent=2, default=float))
@@ -98,16 +99,19 @@ def main() -> None:
                                   .get("window_sweep", {}).items()}
         report["speed"] = speed(runs)
         if "speed" in parts:
-            report["speed"]["rwa_overhead"] = bench_rwa_overhead(torch)
+            report["speed"]["rwa_overhead"] = bench_rwa_overhead(torch, args.device)
         save()
     print(markdown(report))
 
 
-def machine() -> dict:
+def machine(device: str = "cpu") -> dict:
     import torch
 
-    return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-            "threads": torch.get_num_threads(), "torch": torch.__version__, "device": "cpu"}
+    info = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+            "threads": torch.get_num_threads(), "torch": torch.__version__, "device": device}
+    if device == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
 
 
 # ---- cost -------------------------------------------------------------------------------------------------
@@ -183,7 +187,7 @@ def train_and_predict(label: str, trainer_name: str, config: str, seed: int, arg
     os.environ.update(NNUNET_LIVER_EPOCHS=str(args.epochs), NNUNET_LIVER_ITERS=str(args.iters),
                       NNUNET_LIVER_VAL_ITERS="1", NNUNET_LIVER_SEED=str(seed))
     os.environ["nnUNet_results"] = str(out / "work" / f"results_seed{seed}")
-    device = torch.device("cpu")
+    device = torch.device(args.device)
     print(f"== {label} ({trainer_name}, {config}), seed {seed}", flush=True)
     trainer = get_trainer_from_args("990", config, "all", trainer_name, "nnUNetPlans", device=device)
     t = time.perf_counter()
@@ -198,7 +202,7 @@ def train_and_predict(label: str, trainer_name: str, config: str, seed: int, arg
     model_dir = Path(trainer.output_folder_base)
     del trainer
 
-    predictor = load_predictor(model_dir)
+    predictor = load_predictor(model_dir, args.device)
     raw = Path(os.environ["nnUNet_raw"]) / "Dataset990_LiverPhantom"
     run["normal"], run["predict_s_per_case"] = evaluate_split(predictor, raw / "imagesTs", raw / "labelsTs")
     run["shifted"], _ = evaluate_split(predictor, raw / "imagesTs_shifted", raw / "labelsTs")
@@ -214,11 +218,11 @@ def train_and_predict(label: str, trainer_name: str, config: str, seed: int, arg
     return run
 
 
-def load_predictor(model_dir: Path):
+def load_predictor(model_dir: Path, device: str = "cpu"):
     import torch
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
-    predictor = nnUNetPredictor(tile_step_size=0.5, use_mirroring=False, device=torch.device("cpu"),
+    predictor = nnUNetPredictor(tile_step_size=0.5, use_mirroring=False, device=torch.device(device),
                                 verbose=False, verbose_preprocessing=False, allow_tqdm=False)
     predictor.initialize_from_trained_model_folder(str(model_dir), use_folds=("all",),
                                                    checkpoint_name="checkpoint_final.pth")
@@ -290,7 +294,7 @@ def speed(runs: dict) -> dict:
             for label, seeds in runs.items()}
 
 
-def bench_rwa_overhead(torch, repeats: int = 20) -> dict:
+def bench_rwa_overhead(torch, device: str = "cpu", repeats: int = 20) -> dict:
     """Seconds of a CPU training step (forward + backward) of DualStreamTrainer_CPU's network with random
     windows versus the same network with its fixed window: the whole cost of RWA in the data path."""
     import nnunet_liver.augment.window as W
@@ -298,21 +302,25 @@ def bench_rwa_overhead(torch, repeats: int = 20) -> dict:
 
     kwargs = dict(strides=[[1, 1, 1]] + [[1, 2, 2]] * 4, features_per_stage=(8, 16, 16, 32, 32),
                   n_blocks_per_stage=(1, 3, 4, 6, 3), context_features_per_stage=(8, 16, 16), deep_supervision=True)
-    x = torch.randn(2, 1, 8, 64, 64) * 200
+    x = torch.randn(2, 1, 8, 64, 64, device=device) * 200
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     result = {}
     for name, window in (("fixed", W.FIXED_PAPER.to_dict()), ("random", W.PAPER.to_dict())):
         torch.manual_seed(0)
-        net = DualStreamAttentionNet(1, 2, window=window, **kwargs).train()
+        net = DualStreamAttentionNet(1, 2, window=window, **kwargs).to(device).train()
         for _ in range(3):
             sum(o.mean() for o in net(x)).backward()
+        sync()
         t = time.perf_counter()
         for _ in range(repeats):
             sum(o.mean() for o in net(x)).backward()
+        sync()
         result[f"step_s_{name}"] = (time.perf_counter() - t) / repeats
     t = time.perf_counter()
     for _ in range(200):
-        level, width = W.sample_windows(W.PAPER, 2)
+        level, width = W.sample_windows(W.PAPER, 2, device=device)
         W.apply_window(x, level, width)
+    sync()
     result["window_only_s"] = (time.perf_counter() - t) / 200
     result["overhead_ratio"] = result["step_s_random"] / result["step_s_fixed"] - 1
     result["window_share_of_step"] = result["window_only_s"] / result["step_s_fixed"]
@@ -329,7 +337,7 @@ def fmt(v) -> str:
 
 def markdown(report: dict) -> str:
     s = report.get("settings", {})
-    lines = ["# Segmentation benchmarks (synthetic phantoms, CPU)", "",
+    lines = [f"# Segmentation benchmarks (synthetic phantoms, {report['machine'].get('device', 'cpu').upper()})", "",
              f"Machine: {report['machine']}. Data: {s.get('num_train')} training / {s.get('num_test')} test phantoms "
              f"of {s.get('size')} voxels; budget per model: {s.get('epochs')} epochs x {s.get('iters')} iterations, "
              f"seeds {s.get('seeds')}. Synthetic data and a tiny CPU budget: not LiTS results.", ""]

@@ -24,6 +24,7 @@ COMMANDS = (
     "nnunet_liver.cli.classify",
     "nnunet_liver.cli.predict",
     "nnunet_liver.cli.report",
+    "nnunet_liver.cli.bench",
 )
 
 
@@ -72,4 +73,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # run the imported module's main: under ``python -m`` this file is also ``__main__``, whose UsageError
+    # would not be the class the commands raise
+    from nnunet_liver.cli.main import main as _main
+
+    sys.exit(_main())

@@ -1,0 +1,248 @@
+"""``nnunet-liver bench``: every benchmark script in one run, one ``results.json`` and one summary.
+
+Runs ``scripts/bench_<name>.py`` of the source tree (segmentation, classification, evaluation, predict), each
+into ``<out>/<name>/``, then collects their JSON results into ``<out>/results.json`` and writes
+``<out>/summary.md``: the machine (CPU, threads, torch, device), and each benchmark's figures as ratios against
+the baseline that the same script measured in the same run. A benchmark that fails is reported and the
+others go on; the exit code says whether all passed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+
+# name -> (script, result file inside its folder)
+BENCHMARKS = {
+    "segmentation": ("bench_segmentation.py", "results.json"),
+    "classification": ("bench_classification.py", "bench_classification.json"),
+    "evaluation": ("bench_evaluate.py", "results.json"),
+    "predict": ("bench_predict.py", "results.json"),
+}
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "bench",
+        help="run all benchmark scripts; write bench/results.json and a summary of ratios",
+        description=__doc__.split("\n\n")[1] if __doc__ else None,
+    )
+    p.add_argument("-o", "--out", default="bench", help="output folder (default ./bench)")
+    p.add_argument("--only", nargs="+", choices=tuple(BENCHMARKS), default=None,
+                   help="run these benchmarks only (default: all)")
+    p.add_argument("--quick", action="store_true", help="each script's smoke-sized settings (minutes, not hours)")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                   help="device of the training/inference benchmarks (cuda: when a GPU is present)")
+    p.add_argument("--overwrite", action="store_true", help="replace results.json and summary.md of an earlier run")
+    p.set_defaults(func=run)
+
+
+def scripts_dir() -> Path:
+    import nnunet_liver
+
+    return Path(nnunet_liver.__file__).resolve().parents[1] / "scripts"
+
+
+def script_args(name: str, out: Path, quick: bool, device: str) -> list[str]:
+    if name == "segmentation":
+        return ["--out", str(out), "--device", device] + (["--quick"] if quick else [])
+    if name == "classification":
+        return ["--out", str(out), "--device", device] + (["--quick"] if quick else [])
+    if name == "evaluation":
+        return ["--out", str(out)] + (["--shape", "120", "256", "256", "--repeats", "2"] if quick else [])
+    if name == "predict":
+        return ["--out", str(out), "--device", device] + (["--quick"] if quick else [])
+    raise KeyError(name)
+
+
+def run(args: argparse.Namespace) -> int:
+    from nnunet_liver.cli.main import UsageError
+    from nnunet_liver.data.io import check_writable_dir, staged_file
+
+    names = args.only or list(BENCHMARKS)
+    scripts = scripts_dir()
+    missing = [BENCHMARKS[n][0] for n in names if not (scripts / BENCHMARKS[n][0]).is_file()]
+    if missing:
+        raise UsageError(f"benchmark script(s) not found in {scripts}: {', '.join(missing)} (the scripts ship with "
+                         "the source tree: run from a clone of the repository)")
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UsageError("--device cuda: torch sees no CUDA device on this machine")
+    out = Path(args.out).resolve()
+    try:
+        check_writable_dir(out)
+    except PermissionError as e:
+        raise UsageError(str(e)) from None
+    for f in ("results.json", "summary.md"):
+        if (out / f).exists() and not args.overwrite:
+            raise UsageError(f"{out / f} exists; pass --overwrite to replace it")
+
+    results = {"machine": machine(args.device), "quick": args.quick, "device": args.device,
+               "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "benchmarks": {}}
+    for i, name in enumerate(names, 1):
+        script, result_file = BENCHMARKS[name]
+        folder = out / name
+        argv = [sys.executable, str(scripts / script), *script_args(name, folder, args.quick, args.device)]
+        print(f"[{i}/{len(names)}] {name}: {' '.join(argv[1:])}", flush=True)
+        folder.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        with open(folder / "log.txt", "w") as log:
+            code = subprocess.call(argv, stdout=log, stderr=subprocess.STDOUT)
+        seconds = time.perf_counter() - t0
+        entry = {"command": " ".join(["python", f"scripts/{script}", *argv[2:]]), "exit_code": code,
+                 "seconds": round(seconds, 1), "log": str(folder / "log.txt")}
+        if code == 0 and (folder / result_file).is_file():
+            entry["result"] = json.loads((folder / result_file).read_text())
+            entry["ratios"] = RATIOS[name](entry["result"])
+            print(f"[{i}/{len(names)}] {name}: done in {seconds:.0f} s", flush=True)
+        else:
+            tail = (folder / "log.txt").read_text(errors="replace").splitlines()[-5:]
+            entry["error"] = f"exit code {code}" + ("" if code else f", no {result_file}")
+            print(f"[{i}/{len(names)}] {name}: FAILED ({entry['error']}); log {folder / 'log.txt'}:\n  "
+                  + "\n  ".join(tail), flush=True)
+        results["benchmarks"][name] = entry
+        for path, text in ((out / "results.json", json.dumps(results, indent=1, default=_json_default)),
+                           (out / "summary.md", summary_markdown(results))):
+            with staged_file(path, overwrite=True) as tmp:
+                tmp.write_text(text)
+    print((out / "summary.md").read_text())
+    failed = [n for n, e in results["benchmarks"].items() if "error" in e]
+    if failed:
+        print(f"failed: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def machine(device: str) -> dict:
+    import torch
+
+    info = {"cpu": _cpu_name(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
+            "device": device}
+    if device == "cuda" and torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        info["gpu"] = f"{props.name}, {props.total_memory / 2**30:.0f} GiB"
+    return info
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _json_default(o):
+    if isinstance(o, float) and not math.isfinite(o):
+        return None
+    return str(o)
+
+
+# ---- ratios: (figure, value, baseline, ratio, target) rows taken from each script's own results ----------
+
+def _row(figure: str, value, baseline, ratio, target: str = "") -> dict:
+    return {"figure": figure, "value": value, "baseline": baseline, "ratio": ratio, "target": target}
+
+
+def _seg_ratios(r: dict) -> list[dict]:
+    rows = []
+    for label, c in r.get("cost", {}).items():
+        rows.append(_row(f"FLOPs per output voxel, {label} (real-size network)", c["flops_per_voxel"],
+                         "3D U-Net", c["flops_ratio_vs_3d_unet"],
+                         "<= 0.8 (paper: ~20% fewer)" if label == "DualStream" else ""))
+    for label, s in r.get("speed", {}).items():
+        if label == "rwa_overhead":
+            rows.append(_row("training step with random windows vs fixed window", s["step_s_random"],
+                             s["step_s_fixed"], 1 + s["overhead_ratio"], "< 1.05"))
+            continue
+        rows.append(_row(f"CPU training iterations/s, {label}", s["train_iter_per_s"], "3D U-Net",
+                         s["train_speed_vs_3d_unet"]))
+        rows.append(_row(f"prediction s/case, {label}", s["predict_s_per_case"], "3D U-Net",
+                         s["predict_time_vs_3d_unet"]))
+    for label, row in r.get("accuracy", {}).items():
+        base = r["accuracy"].get("3D U-Net", {}).get("tumour_dice")
+        v = row.get("tumour_dice")
+        if v and base:
+            rows.append(_row(f"tumour Dice, {label}", v[0], "3D U-Net", v[0] / base[0] if base[0] else None))
+    for pair in r.get("robustness", {}).get("pairs", []):
+        rows.append(_row(f"tumour Dice drop on shifted scans, {pair['rwa']}", pair["tumour_dice_drop_rwa"],
+                         pair["twin"], pair["ratio"], "<= 0.5"))
+    return rows
+
+
+def _cls_ratios(r: dict) -> list[dict]:
+    rows = []
+    models = r.get("models", {})
+    base_auc = (models.get("resnet50_2d") or {}).get("auc", [None])[0]
+    for m, v in models.items():
+        for key, what in (("flops_per_lesion", "FLOPs per lesion"), ("inference_lesions_per_s", "inference lesions/s"),
+                          ("train_seconds_per_epoch", "CPU training s/epoch"), ("parameters", "parameters")):
+            if key in v:
+                rows.append(_row(f"{what}, {m}", v[key], "resnet50_2d", v.get(f"{key}_vs_resnet50_2d")))
+        auc = (v.get("auc") or [None])[0]
+        rows.append(_row(f"AUC (mean over seeds), {m}", auc, "resnet50_2d",
+                         auc / base_auc if auc is not None and base_auc else None))
+    ex = r.get("extraction", {})
+    if ex:
+        rows.append(_row("crop extraction, lesions/s", ex.get("lesions_per_s"), "", None))
+    return rows
+
+
+def _eval_ratios(r: dict) -> list[dict]:
+    return [_row(f"full LiTS metric set vs Dice alone ({'x'.join(map(str, r['shape'][::-1]))})",
+                 r["full_seconds"], r["dice_seconds"], r["ratio"])]
+
+
+def _predict_ratios(r: dict) -> list[dict]:
+    rows = []
+    for key, value in r.items():  # the predict benchmark names its ratios *_ratio / ratio_*
+        if isinstance(value, (int, float)) and "ratio" in key:
+            rows.append(_row(key.replace("_", " "), value, "stock nnUNetv2_predict", value, "<= 1.2"))
+    return rows
+
+
+RATIOS: dict[str, Callable[[dict], list[dict]]] = {"segmentation": _seg_ratios, "classification": _cls_ratios,
+                                                     "evaluation": _eval_ratios, "predict": _predict_ratios}
+
+
+def _fmt(v) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "n/a"
+    if isinstance(v, float):
+        return f"{v:.3g}"
+    return str(v)
+
+
+def summary_markdown(results: dict) -> str:
+    m = results["machine"]
+    lines = ["# nnunet-liver benchmarks", "",
+             f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} ({m['torch_threads']} threads), "
+             f"device {m['device']}{', ' + m['gpu'] if 'gpu' in m else ''}; {m['platform']}. "
+             f"{'Quick (smoke-sized) settings. ' if results['quick'] else ''}Created {results['created']}.", "",
+             "Every ratio compares two figures measured by the same script in the same run.", ""]
+    for name, e in results["benchmarks"].items():
+        lines += [f"## {name}", "", f"`{e['command']}` ({e['seconds']:.0f} s)", ""]
+        if "error" in e:
+            lines += [f"**Failed**: {e['error']}; see `{e['log']}`.", ""]
+            continue
+        rows = e.get("ratios", [])
+        if not rows:
+            lines += ["(no ratios in this benchmark's results)", ""]
+            continue
+        lines += ["| figure | value | baseline | ratio | target |", "|---|---|---|---|---|"]
+        lines += [f"| {r['figure']} | {_fmt(r['value'])} | {_fmt(r['baseline'])} | "
+                  f"{_fmt(r['ratio']) + 'x' if r['ratio'] is not None else 'n/a'} | {r['target']} |" for r in rows]
+        lines += ["", f"Details: `{name}/`.", ""]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,85 @@
+"""``nnunet-liver bench``: runs the scripts, collects their results, and turns them into ratio rows."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from nnunet_liver.cli import bench
+from tests.conftest import subprocess_env
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def run_bench(*argv):
+    return subprocess.run([sys.executable, "-m", "nnunet_liver.cli.main", "bench", *argv], env=subprocess_env({}),
+                          capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=600)
+
+
+def test_bench_runs_a_script_and_collects_its_ratios(tmp_path):
+    out = tmp_path / "bench"
+    r = run_bench("--only", "evaluation", "--quick", "-o", str(out))
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    results = json.loads((out / "results.json").read_text())
+    assert results["machine"]["cores"] >= 1 and results["machine"]["torch"]
+    entry = results["benchmarks"]["evaluation"]
+    script_result = json.loads((out / "evaluation" / "results.json").read_text())
+    assert entry["result"] == script_result
+    (row,) = entry["ratios"]
+    assert row["ratio"] == script_result["ratio"] and row["value"] == script_result["full_seconds"]
+    summary = (out / "summary.md").read_text()
+    assert f"{script_result['ratio']:.3g}x" in summary and "Machine:" in summary
+
+    again = run_bench("--only", "evaluation", "--quick", "-o", str(out))
+    assert again.returncode == 2 and "--overwrite" in again.stderr
+
+
+def test_a_failing_benchmark_is_reported_and_sets_the_exit_code(tmp_path, monkeypatch):
+    """A script that fails leaves an error entry and a non-zero exit, the others still run."""
+    scripts = tmp_path / "scripts"
+    scripts.mkdir()
+    (scripts / "bench_evaluate.py").write_text("import sys; print('boom'); sys.exit(3)\n")
+    monkeypatch.setattr(bench, "scripts_dir", lambda: scripts)
+    import argparse
+
+    ns = argparse.Namespace(out=str(tmp_path / "b"), only=["evaluation"], quick=True, device="cpu", overwrite=False)
+    assert bench.run(ns) == 1
+    results = json.loads((tmp_path / "b" / "results.json").read_text())
+    assert results["benchmarks"]["evaluation"]["error"] == "exit code 3"
+    assert "**Failed**" in (tmp_path / "b" / "summary.md").read_text()
+
+
+def test_missing_scripts_are_a_usage_error(tmp_path, monkeypatch):
+    import argparse
+
+    from nnunet_liver.cli.main import UsageError
+
+    monkeypatch.setattr(bench, "scripts_dir", lambda: tmp_path)
+    ns = argparse.Namespace(out=str(tmp_path / "b"), only=None, quick=True, device="cpu", overwrite=False)
+    with pytest.raises(UsageError, match="bench_segmentation.py"):
+        bench.run(ns)
+
+
+@pytest.mark.parametrize("name, path", [("segmentation", "bench/segmentation/results.json"),
+                                        ("classification", "bench/classification/bench_classification.json")])
+def test_ratio_rows_of_the_committed_results(name, path):
+    """The extractors read the scripts' real result files: every ratio row equals the figure it came from."""
+    result = json.loads((REPO / path).read_text())
+    rows = bench.RATIOS[name](result)
+    assert rows
+    if name == "segmentation":
+        ds = next(r for r in rows if r["figure"].startswith("FLOPs per output voxel, DualStream"))
+        assert ds["ratio"] == result["cost"]["DualStream"]["flops_ratio_vs_3d_unet"]
+        rwa = next(r for r in rows if r["figure"].startswith("training step with random windows"))
+        assert rwa["ratio"] == pytest.approx(1 + result["speed"]["rwa_overhead"]["overhead_ratio"])
+    else:
+        h = next(r for r in rows if r["figure"] == "inference lesions/s, hybrid3d")
+        assert h["ratio"] == result["models"]["hybrid3d"]["inference_lesions_per_s_vs_resnet50_2d"]
+        auc = next(r for r in rows if r["figure"] == "AUC (mean over seeds), resnet50_2d")
+        assert auc["ratio"] == pytest.approx(1.0)
+    text = bench.summary_markdown({"machine": bench.machine("cpu"), "quick": False, "created": "now",
+                                   "benchmarks": {name: {"command": "x", "seconds": 1.0, "ratios": rows}}})
+    assert text.count("\n| ") == len(rows) + 1
