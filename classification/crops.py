@@ -42,6 +42,7 @@ from scipy import ndimage
 
 from nnunet_liver.classification.lesions import (
     CaseGeometry,
+    Component,
     JoinReport,
     Lesion,
     LesionJoinError,
@@ -62,6 +63,7 @@ __all__ = [
     "CropSpec",
     "ExtractResult",
     "PreprocessedData",
+    "crop_component",
     "crop_coordinates",
     "extract_crop",
     "extract_crops",
@@ -188,6 +190,25 @@ def extract_crop(image: np.ndarray, spacing: Sequence[float], centre: Sequence[f
         if not mask_crop.any():
             mask_crop = (_sample(mask, coords, order=0, cval=0.0, select=mask_value) > 0).astype(np.uint8)
     return crop, mask_crop, padded
+
+
+def crop_component(image: np.ndarray, spacing: Sequence[float], component: Component, labelled: np.ndarray,
+                   spec: CropSpec) -> tuple[np.ndarray, np.ndarray | None, bool]:
+    """The crop of one lesion component: a cube of ``spec.cube_mm(component.diameter_mm)`` around its centroid,
+    with the component's own voxels (value ``component.index`` of ``labelled``) as the mask.
+
+    Args:
+        image: (z, y, x) HU of the preprocessed case (``spec.channel`` already selected).
+        spacing: (z, y, x) mm of that grid.
+        component: the lesion, from ``tumour_components`` or ``instance_components`` on the same grid.
+        labelled: (z, y, x) labelled lesions of that grid.
+        spec: crop parameters.
+
+    Returns:
+        As :func:`extract_crop`.
+    """
+    return extract_crop(image, spacing, component.centroid, spec.cube_mm(component.diameter_mm), spec.size,
+                        mask=labelled, mask_value=component.index, pad_hu=spec.pad_hu)
 
 
 @dataclass
@@ -464,9 +485,7 @@ def extract_crops(data: PreprocessedData, rows: Sequence[TableRow], out_dir: str
                 d, _, _, _ = ds.load_case(les.row.case_id)
                 image = np.asarray(d[spec.channel], dtype=np.float32)
                 current_case = les.row.case_id
-            crop, mask, padded = extract_crop(image, data.spacing, les.component.centroid, cube, spec.size,
-                                              mask=segs[les.row.case_id][1], mask_value=les.component.index,
-                                              pad_hu=spec.pad_hu)
+            crop, mask, padded = crop_component(image, data.spacing, les.component, segs[les.row.case_id][1], spec)
             meta["padded"] = bool(padded)
             with staged_file(path, overwrite=True) as tmp:
                 with open(tmp, "wb") as f:

@@ -1,0 +1,125 @@
+"""``nnunet-liver predict``: one CT (or a folder of CTs) in, segmentation and a findings report out."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+DESCRIPTION = """\
+Segments liver and tumour with a trained nnU-Net model (nnU-Net's predictor: sliding window, optional
+test-time mirroring, every fold averaged), keeps the largest liver component (or applies the model's
+postprocessing.pkl from nnUNetv2_find_best_configuration), measures every lesion (3D connected component of
+the tumour label) and, with --classifier, gives its malignancy probability from a classifier of
+'nnunet-liver classify train' (crops cut from nnU-Net's preprocessed volume as in training).
+
+INPUT is a NIfTI/NRRD/MetaImage file, a folder holding one DICOM series (--series UID when it holds several),
+or a folder of cases (image files and DICOM sub-folders: batch mode, one sub-folder of OUTPUT per case; a
+failing case is reported and skipped, and the exit code is 1 if any failed).
+
+Writes to OUTPUT (per case): segmentation.nii.gz (the input's exact grid), lesions.csv, findings.json,
+lesion_<id>.png (axial slice through each lesion), summary.png. DICOM-SEG is not written.
+"""
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "predict",
+        help="segment a CT and report its lesions (size, HU, malignancy probability)",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("-i", dest="input", required=True, help="CT file, DICOM series folder, or folder of cases")
+    p.add_argument("-o", dest="output", required=True, help="output folder (batch mode: one sub-folder per case)")
+    p.add_argument("-m", "--model-folder", dest="model_folder", required=True,
+                   help="trained nnU-Net model folder: nnUNet_results/DatasetXXX_Name/<trainer>__<plans>__<configuration>")
+    p.add_argument("-f", dest="folds", nargs="+", default=None,
+                   help="folds to ensemble (default: every fold_k that holds the checkpoint; fold_all if none)")
+    p.add_argument("-chk", dest="checkpoint", default="checkpoint_final.pth",
+                   help="checkpoint file name in each fold folder (default checkpoint_final.pth)")
+    p.add_argument("--classifier", default=None, metavar="CHECKPOINT",
+                   help="lesion classifier checkpoint from 'nnunet-liver classify train' (fold_<k>/checkpoint_final.pt); "
+                   "without it the malignancy probability is left empty")
+    p.add_argument("--crops", default=None, metavar="CROP_FOLDER",
+                   help="crop folder the classifier was trained on, for its crops.json (default: <root>/crops beside "
+                   "the classifier's run folder)")
+    p.add_argument("--series", default=None, metavar="UID", help="DICOM series instance UID to read")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="device (default cpu)")
+    p.add_argument("--mirror", action="store_true",
+                   help="test-time mirroring along the axes the checkpoint allows (off by default: up to 8x slower)")
+    p.add_argument("--step-size", type=float, default=0.5,
+                   help="sliding-window step as a fraction of the patch size (default 0.5, nnU-Net's)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: all cores, as nnUNetv2_predict)")
+    p.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output folders")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import time
+
+    from nnunet_liver.cli.main import UsageError
+    from nnunet_liver.data.io import OutputExistsError
+    from nnunet_liver.inference.inputs import InputError, discover_cases
+
+    try:
+        cases, batch, notes = discover_cases(args.input, series=args.series)
+    except InputError as e:
+        raise UsageError(str(e)) from None
+    if batch and args.series:
+        raise UsageError("--series applies to one DICOM folder, not to a folder of cases")
+    out = args.output
+    if not batch and os.path.exists(out) and not args.overwrite:
+        raise UsageError(f"{out} exists (use --overwrite to replace it)")
+    if args.threads is not None and args.threads < 1:
+        raise UsageError(f"--threads must be positive, got {args.threads}")
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+
+    import torch
+
+    from nnunet_liver.inference.classifier import ClassifierError, load_classifier
+    from nnunet_liver.inference.pipeline import CasePredictor, summary_line
+    from nnunet_liver.inference.postprocess import load_postprocessing
+    from nnunet_liver.inference.segmentation import ModelError, load_segmentation_model
+
+    if args.device == "cpu":
+        torch.set_num_threads(args.threads or os.cpu_count() or 1)
+    t0 = time.perf_counter()
+    try:
+        model = load_segmentation_model(args.model_folder, args.folds, args.checkpoint, device=args.device,
+                                        mirror=args.mirror, step_size=args.step_size,
+                                        progress=not args.no_progress and not batch)
+        classifier = load_classifier(args.classifier, args.crops, device=args.device) if args.classifier else None
+        postprocessing = load_postprocessing(model.folder, model.folds)
+        predictor = CasePredictor(model, classifier, postprocessing, figures=not args.no_figures,
+                                  load_seconds=time.perf_counter() - t0)
+    except (ModelError, ClassifierError) as e:
+        raise UsageError(str(e)) from None
+    for note in predictor.notes:
+        print(f"note: {note}", file=sys.stderr)
+    if postprocessing.source is not None:
+        print(f"postprocessing: nnU-Net's {postprocessing.source}", file=sys.stderr)
+    if args.mirror and model.predictor.allowed_mirroring_axes is None:
+        print("note: --mirror: the checkpoint allows no mirroring axes; predicting without mirroring", file=sys.stderr)
+
+    if not batch:
+        t1 = time.perf_counter()
+        try:
+            findings = predictor.run(cases[0], out, overwrite=args.overwrite)
+        except (InputError, OutputExistsError) as e:
+            raise UsageError(str(e)) from None
+        print(summary_line(findings, out, time.perf_counter() - t1))
+        for w in findings["warnings"]:
+            print(f"warning: {w}", file=sys.stderr)
+        return 0
+
+    result = predictor.run_many(cases, out, overwrite=args.overwrite, progress=not args.no_progress)
+    print(f"{len(result.done)} of {len(cases)} case(s) written to {out}")
+    if result.failed:
+        print(f"{len(result.failed)} case(s) failed, nothing written for them:", file=sys.stderr)
+        for name, message in result.failed.items():
+            print(f"  {name}: {message}", file=sys.stderr)
+        return 1
+    return 0
