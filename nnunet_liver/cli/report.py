@@ -16,7 +16,7 @@ under a temporary name and moved into place when complete.
 
 results.json (paths relative to its folder; every section but "format" optional):
   {"format": "nnunet_liver.results/1", "title": "...",
-   "provenance": {"data", "budget", "device", "machine", "created", "synthetic": true|false},
+   "provenance": {"data", "budget", "device", "machine", "created", "synthetic": true|false, "command"},
    "dataset": {"images": "imagesTs", "labels": "labelsTs"},
    "segmentation": {"reference": "LABEL", "cost_baseline": "LABEL",
                     "models": [{"label", "group": "table1"|"ablation", "trainer", "configuration",

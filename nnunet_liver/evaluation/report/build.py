@@ -191,6 +191,8 @@ class _Builder:
                                                                  machine) if x) + ".")
         if prov.get("created"):
             parts.append(f"**Created:** {prov['created']}.")
+        if prov.get("command"):
+            parts.append(f"**Command:** `{prov['command']}`.")
         if prov.get("synthetic") is False:
             parts.append("**Data type:** real CT.")
         self.blocks.append(Para(" ".join(parts) or "The provenance section of results.json is empty.",
@@ -476,8 +478,9 @@ class _Builder:
     def inputs(self) -> None:
         self.heading(2, "Inputs and the commands that produced them", "inputs", "Inputs")
         m = self.m
-        items = [f"`{self.rel(m.path)}`: the results manifest (written by `nnunet-liver demo`, or by hand)."]
-        inputs = [dict(what="manifest", path=str(m.path), command="nnunet-liver demo (or by hand)")]
+        made_by = (m.provenance or {}).get("command") or "nnunet-liver demo (or by hand)"
+        items = [f"`{self.rel(m.path)}`: the results manifest, by `{made_by}`."]
+        inputs = [dict(what="manifest", path=str(m.path), command=made_by)]
         synthetic = (m.provenance or {}).get("synthetic")
         data_cmd = "nnunet-liver synth" if synthetic else "nnunet-liver convert lits|ircadb (or nnunet-liver synth)"
         for key, p in (("test images", m.images), ("test labels", m.labels)):

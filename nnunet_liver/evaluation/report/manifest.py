@@ -7,7 +7,8 @@ whatever is there. Paths are relative to the manifest's folder (absolute paths a
      "format": "nnunet_liver.results/1",
      "title": "nnunet-liver demo",
      "provenance": {"data": "...", "budget": "...", "device": "cpu", "machine": {"cpu": "...", ...},
-                    "created": "2026-11-27T04:00:00Z", "synthetic": true},
+                    "created": "2026-11-27T04:00:00Z", "synthetic": true,
+                    "command": "the command that produced the results, e.g. nnunet-liver demo --out DIR"},
      "dataset": {"images": "imagesTs folder (<case>_0000.nii.gz)", "labels": "labelsTs folder (<case>.nii.gz)"},
      "segmentation": {
         "reference": "DualStream",              # label of the model the paired tests compare against
@@ -36,7 +37,7 @@ FORMAT = "nnunet_liver.results/1"
 MANIFEST_NAME = "results.json"
 GROUPS = ("table1", "ablation")
 COST_KEYS = ("params", "flops_per_voxel", "patch_size", "seconds_per_case", "train_seconds", "iterations")
-PROVENANCE_KEYS = ("data", "budget", "device", "machine", "created", "synthetic")
+PROVENANCE_KEYS = ("data", "budget", "device", "machine", "created", "synthetic", "command")
 TOP_KEYS = ("format", "title", "provenance", "dataset", "segmentation", "classification")
 MODEL_KEYS = ("label", "group", "trainer", "configuration", "predictions", "evaluation", "cost")
 CLASSIFICATION_FILES = ("table2.json", "table2.md", "roc.png", "metrics.png", "attention.png")
@@ -168,16 +169,17 @@ def _kind(value: Any) -> str:
 
 
 def _read_json(path: Path, what: str, checker: _Checker, key: str) -> dict:
+    """A JSON object from ``path``; ``key``: the manifest key that names the file ('' for the manifest)."""
+    named = f"; named by {checker.path} {key}" if key else ""
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
     except json.JSONDecodeError as e:
-        raise ManifestError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}); "
-                            f"named by {checker.path} {key}") from None
-    except OSError as e:
-        raise ManifestError(f"{path}: cannot read ({e.strerror}); named by {checker.path} {key}") from None
+        raise ManifestError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}){named}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ManifestError(f"{path}: cannot read ({getattr(e, 'strerror', None) or e}){named}") from None
     if not isinstance(data, dict):
-        raise ManifestError(f"{path}: not {what}; named by {checker.path} {key}")
+        raise ManifestError(f"{path}: must be {what}, got {_kind(data)}{named}")
     return data
 
 
@@ -254,7 +256,7 @@ def load_manifest(results: str | os.PathLike) -> Manifest:
 
     if data.get("provenance") is not None:
         prov = dict(c.mapping(data["provenance"], "provenance", PROVENANCE_KEYS))
-        for k in ("data", "budget", "device", "created"):
+        for k in ("data", "budget", "device", "created", "command"):
             c.string(prov.get(k), f"provenance.{k}")
         machine = prov.get("machine")
         if machine is not None and not isinstance(machine, (dict, str)):
