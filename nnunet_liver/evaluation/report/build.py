@@ -282,7 +282,8 @@ class _Builder:
                               COMMANDS["segmentation"])
         else:
             cells = self._metric_cells(t1["rows"])
-            rows = [[self._model_cell(r), str(r["n_cases"])] + c for r, c in zip(t1["rows"], cells)]
+            rows = [[self._model_cell(r), str(r["n_cases"])] + c
+                    for r, c in zip(t1["rows"], cells, strict=True)]
             self.blocks.append(Table(
                 "table1-metrics", None, full, rows, groups=groups, html_header=short,
                 notes=["Mean ± standard deviation over the test cases of each model, from its summary.json "
@@ -301,7 +302,8 @@ class _Builder:
                               COMMANDS["ablation"])
         else:
             cells = self._metric_cells(abl["rows"], deltas=True)
-            rows = [[self._model_cell(r), str(r["n_cases"])] + c for r, c in zip(abl["rows"], cells)]
+            rows = [[self._model_cell(r), str(r["n_cases"])] + c
+                    for r, c in zip(abl["rows"], cells, strict=True)]
             self.blocks.append(Table(
                 "ablation-metrics", None, full, rows, groups=groups, html_header=short,
                 notes=["Each row adds one component to the row above (in the order results.json lists them). "
@@ -490,7 +492,8 @@ class _Builder:
         for model in m.models:
             s = model.summary
             ref_dir, pred_dir = s.get("reference_dir", "LABELS"), s.get("prediction_dir", "PRED")
-            cmd = f"nnunet-liver evaluate {self.rel(ref_dir)} {self.rel(pred_dir)} -o {self.rel(model.evaluation.parent)}"
+            cmd = (f"nnunet-liver evaluate {self.rel(ref_dir)} {self.rel(pred_dir)} "
+                   f"-o {self.rel(model.evaluation.parent)}")
             items.append(f"`{self.rel(model.evaluation)}`: {model.label} ({model.group}), by `{cmd}`.")
             inputs.append(dict(what=f"evaluation of {model.label} ({model.group})", path=str(model.evaluation),
                                command=cmd))

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -221,7 +221,7 @@ def grouped_bars(ax, groups: Sequence[str], series: Sequence[tuple[str, Sequence
         ax.bar(pos, np.nan_to_num(m), width * 0.92, yerr=np.where(np.isfinite(m), s, 0), capsize=2,
                color=colours[i % len(colours)], edgecolor="black" if name == highlight else "none",
                linewidth=1.0, label=name, error_kw=dict(lw=0.8))
-        for p, v in zip(pos, m):
+        for p, v in zip(pos, m, strict=True):
             if not np.isfinite(v):
                 ax.text(p, 0.02, "n/a", ha="center", va="bottom", fontsize=6, rotation=90)
     ax.set_xticks(x, groups)
@@ -236,7 +236,7 @@ def figure4(table1: dict, path: Path) -> None:
 
     fig = _figure(10.5, 3.7)
     axes = fig.subplots(1, 2, sharey=True)
-    for ax, s in zip(axes, STRUCTURES):
+    for ax, s in zip(axes, STRUCTURES, strict=True):
         series = [(r["label"], [r["metrics"][s][k]["mean"] for k in SEG_METRICS],
                    [r["metrics"][s][k]["std"] for k in SEG_METRICS]) for r in table1["rows"]]
         grouped_bars(ax, [METRIC_LABELS[k] for k in SEG_METRICS], series, highlight=table1["reference"])

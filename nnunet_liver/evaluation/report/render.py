@@ -10,9 +10,9 @@ from __future__ import annotations
 import base64
 import html
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence, Union
 
 
 @dataclass
@@ -52,7 +52,7 @@ class Table:
     anchor: str
     caption: str | None  # None: the heading above names the table
     header: list[str]
-    rows: list[list[Union[str, Cell]]]
+    rows: list[list[str | Cell]]
     groups: list[tuple[str, int]] | None = None  # HTML only: a spanning header row of (text, columns)
     html_header: list[str] | None = None  # HTML only: short names under ``groups`` (markdown uses ``header``)
     notes: list[str] = field(default_factory=list)
@@ -71,7 +71,7 @@ class ListBlock:
     items: list[str]
 
 
-Block = Union[Heading, Para, Note, Table, Figure, ListBlock]
+Block = Heading | Para | Note | Table | Figure | ListBlock
 
 CSS = """
 :root { --fg: #1d232a; --muted: #5b6672; --line: #d6dce2; --accent: #1f5f99; --warn: #b42318; }
@@ -128,7 +128,7 @@ def inline_html(text: str) -> str:
                    for i, p in enumerate(parts))
 
 
-def _cell_html(cell: Union[str, Cell], tag: str) -> str:
+def _cell_html(cell: str | Cell, tag: str) -> str:
     if not isinstance(cell, Cell):
         cell = Cell(str(cell))
     body = inline_html(cell.text)
@@ -206,7 +206,7 @@ def _caption_html(caption: str) -> str:
     return inline_html(caption)
 
 
-def _md_cell(cell: Union[str, Cell]) -> str:
+def _md_cell(cell: str | Cell) -> str:
     if not isinstance(cell, Cell):
         cell = Cell(str(cell))
     text = cell.text + (f" ({cell.sub})" if cell.sub else "")

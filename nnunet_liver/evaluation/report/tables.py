@@ -10,7 +10,7 @@ bootstrap intervals and the paired tests.
 from __future__ import annotations
 
 import math
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 

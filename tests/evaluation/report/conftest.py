@@ -92,6 +92,7 @@ def _segmentation(root: Path) -> list[dict]:
 
 def _classification(root: Path) -> Path:
     from nnunet_liver.classification.training import PREDICTION_COLUMNS
+
     from tests.classification.fakes import write_fake_dataset
 
     env = {k: str(root / "cls" / k) for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}
@@ -141,7 +142,8 @@ def manifest(models: list[dict], classification: str | None = "cls/classificatio
                                "in-plane", "budget": "no training: perturbed reference labels",
                        "device": "cpu", "machine": {"cpu": "test", "threads": 1}, "created": "2026-11-27T04:00:00Z",
                        "synthetic": True, "command": "pytest"},
-        "dataset": {"images": f"nnunet/nnUNet_raw/{DATASET}/imagesTs", "labels": f"nnunet/nnUNet_raw/{DATASET}/labelsTs"},
+        "dataset": {"images": f"nnunet/nnUNet_raw/{DATASET}/imagesTs",
+                    "labels": f"nnunet/nnUNet_raw/{DATASET}/labelsTs"},
         "segmentation": {"reference": "DualStream", "models": models},
     }
     if classification:

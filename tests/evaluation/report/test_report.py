@@ -238,7 +238,7 @@ def test_ablation_rows_in_order_with_change_vs_previous_row(report, results_sour
     body = page.tables["ablation-metrics"]["body"]
     assert [row[0][0] for row in body] == labels
     previous = None
-    for r, cells in zip(data["ablation"]["rows"], body):
+    for r, cells in zip(data["ablation"]["rows"], body, strict=True):
         summary = sums[(r["label"], "ablation")]
         for i, (s, k) in enumerate(SEG):
             mean, std = expected_stat(per_case(summary, s, k).values())
