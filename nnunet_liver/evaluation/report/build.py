@@ -208,7 +208,8 @@ class _Builder:
         best = {}
         for s, k in keys:
             values = [r["metrics"][s][k]["mean"] for r in rows if _finite(r["metrics"][s][k]["mean"])]
-            best[(s, k)] = max(values) if len(rows) > 1 and values else None
+            # a column where every row ties has no best
+            best[(s, k)] = max(values) if len(rows) > 1 and values and min(values) < max(values) else None
         out = []
         for r in rows:
             cells = []
@@ -288,7 +289,7 @@ class _Builder:
                 "table1-metrics", None, full, rows, groups=groups, html_header=short,
                 notes=["Mean ± standard deviation over the test cases of each model, from its summary.json "
                        "(`nnunet-liver evaluate`; population std over the cases where the metric is defined, "
-                       "undefined cases counted in brackets). Best mean of each column in bold."]))
+                       "undefined cases counted in brackets). Best mean of each column in bold (none where all tie)."]))
             ref_how = "" if t1["reference_given"] else " (the first Table 1 model: results.json names no reference)"
             self.blocks.append(self._tests_table(
                 "table1-tests", f"Paired tests vs the reference, {t1['reference']}", t1["rows"], "tests", "reference",
@@ -307,8 +308,7 @@ class _Builder:
             self.blocks.append(Table(
                 "ablation-metrics", None, full, rows, groups=groups, html_header=short,
                 notes=["Each row adds one component to the row above (in the order results.json lists them). "
-                       "Mean ± std over test cases; below each value, Δ: the change of the mean vs the previous "
-                       "row."]))
+                       "Mean ± std over test cases, with Δ: the change of the mean vs the previous row."]))
             self.blocks.append(self._tests_table(
                 "ablation-tests", "Paired tests of each step vs the previous row", abl["rows"], "step_tests",
                 "first step", ["Paired t-test and Wilcoxon signed-rank test (two-sided) of each row against the "
@@ -399,7 +399,7 @@ class _Builder:
         best = {}
         for k in tables.CLS_METRICS:
             vals = [r["mean"][k] for r in t2["rows"] if _finite(r["mean"][k])]
-            best[k] = max(vals) if vals and len(t2["rows"]) > 1 else None
+            best[k] = max(vals) if vals and len(t2["rows"]) > 1 and min(vals) < max(vals) else None
         rows = [[name_cell(r)] + [Cell(fmt_mean_std({"mean": r["mean"][k], "std": r["std"][k]}),
                                        strong=best[k] is not None and r["mean"][k] == best[k])
                                   for k in tables.CLS_METRICS] for r in t2["rows"]]

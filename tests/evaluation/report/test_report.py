@@ -408,3 +408,21 @@ def test_help_lists_the_command(capsys):
         cli_main.main(["report", "--help"])
     out = capsys.readouterr().out
     assert "nnunet_liver.results/1" in out and "--overwrite" in out
+
+
+def test_figure3_uses_the_largest_liver_slice_without_tumour(results, tmp_path):
+    import SimpleITK as sitk
+
+    labels = results / "nnunet/nnUNet_raw/Dataset990_LiverPhantom/labelsTs"
+    path = labels / "liver_001.nii.gz"
+    img = sitk.ReadImage(str(path))
+    arr = sitk.GetArrayFromImage(img)
+    arr[arr == 2] = 1
+    no_tumour = sitk.GetImageFromArray(arr)
+    no_tumour.CopyInformation(img)
+    sitk.WriteImage(no_tumour, str(path), useCompression=True)
+    assert run(results, "-o", tmp_path / "out") == 0
+    cases = json.loads((tmp_path / "out" / "report_data.json").read_text())["figures"]["figure3"]["cases"]
+    lps = sitk.GetArrayFromImage(sitk.DICOMOrient(no_tumour, "LPS"))
+    assert cases[0]["case"] == "liver_001" and cases[0]["chosen_by"] == "liver"
+    assert cases[0]["slice"] == int(np.argmax((lps > 0).sum(axis=(1, 2))))
