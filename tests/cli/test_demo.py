@@ -1,37 +1,123 @@
-"""The README's main job: ``nnunet-liver demo --quick`` end to end on a fresh folder, then resumed."""
+"""The README's main job: ``nnunet-liver demo --quick`` end to end on a fresh folder, then resumed.
+
+Asserts that every step ran, every model predicted every test case with the input geometry, and that every
+table and figure of the report exists and shows the numbers of the results files it was made from.
+"""
 from __future__ import annotations
 
+import base64
+import json
+import math
+import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from nnunet_liver.cli.demo import CLASSIFIERS, SEG_MODELS
 from tests.conftest import subprocess_env
 
 pytestmark = pytest.mark.slow
+
+N_STEPS = 13
 
 
 def run_demo(out):
     return subprocess.run([sys.executable, "-m", "nnunet_liver.cli.main", "demo", "--quick", "--out", str(out)],
                           env=subprocess_env({"nnUNet_def_n_proc": "1"}), capture_output=True, text=True,
-                          encoding="utf-8", errors="replace", timeout=1200)
+                          encoding="utf-8", errors="replace", timeout=1500)
 
 
-def test_quick_demo_runs_and_resumes(tmp_path):
-    out = tmp_path / "demo"
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "out"
     first = run_demo(out)
-    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-    for step in ("[1/4] synthesise phantoms", "[2/4] plan and preprocess", "[3/4] train", "[4/4] predict"):
-        assert step in first.stdout
-    raw = out / "nnunet" / "nnUNet_raw" / "Dataset990_LiverPhantom"
-    preds = sorted((out / "predictions" / "LiverSmoke").glob("*.nii.gz"))
-    images = sorted((raw / "imagesTs").glob("*_0000.nii.gz"))
-    assert len(preds) == len(images) == 2
-    for img, pred in zip(images, preds):
-        assert sitk.ReadImage(str(pred)).GetSize() == sitk.ReadImage(str(img)).GetSize()
-    assert (out / "logs" / "train_LiverSmokeTrainer.log").is_file()
+    assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-3000:]
+    return out, first
 
+
+def test_every_step_runs_and_every_model_predicts_the_test_cases(demo):
+    out, first = demo
+    for i in range(1, N_STEPS + 1):
+        assert f"[{i}/{N_STEPS}] " in first.stdout
+    raw = out / "nnunet" / "nnUNet_raw" / "Dataset990_LiverPhantom"
+    images = sorted((raw / "imagesTs").glob("*_0000.nii.gz"))
+    assert len(images) == 2
+    for m in SEG_MODELS:
+        preds = sorted((out / "predictions" / m.key).glob("*.nii.gz"))
+        assert [p.name for p in preds] == [i.name.replace("_0000", "") for i in images], m.key
+        for img, pred in zip(images, preds):
+            a, b = sitk.ReadImage(str(img)), sitk.ReadImage(str(pred))
+            assert a.GetSize() == b.GetSize() and np.allclose(a.GetSpacing(), b.GetSpacing())
+            assert set(np.unique(sitk.GetArrayFromImage(b))) <= {0, 1, 2}
+        assert (out / "logs" / f"train_{m.key}.log").is_file()
+    for model in CLASSIFIERS:
+        assert list((out / "classification").glob(f"{model}*/fold_*/predictions.csv")), model
+
+
+def _close(a, b) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    if isinstance(a, float) and math.isnan(a):
+        return isinstance(b, float) and math.isnan(b)
+    return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
+
+
+def test_report_has_every_table_and_figure_with_the_numbers_of_the_results_files(demo):
+    out, _ = demo
+    report = out / "report"
+    html = (report / "report.html").read_text(encoding="utf-8")
+    md = (report / "report.md").read_text(encoding="utf-8")
+    for title in ("Table 1", "Table 2", "Ablation", "Figure 3", "Figure 4", "Figure 5", "Figure 6", "Figure 7",
+                  "Cost"):
+        assert title in html and title in md, title
+    assert "not LiTS results" in html  # the provenance statement
+    # self-contained: every image is an embedded PNG that decodes, nothing is fetched
+    images = re.findall(r'<img[^>]+src="([^"]+)"', html)
+    assert len(images) >= 5
+    for src in images:
+        assert src.startswith("data:image/png;base64,")
+        assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not re.search(r'(src|href)="https?://', html)
+    for png in re.findall(r"\]\((figures/[^)]+\.png)\)", md):
+        assert (report / png).read_bytes()[:4] == b"\x89PNG"
+
+    data = json.loads((report / "report_data.json").read_text())
+    # Table 1: mean over cases of each model's summary.json
+    rows = {r["label"]: r for r in data["table1"]["rows"]}
+    assert set(rows) == {m.label for m in SEG_MODELS}
+    for m in SEG_MODELS:
+        summary = json.loads((out / "evaluation" / m.key / "summary.json").read_text())
+        for structure in ("liver", "tumour"):
+            for metric in ("dice", "iou", "sensitivity", "specificity"):
+                values = [c[structure][metric] for c in summary["cases"].values()]
+                values = [v for v in values if v is not None and not math.isnan(v)]
+                shown = rows[m.label]["metrics"][structure][metric]
+                assert shown["n"] == len(values)
+                assert _close(shown["mean"], float(np.mean(values))), (m.label, structure, metric)
+        liver = rows[m.label]["metrics"]["liver"]["dice"]["mean"]
+        assert f"{liver:.3f}" in html
+    # cost table: the demo's cost.json
+    cost = json.loads((out / "evaluation" / "cost.json").read_text())
+    cost_rows = {r["label"]: r for r in data["cost"]["rows"]}
+    for m in SEG_MODELS:
+        for key in ("params", "flops_per_voxel", "seconds_per_case", "train_seconds", "iterations"):
+            assert _close(cost_rows[m.label][key], cost[m.key][key]), (m.label, key)
+    assert f"{cost['DualStreamTrainer_CPU__3d_fullres']['params']:,}" in html
+    # Table 2: classify evaluate's table2.json
+    table2 = json.loads((out / "classification" / "evaluation" / "table2.json").read_text())
+    t2 = {r["model"]: r for r in data["table2"]["rows"]}
+    assert set(t2) == set(CLASSIFIERS) == set(table2["models"])
+    for model, row in t2.items():
+        for part in ("mean", "pooled"):
+            for metric, value in row[part].items():
+                assert _close(value, table2["models"][model][part][metric]), (model, part, metric)
+
+
+def test_rerun_skips_every_finished_step(demo):
+    out, _ = demo
     second = run_demo(out)
-    assert second.returncode == 0
-    assert second.stdout.count("done in an earlier run, skipped") == 4
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert second.stdout.count("done in an earlier run, skipped") == N_STEPS
