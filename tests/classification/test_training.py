@@ -227,3 +227,20 @@ def test_time_budget_stop_resumes_at_the_next_untrained_epoch(crop_dir, tmp_path
     assert s2["epochs_run"] == 3  # epochs 1 and 2 trained, none skipped
     hist = json.loads((run / "training_log.json").read_text())["history"]
     assert len(hist["train_loss"]) == len(hist["val_auc"]) == 3 and 0 <= s2["best_epoch"] < 3
+
+
+def test_cpu_budget_clock_counts_process_time(crop_dir, tmp_path, monkeypatch):
+    """budget_clock='cpu' charges each epoch the process CPU time it used (here 2 s per epoch, faked), so a
+    5 s budget stops after the third epoch whatever the wall clock says."""
+    from nnunet_liver.classification.presets import get_preset
+
+    ticks = iter(range(0, 10_000, 1))
+    monkeypatch.setattr(training.time, "process_time", lambda: float(next(ticks)))  # +1 per call, 2 calls/epoch
+    s = train_fold(crop_dir=crop_dir, out_dir=tmp_path / "cpu", model_name="hybrid3d", fold=0,
+                   config=TINY.replace(epochs=6, max_time_s=1.5, budget_clock="cpu"), progress=False)
+    assert s["stop_reason"] == "time budget" and s["epochs_run"] == 2
+    wall = train_fold(crop_dir=crop_dir, out_dir=tmp_path / "wall", model_name="hybrid3d", fold=0,
+                      config=TINY.replace(epochs=3, max_time_s=1e6), progress=False)
+    assert wall["epochs_run"] == 3
+    with pytest.raises(ValueError, match="budget_clock"):
+        get_preset("cpu", budget_clock="gpu")
