@@ -125,8 +125,8 @@ def markdown(report: dict) -> str:
         "",
         "| command | median s | min s | max s | peak RSS MiB |",
         "|---|---|---|---|---|",
-        f"| nnunet-liver predict (segmentation + classification + report) | {ours['median_s']:.1f} | {ours['min_s']:.1f} | "
-        f"{ours['max_s']:.1f} | {ours['peak_rss_mib']:.0f} |",
+        f"| nnunet-liver predict (segmentation + classification + report) | {ours['median_s']:.1f} | "
+        f"{ours['min_s']:.1f} | {ours['max_s']:.1f} | {ours['peak_rss_mib']:.0f} |",
         f"| nnUNetv2_predict_from_modelfolder (segmentation) | {stock['median_s']:.1f} | {stock['min_s']:.1f} | "
         f"{stock['max_s']:.1f} | {stock['peak_rss_mib']:.0f} |",
         "",
@@ -181,7 +181,8 @@ def main(argv: list[str] | None = None) -> dict:
     env["PATH"] = str(BIN) + os.pathsep + env.get("PATH", "")
     notes = []
     if args.model_folder:
-        model, classifier = Path(args.model_folder).resolve(), Path(args.classifier).resolve() if args.classifier else None
+        model = Path(args.model_folder).resolve()
+        classifier = Path(args.classifier).resolve() if args.classifier else None
         crops = Path(args.crops).resolve() if args.crops else None
         if classifier is None:
             notes.append("no --classifier: the predict run has no classification step")
@@ -196,8 +197,9 @@ def main(argv: list[str] | None = None) -> dict:
     shutil.rmtree(inputs, ignore_errors=True)
     inputs.mkdir()
     shutil.copy(case, inputs / "case_0000.nii.gz")  # nnU-Net's naming for the stock command
-    ours_cmd = [str(BIN / "nnunet-liver"), "predict", "-i", str(inputs / "case_0000.nii.gz"), "-o", str(out / "pred_ours"),
-                "-m", str(model), "-f", args.fold, "--device", "cpu", "--overwrite", "--no-progress"]
+    ours_cmd = [str(BIN / "nnunet-liver"), "predict", "-i", str(inputs / "case_0000.nii.gz"), "-o",
+                str(out / "pred_ours"), "-m", str(model), "-f", args.fold, "--device", "cpu", "--overwrite",
+                "--no-progress"]
     if classifier is not None:
         ours_cmd += ["--classifier", str(classifier)] + (["--crops", str(crops)] if crops else [])
     stock_cmd = [str(BIN / "nnUNetv2_predict_from_modelfolder"), "-i", str(inputs), "-o", str(out / "pred_stock"),

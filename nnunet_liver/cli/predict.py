@@ -31,14 +31,15 @@ def add_parser(subparsers) -> None:
     p.add_argument("-i", dest="input", required=True, help="CT file, DICOM series folder, or folder of cases")
     p.add_argument("-o", dest="output", required=True, help="output folder (batch mode: one sub-folder per case)")
     p.add_argument("-m", "--model-folder", dest="model_folder", required=True,
-                   help="trained nnU-Net model folder: nnUNet_results/DatasetXXX_Name/<trainer>__<plans>__<configuration>")
+                   help="trained nnU-Net model folder: "
+                   "nnUNet_results/DatasetXXX_Name/<trainer>__<plans>__<configuration>")
     p.add_argument("-f", dest="folds", nargs="+", default=None,
                    help="folds to ensemble (default: every fold_k that holds the checkpoint; fold_all if none)")
     p.add_argument("-chk", dest="checkpoint", default="checkpoint_final.pth",
                    help="checkpoint file name in each fold folder (default checkpoint_final.pth)")
     p.add_argument("--classifier", default=None, metavar="CHECKPOINT",
-                   help="lesion classifier checkpoint from 'nnunet-liver classify train' (fold_<k>/checkpoint_final.pt); "
-                   "without it the malignancy probability is left empty")
+                   help="lesion classifier checkpoint from 'nnunet-liver classify train' "
+                   "(fold_<k>/checkpoint_final.pt); without it the malignancy probability is left empty")
     p.add_argument("--crops", default=None, metavar="CROP_FOLDER",
                    help="crop folder the classifier was trained on, for its crops.json (default: <root>/crops beside "
                    "the classifier's run folder)")
@@ -67,9 +68,9 @@ def run(args: argparse.Namespace) -> int:
         cases, batch, notes = discover_cases(args.input, series=args.series)
     except InputError as e:
         raise UsageError(str(e)) from None
-    if batch and args.series:
-        raise UsageError("--series applies to one DICOM folder, not to a folder of cases")
     out = args.output
+    if batch:  # an output folder inside the input folder is not a case (on a rerun)
+        cases = [c for c in cases if os.path.realpath(c.path) != os.path.realpath(out)]
     if not batch and os.path.exists(out) and not args.overwrite:
         raise UsageError(f"{out} exists (use --overwrite to replace it)")
     if args.threads is not None and args.threads < 1:

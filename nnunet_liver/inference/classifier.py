@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -129,12 +129,11 @@ class LesionClassifier:
         Returns:
             ({lesion id: probability}, notes).
         """
-        from nnunet_liver.classification.crops import crop_component, extract_crop
-        from nnunet_liver.classification.crops import CropEntry
+        import torch
+
+        from nnunet_liver.classification.crops import CropEntry, crop_component, extract_crop
         from nnunet_liver.classification.lesions import instance_components
         from nnunet_liver.classification.training import CropData, predict_lesions
-
-        import torch
 
         if not lesion_ids:
             return {}, []
@@ -157,7 +156,7 @@ class LesionClassifier:
         x, m = crop_tensors(images, masks, self.config.input_size)
         data = CropData(entries, x, m, torch.full((len(entries),), -1, dtype=torch.long))
         pred = predict_lesions(self.model, self.model_name, data, self.config, self.device)
-        return {int(lid): float(p) for lid, p in zip(lesion_ids, pred["prob"])}, notes
+        return {int(lid): float(p) for lid, p in zip(lesion_ids, pred["prob"], strict=True)}, notes
 
 
 def load_classifier(checkpoint: str | os.PathLike, crops: str | os.PathLike | None = None,

@@ -296,7 +296,8 @@ def check_ct(image, where: str, array: np.ndarray | None = None) -> np.ndarray:
     if not (np.isfinite(lo) and np.isfinite(hi)):
         raise InputError(f"{where}: holds NaN or infinite values")
     if lo > AIR_THRESHOLD_HU:
-        why = "no negative values (an MR-like range)" if lo >= 0 else f"no air (nothing at or below {AIR_THRESHOLD_HU:g} HU)"
+        why = ("no negative values (an MR-like range)" if lo >= 0
+               else f"no air (nothing at or below {AIR_THRESHOLD_HU:g} HU)")
         raise InputError(f"{where}: intensities {lo:g}..{hi:g} are not Hounsfield units of a CT: {why}")
     return arr
 

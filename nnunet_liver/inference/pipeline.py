@@ -16,10 +16,10 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -88,7 +88,7 @@ def analyse_segmentation(volume: CTVolume, segmentation: np.ndarray, *, tumour_l
         ids = [les.lesion_id for les in lesions]
         cents = raw_to_preprocessed(np.array([les.centroid_index[::-1] for les in lesions]).reshape(-1, 3),
                                     properties, transpose_forward, shape)
-        fallback_c = {lid: tuple(float(v) for v in c) for lid, c in zip(ids, cents)}
+        fallback_c = {lid: tuple(float(v) for v in c) for lid, c in zip(ids, cents, strict=True)}
         fallback_d = {les.lesion_id: (6 * les.volume_ml * 1000 / math.pi) ** (1 / 3) for les in lesions}
         image = np.asarray(preprocessed[classifier.spec.channel], dtype=np.float32)
         probabilities, notes = classifier.classify(image, preprocessed_spacing, instances, ids, fallback_c, fallback_d)
@@ -182,7 +182,7 @@ class CasePredictor:
         from nnunet_liver.inference.report import lesion_rows
 
         rows = lesion_rows(case.name, analysis.lesions, analysis.probabilities)
-        for row, les in zip(rows, analysis.lesions):
+        for row, les in zip(rows, analysis.lesions, strict=True):
             row["n_voxels"] = les.n_voxels
             row["axial_slice"] = les.axial_slice
         warnings = list(self.notes) + list(analysis.warnings)
@@ -261,6 +261,7 @@ class CasePredictor:
         result = BatchResult()
         seen: dict[str, CaseInput] = {}
         bar = tqdm(cases, desc="predict", unit="case", disable=not progress)
+        say = tqdm.write if progress else self.log  # one line per case, above the bar
         for case in bar:
             bar.set_postfix_str(case.name)
             if case.name in seen:
@@ -279,11 +280,9 @@ class CasePredictor:
                 result.failed[case.name] = f"{case.path}: {type(e).__name__}: {e}"
             else:
                 result.done[case.name] = out_root / case.name
-                tqdm.write(summary_line(findings, out_root / case.name, time.perf_counter() - t0)) if progress \
-                    else self.log(summary_line(findings, out_root / case.name, time.perf_counter() - t0))
+                say(summary_line(findings, out_root / case.name, time.perf_counter() - t0))
                 continue
-            msg = f"FAILED {case.name}: {result.failed[case.name]}"
-            tqdm.write(msg) if progress else self.log(msg)
+            say(f"FAILED {case.name}: {result.failed[case.name]}")
         bar.close()
         return result
 

@@ -9,9 +9,9 @@ voxels go into the report. When the model folder holds the ``postprocessing.pkl`
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -56,7 +56,7 @@ class Postprocessing:
         d = {"method": self.method, "file": str(self.source) if self.source else None}
         if self.functions:
             d["steps"] = [{"function": getattr(f, "__name__", str(f)), **_json_kwargs(k)}
-                          for f, k in zip(self.functions, self.kwargs)]
+                          for f, k in zip(self.functions, self.kwargs, strict=True)]
         return d
 
     def apply(self, seg: np.ndarray, tumour_label: int, voxel_ml: float) -> tuple[np.ndarray, dict]:

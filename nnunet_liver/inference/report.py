@@ -11,8 +11,8 @@ import csv
 import json
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -83,7 +83,7 @@ def axis_map(direction: Sequence[float]) -> list[tuple[int, float]]:
 
     d = np.asarray(direction, dtype=np.float64).reshape(3, 3)  # column j: index axis j in LPS
     phys, index = linear_sum_assignment(-np.abs(d))
-    by_index = {int(j): int(p) for p, j in zip(phys, index)}
+    by_index = {int(j): int(p) for p, j in zip(phys, index, strict=True)}
     return [(by_index[2 - a], 1.0 if d[by_index[2 - a], 2 - a] >= 0 else -1.0) for a in range(3)]
 
 
@@ -212,7 +212,7 @@ def _compose(panels: Sequence, header: Sequence[tuple[str, tuple]], table: Seque
         if len(row) == 1:  # a note across the table
             draw.text((x, y), row[0], fill=WHITE, font=small)
             continue
-        for cell, right in zip(row, columns):
+        for cell, right in zip(row, columns, strict=True):
             draw.text((x + right, y), cell, fill=ORANGE if cell == "small" else WHITE, font=small, anchor="ra")
     return canvas
 

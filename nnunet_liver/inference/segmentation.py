@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import re
 import time
@@ -248,8 +249,6 @@ def load_segmentation_model(folder: str | os.PathLike, folds=None, checkpoint: s
         raise ModelError(f"--device must be cpu or cuda, got {device!r}")
     if device == "cuda" and not torch.cuda.is_available():
         raise ModelError("--device cuda: CUDA is not available on this machine")
-
-    import json
 
     plans = json.loads((folder / "plans.json").read_text())
     reader = plans.get("image_reader_writer", "SimpleITKIO")

@@ -55,7 +55,8 @@ def write_dicom_series(image: sitk.Image, folder: Path, *, modality: str = "CT",
         position = "\\".join(f"{v:.10g}" for v in image.TransformIndexToPhysicalPoint((0, 0, k)))
         tags = {"0008|0060": modality, "0020|000e": uid, "0020|000d": uid + ".1", "0008|103e": description,
                 "0020|0032": position, "0020|0037": orientation, "0020|0013": str(k + 1),
-                "0008|0016": CT_STORAGE if rescale else NO_RESCALE_STORAGE, "0008|0018": f"{uid}.{k + 1}", "0018|0050": f"{image.GetSpacing()[2]:.6g}"}
+                "0008|0016": CT_STORAGE if rescale else NO_RESCALE_STORAGE, "0008|0018": f"{uid}.{k + 1}",
+                "0018|0050": f"{image.GetSpacing()[2]:.6g}"}
         if rescale:
             tags.update({"0028|1052": "-1024", "0028|1053": "1", "0028|1054": "HU"})
         for key, value in tags.items():

@@ -73,7 +73,7 @@ def test_ground_truth_lesions_get_the_training_crops(predict_models, tmp_path, m
     entries = read_index(crops)
     reference = predict_lesions(clf.model, clf.model_name, load_crop_data(crops, clf.config.input_size, entries),
                                 clf.config)
-    ref_prob = {(e.case_id, e.lesion_id): p for e, p in zip(entries, reference["prob"])}
+    ref_prob = {(e.case_id, e.lesion_id): p for e, p in zip(entries, reference["prob"], strict=True)}
 
     # prediction path, on the raw image and the ground truth label map
     model = load_segmentation_model(predict_models["model"], progress=False)

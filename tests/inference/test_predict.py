@@ -69,7 +69,7 @@ def test_nifti_and_dicom_input_give_the_same_lesions(env, tmp_path, capsys):
     rows_a, rows_b = read_rows(a / "lesions.csv"), read_rows(b / "lesions.csv")
     assert len(rows_a) == n == len(findings["lesions"])
     assert [r["case"] for r in rows_b] == ["liver_005"] * n
-    for ra, rb in zip(rows_a, rows_b):
+    for ra, rb in zip(rows_a, rows_b, strict=True):
         for key in ra:
             if key != "case":
                 assert float(ra[key]) == pytest.approx(float(rb[key]), abs=1e-3), key
