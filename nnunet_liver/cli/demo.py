@@ -41,8 +41,8 @@ class DemoPreset:
 PRESETS = {
     "quick": DemoPreset(num_train=8, num_test=2, size=48, epochs=2, iters=5, val_iters=1, cls_folds=2,
                         cls_seconds=2.0),
-    "default": DemoPreset(num_train=20, num_test=6, size=96, epochs=8, iters=25, val_iters=4, cls_folds=3,
-                          cls_seconds=15.0),
+    "default": DemoPreset(num_train=20, num_test=6, size=96, epochs=6, iters=25, val_iters=3, cls_folds=3,
+                          cls_seconds=10.0),
 }
 
 
