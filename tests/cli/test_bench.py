@@ -83,3 +83,12 @@ def test_ratio_rows_of_the_committed_results(name, path):
     text = bench.summary_markdown({"machine": bench.machine("cpu"), "quick": False, "created": "now",
                                    "benchmarks": {name: {"command": "x", "seconds": 1.0, "ratios": rows}}})
     assert text.count("\n| ") == len(rows) + 1
+
+
+def test_predict_ratio_rows():
+    result = {"nnunet_liver_predict": {"median_s": 11.0, "min_s": 10.0, "peak_rss_mib": 900.0},
+              "nnunet_stock_predict": {"median_s": 10.0, "min_s": 10.0, "peak_rss_mib": 1000.0},
+              "ratio_median": 1.1, "ratio_min": 1.0, "target_ratio": 1.2, "peak_rss_ratio": 0.9}
+    rows = bench.RATIOS["predict"](result)
+    assert [(r["value"], r["baseline"], r["ratio"]) for r in rows] == [(11.0, 10.0, 1.1), (10.0, 10.0, 1.0),
+                                                                       (900.0, 1000.0, 0.9)]
