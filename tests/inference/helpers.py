@@ -76,3 +76,24 @@ def rotated_copy(path: Path, out: Path, degrees: float = 20.0, origin=(123.4, -5
     img.SetOrigin(origin)
     sitk.WriteImage(img, str(out))
     return sitk.ReadImage(str(out))
+
+
+def lesion_region(image_path: Path, label_path: Path, out_image: Path, out_label: Path | None = None,
+                  tumour_label: int = 2) -> sitk.Image:
+    """Crop a phantom to its lesions' slices and the in-plane columns from its lesions to the nearer image
+    border (so air stays in the crop). A smoke-trained model marks specks everywhere, and every speck is
+    classified and drawn: a smaller volume bounds a test's time whatever the model does."""
+    image, label = sitk.ReadImage(str(image_path)), sitk.ReadImage(str(label_path))
+    where = np.argwhere(sitk.GetArrayViewFromImage(label) == tumour_label)
+    assert where.size, f"{label_path} has no lesion"
+    (z0, _, x0), (z1, _, x1) = where.min(axis=0), where.max(axis=0) + 1
+    width = image.GetWidth()
+    x0, x1 = (0, min(int(x1) + 3, width)) if x0 < width - x1 else (max(int(x0) - 3, 0), width)
+    z0, z1 = max(int(z0) - 1, 0), min(int(z1) + 1, image.GetDepth())
+    index, size = [x0, 0, z0], [x1 - x0, image.GetHeight(), z1 - z0]
+    crop = sitk.RegionOfInterest(image, size, index)
+    assert sitk.GetArrayViewFromImage(crop).min() <= -500  # still a CT with air
+    sitk.WriteImage(crop, str(out_image))
+    if out_label is not None:
+        sitk.WriteImage(sitk.RegionOfInterest(label, size, index), str(out_label))
+    return sitk.ReadImage(str(out_image))
