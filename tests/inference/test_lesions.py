@@ -87,6 +87,7 @@ def test_max_inplane_distance_hull_matches_brute_force():
     assert max_inplane_distance(np.zeros((1, 2))) == 0.0
 
 
+@pytest.mark.slow  # the tiny_phantoms fixture plans and preprocesses with nnU-Net
 def test_phantom_ground_truth_matches_the_generator_table(tiny_phantoms):
     """Measured on the phantoms' ground-truth labels, lesions above 1 cm have the table's volume within 10%."""
     from pathlib import Path
