@@ -80,6 +80,12 @@ def train_models(work: Path, args, env: dict) -> tuple[Path, Path, Path]:
     env.update(NNUNET_LIVER_EPOCHS=str(args.epochs), NNUNET_LIVER_ITERS=str(args.iters),
                NNUNET_LIVER_VAL_ITERS="1", NNUNET_LIVER_SEED="0")
     log = work / "setup.log"
+    settings = {k: getattr(args, k) for k in ("trainer", "size", "num_train", "epochs", "iters")}
+    stamp = work / "settings.json"
+    if stamp.is_file() and json.loads(stamp.read_text()) != settings:
+        raise SystemExit(f"{work} holds models trained with other settings ({stamp.read_text().strip()}); "
+                         f"use another --out or delete {work}")
+    stamp.write_text(json.dumps(settings) + "\n")
     results = Path(env["nnUNet_results"]) / "Dataset990_LiverPhantom"
     model = results / f"{args.trainer}__nnUNetPlans__3d_fullres"
     classifier = results / "classification" / "hybrid3d__cpu" / "fold_0" / "checkpoint_final.pt"
