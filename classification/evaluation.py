@@ -404,18 +404,6 @@ def attention_figure(checkpoint: str | os.PathLike, crop_dir: str | os.PathLike,
                              if (y == c).any()}}
 
 
-def _json_safe(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, (np.floating, np.integer)):
-        return _json_safe(value.item())
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
-
-
 def evaluate_classification(run_dirs: Mapping[str, str | os.PathLike], crop_dir: str | os.PathLike,
                             out_dir: str | os.PathLike, *, reference: str = "hybrid3d", n_boot: int = 1000,
                             seed: int = 0, overwrite: bool = False, attention: bool = True,
@@ -438,7 +426,7 @@ def evaluate_classification(run_dirs: Mapping[str, str | os.PathLike], crop_dir:
     Returns:
         (out_dir, the JSON content).
     """
-    from nnunet_liver.data.io import staged_dir
+    from nnunet_liver.data.io import json_safe, staged_dir
 
     runs = collect_runs(run_dirs)
     result = evaluate_runs(runs, reference=reference, n_boot=n_boot, seed=seed)
@@ -453,5 +441,5 @@ def evaluate_classification(run_dirs: Mapping[str, str | os.PathLike], crop_dir:
                                                       tmp / "attention.png", device=device)}
         result["run_dirs"] = {m: str(p) for m, p in run_dirs.items() if m in runs}
         (tmp / "table2.md").write_text(table2_markdown(result))
-        (tmp / "table2.json").write_text(json.dumps(_json_safe(result), indent=1))
+        (tmp / "table2.json").write_text(json.dumps(json_safe(result), indent=1))
     return Path(out_dir), result

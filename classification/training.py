@@ -455,16 +455,6 @@ def write_predictions(path: str | os.PathLike, data: CropData, pred: dict[str, n
                 w.writerow([e.case_id, e.lesion_id, e.label if e.label >= 0 else "", f"{p:.6f}", int(c), int(n)])
 
 
-def _json_safe(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
-
-
 def train_fold(*, crop_dir: str | os.PathLike, out_dir: str | os.PathLike, model_name: str, fold: int,
                config: TrainConfig, seed: int = 0, device: torch.device | str = "cpu", resume: bool = False,
                pretrained: str | os.PathLike | None = None, progress: bool = True,
@@ -636,10 +626,10 @@ def train_fold(*, crop_dir: str | os.PathLike, out_dir: str | os.PathLike, model
         "n_parameters": count_parameters(model), "device": str(device),
     }
     save_checkpoint(final_path, state(history["best_epoch"], finished=True, weights=best["state_dict"]))
-    from nnunet_liver.data.io import staged_file
+    from nnunet_liver.data.io import json_safe, staged_file
 
     with staged_file(out / "training_log.json", overwrite=True) as tmp:
-        tmp.write_text(json.dumps(_json_safe({"summary": summary, "config": config.to_dict(),
+        tmp.write_text(json.dumps(json_safe({"summary": summary, "config": config.to_dict(),
                                               "history": history}), indent=1))
     plot_progress(history, out / "progress.png", title=f"{model_name} fold {fold} ({config.preset})")
     return summary

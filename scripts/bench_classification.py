@@ -116,6 +116,7 @@ def main(argv=None) -> int:
         predict_lesions,
         train_fold,
     )
+    from nnunet_liver.data.io import json_safe
     from nnunet_liver.env import activate
     from nnunet_liver.evaluation.statistics import delong_test, paired_ttest
 
@@ -246,16 +247,7 @@ def main(argv=None) -> int:
         "runs": summaries,
     }
 
-    def clean(v):
-        if isinstance(v, float) and not math.isfinite(v):
-            return None
-        if isinstance(v, dict):
-            return {str(k): clean(x) for k, x in v.items()}
-        if isinstance(v, (list, tuple)):
-            return [clean(x) for x in v]
-        return v
-
-    (out / "bench_classification.json").write_text(json.dumps(clean(result), indent=1))
+    (out / "bench_classification.json").write_text(json.dumps(json_safe(result), indent=1))
     lines = [
         "# Lesion classification benchmark (phantoms, CPU)", "",
         f"{result['data']['lesions']} lesions ({result['data']['malignant']} malignant) from "

@@ -1,8 +1,10 @@
 """Shared fixtures: nnU-Net folders in tmp, the real CTs, and one tiny preprocessed phantom data set."""
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -52,6 +54,21 @@ def subprocess_env(env: dict[str, str]) -> dict[str, str]:
     return full
 
 
+@contextlib.contextmanager
+def set_environ(env: dict[str, str]) -> Iterator[None]:
+    """Set ``env`` in os.environ for the block (session fixtures cannot use monkeypatch), then restore."""
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 @pytest.fixture(scope="session")
 def tiny_phantoms(tmp_path_factory) -> dict[str, str]:
     """5 training + 2 test phantoms of size 48, planned and preprocessed (2d and 3d_fullres) with raw HU.
@@ -63,16 +80,8 @@ def tiny_phantoms(tmp_path_factory) -> dict[str, str]:
 
     root = tmp_path_factory.mktemp("tiny_phantoms")
     env = nnunet_env(root)
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
+    with set_environ(env):
         write_phantom_dataset(env["nnUNet_raw"], SynthSettings(num_train=5, num_test=2, size=48, seed=3),
                               progress=False)
         plan_and_preprocess(990, configurations=("2d", "3d_fullres"), num_processes=1, verify=True)
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
     return env

@@ -120,26 +120,12 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _json_ready(x):
-    import math
-
-    import numpy as np
-
-    if isinstance(x, dict):
-        return {str(k): _json_ready(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_json_ready(v) for v in x]
-    if isinstance(x, np.generic):
-        x = x.item()
-    if isinstance(x, float) and not math.isfinite(x):
-        return None  # JSON has no NaN; null = undefined
-    return x
-
-
 def _json_text(obj) -> str:
     import json
 
-    return json.dumps(_json_ready(obj), indent=2, allow_nan=False) + "\n"
+    from nnunet_liver.data.io import json_safe
+
+    return json.dumps(json_safe(obj), indent=2, allow_nan=False) + "\n"
 
 
 def per_case_csv(summary) -> str:

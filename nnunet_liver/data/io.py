@@ -7,6 +7,7 @@ caller says so (``overwrite=True``).
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import re
 import shutil
@@ -183,3 +184,19 @@ def copy_case(image, label, folder: str | os.PathLike, case_id: str, split: str 
     out.CopyInformation(img)  # removes float noise only: differences above were refused
     (folder / lbl_dir).mkdir(parents=True, exist_ok=True)
     sitk.WriteImage(out, str(folder / lbl_dir / f"{case_id}.nii.gz"), useCompression=True)
+
+
+def json_safe(value):
+    """``value`` ready for ``json.dumps(..., allow_nan=False)``: NaN/inf -> None (null = undefined), numpy
+    scalars -> Python numbers, paths -> strings, tuples -> lists, dict keys -> strings; recursively."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Path):
+        return str(value)
+    return value

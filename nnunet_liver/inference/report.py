@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+
+from nnunet_liver.data.io import json_safe
 
 __all__ = ["LESION_COLUMNS", "SOFT_TISSUE", "axis_map", "lesion_rows", "oriented_slice", "write_findings",
            "write_lesion_csv", "write_lesion_overlay", "write_summary_figure"]
@@ -54,22 +55,8 @@ def write_lesion_csv(path: str | os.PathLike, rows: list[dict]) -> None:
                         "small": int(r["small"])})
 
 
-def _json_ready(x):
-    if isinstance(x, dict):
-        return {str(k): _json_ready(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_json_ready(v) for v in x]
-    if isinstance(x, np.generic):
-        x = x.item()
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, Path):
-        return str(x)
-    return x
-
-
 def write_findings(path: str | os.PathLike, findings: dict) -> None:
-    Path(path).write_text(json.dumps(_json_ready(findings), indent=2, allow_nan=False) + "\n")
+    Path(path).write_text(json.dumps(json_safe(findings), indent=2, allow_nan=False) + "\n")
 
 
 # ----------------------------------------------------------------------------------------------------------------

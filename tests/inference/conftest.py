@@ -2,14 +2,13 @@
 classifier (classify extract/train, preset cpu) for the whole session."""
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import subprocess_env
+from tests.conftest import set_environ, subprocess_env
 
 DATASET = "Dataset990_LiverPhantom"
 
@@ -32,20 +31,12 @@ def predict_models(tiny_phantoms, tmp_path_factory) -> dict:
     assert (model / "fold_0" / "checkpoint_final.pth").is_file()
 
     crops, root = results / "classification" / "crops", results / "classification"
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
+    with set_environ(env):
         # the table also lists the test cases, which are not preprocessed: --skip-unmatched
         assert cli_main.main(["classify", "extract", "-d", "990", "--size", "32", "--num-folds", "2",
                               "--skip-unmatched", "--no-progress", "-o", str(crops)]) == 0
         assert cli_main.main(["classify", "train", "-m", "hybrid3d", "-f", "0", "--preset", "cpu", "--epochs", "3",
                               "--crops", str(crops), "-o", str(root), "--no-progress", "--device", "cpu"]) == 0
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
     classifier = root / "hybrid3d__cpu" / "fold_0" / "checkpoint_final.pt"
     assert classifier.is_file()
     return {"env": env, "raw": Path(env["nnUNet_raw"]) / DATASET, "model": model, "classifier": classifier,

@@ -554,7 +554,7 @@ def build_report(results: str | os.PathLike, out_dir: str | os.PathLike | None =
         ManifestError: bad manifest or input file, or an output folder holding an input.
         nnunet_liver.data.io.OutputExistsError: ``out_dir`` exists and ``overwrite`` is False.
     """
-    from nnunet_liver.data.io import staged_dir
+    from nnunet_liver.data.io import json_safe, staged_dir
 
     manifest = load_manifest(results)
     out = Path(out_dir) if out_dir is not None else manifest.folder / "report"
@@ -572,16 +572,6 @@ def build_report(results: str | os.PathLike, out_dir: str | os.PathLike | None =
         b.data["missing"] = b.missing
         (tmp / "report.html").write_text(to_html(title, b.blocks, b.toc), encoding="utf-8")
         (tmp / "report.md").write_text(to_markdown(title, b.blocks), encoding="utf-8")
-        (tmp / "report_data.json").write_text(json.dumps(_json_safe(b.data), indent=1, ensure_ascii=False,
+        (tmp / "report_data.json").write_text(json.dumps(json_safe(b.data), indent=1, ensure_ascii=False,
                                                          allow_nan=False) + "\n", encoding="utf-8")
     return ReportResult(out, b.data, b.missing)
-
-
-def _json_safe(x):
-    if isinstance(x, dict):
-        return {str(k): _json_safe(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_json_safe(v) for v in x]
-    if isinstance(x, Path):
-        return str(x)
-    return tables._none(x)

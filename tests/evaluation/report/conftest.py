@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from nnunet_liver.cli import main as cli_main
+from tests.conftest import set_environ
 
 DATASET = "Dataset990_LiverPhantom"
 # folder name -> (liver erosion in-plane, tumour dilation in-plane, fraction of tumour voxels dropped)
@@ -100,9 +101,7 @@ def _classification(root: Path) -> Path:
         os.makedirs(v)
     write_fake_dataset(Path(env["nnUNet_preprocessed"]), table=root / "cls" / "lesions.csv")
     cls = root / "cls" / "classification"
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
+    with set_environ(env):
         assert cli_main.main(["classify", "extract", "-d", "991", "--table", str(root / "cls" / "lesions.csv"),
                               "--size", "16", "--crop-mm", "24", "--num-folds", "2", "-o", str(cls / "crops"),
                               "--no-progress"]) == 0
@@ -125,12 +124,6 @@ def _classification(root: Path) -> Path:
         assert cli_main.main(["classify", "evaluate", "-m", "hybrid3d", "resnet50_2d", "densenet121_2d",
                               "--preset", "cpu", "--crops", str(cls / "crops"), "--root", str(cls), "-o",
                               str(cls / "evaluation"), "--n-boot", "50"]) == 0
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
     return cls / "evaluation"
 
 
