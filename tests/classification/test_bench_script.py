@@ -27,3 +27,10 @@ def test_bench_script_tiny(tmp_path, monkeypatch):
     assert result["models"]["hybrid3d"]["parameters"] > result["models"]["hybrid3d_noatt"]["parameters"]
     assert len(result["comparisons_vs_hybrid3d"]["hybrid3d_noatt"]["delong_per_seed"]) <= 3
     assert "| hybrid3d |" in (out / "bench_classification.md").read_text()
+    # nnunet-liver bench reads this file: its ratio rows come from the figures just written
+    from nnunet_liver.cli.bench import RATIOS
+
+    rows = {r["figure"]: r for r in RATIOS["classification"](result)}
+    noatt = rows["parameters, hybrid3d_noatt"]
+    assert noatt["value"] == result["models"]["hybrid3d_noatt"]["parameters"]
+    assert rows["crop extraction, lesions/s"]["value"] == result["extraction"]["lesions_per_s"]
