@@ -63,6 +63,10 @@ class TrainConfig:
     intensity_scale: float = 0.05
     eval_batch_size: int = 16
 
+    def __post_init__(self) -> None:
+        if self.budget_clock not in ("wall", "cpu"):
+            raise ValueError(f"budget_clock must be 'wall' or 'cpu', not {self.budget_clock!r}")
+
     @property
     def in_channels(self) -> int:
         return 2 if self.with_mask else 1
@@ -101,6 +105,4 @@ def get_preset(name: str, **overrides: Any) -> TrainConfig:
     unknown = set(overrides) - {f.name for f in fields(TrainConfig)}
     if unknown:
         raise ValueError(f"unknown training option(s): {', '.join(sorted(unknown))}")
-    if overrides.get("budget_clock") not in (None, "wall", "cpu"):
-        raise ValueError(f"budget_clock must be 'wall' or 'cpu', not {overrides['budget_clock']!r}")
     return PRESETS[name].replace(**overrides)

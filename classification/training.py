@@ -84,7 +84,7 @@ __all__ = [
 CHECKPOINT_FORMAT = "nnunet_liver.classification/1"
 PREDICTION_COLUMNS = ("case_id", "lesion_id", "label", "prob", "pred", "n_slices")
 # Resuming may extend or shorten the schedule; anything else must match the checkpoint.
-_RESUMABLE_CHANGES = {"epochs", "patience", "max_time_s", "budget_clock", "eval_batch_size"}
+_RESUMABLE_CHANGES = {"epochs", "patience", "max_time_s", "eval_batch_size"}  # not budget_clock: units
 
 
 class CheckpointError(ValueError):

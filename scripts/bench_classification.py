@@ -249,11 +249,12 @@ def main(argv=None) -> int:
 
     (out / "bench_classification.json").write_text(json.dumps(json_safe(result), indent=1))
     lines = [
-        "# Lesion classification benchmark (phantoms, CPU)", "",
+        f"# Lesion classification benchmark (phantoms, {args.device.upper()})", "",
         f"{result['data']['lesions']} lesions ({result['data']['malignant']} malignant) from "
         f"{result['data']['cases']} phantom cases ({args.size}^2 in-plane), crops {args.crop_size}^3 over "
         f"{args.crop_mm:g} mm{' (' + '; '.join(warnings) + ')' if warnings else ''}; {args.folds}-fold patient-level CV; {args.seeds} seeds; every run capped at "
-        f"{args.budget_s:g} CPU s of training on {torch.get_num_threads()} thread(s) "
+        f"{args.budget_s:g} {'CPU ' if args.device == 'cpu' else 'wall-clock '}s of training on "
+        f"{args.device} ({torch.get_num_threads()} CPU thread(s)) "
         f"({'no early stopping' if not args.patience else f'patience {args.patience}'}; best validation epoch kept); "
         f"`cpu` preset. {result['machine']['platform']}, torch {torch.__version__}.", "",
         "| Model | AUC (pooled folds, mean ± sd over seeds) | Accuracy | Parameters | MFLOPs / lesion | s / epoch | "

@@ -66,7 +66,7 @@ def script_args(name: str, out: Path, quick: bool, device: str) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     from nnunet_liver.cli.main import UsageError
-    from nnunet_liver.data.io import check_writable_dir, staged_file
+    from nnunet_liver.data.io import check_writable_dir, json_safe, staged_file
 
     names = args.only or list(BENCHMARKS)
     scripts = scripts_dir()
@@ -90,6 +90,12 @@ def run(args: argparse.Namespace) -> int:
 
     results = {"machine": machine(args.device), "quick": args.quick, "device": args.device,
                "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "benchmarks": {}}
+    if args.only and (out / "results.json").is_file():  # --only --overwrite: keep the other benchmarks' entries
+        try:
+            earlier = json.loads((out / "results.json").read_text())
+            results["benchmarks"] = {k: v for k, v in earlier.get("benchmarks", {}).items() if k not in names}
+        except (OSError, ValueError) as e:
+            raise UsageError(f"{out / 'results.json'}: unreadable ({e}); move it away or run without --only") from None
     for i, name in enumerate(names, 1):
         script, result_file = BENCHMARKS[name]
         folder = out / name
@@ -103,16 +109,22 @@ def run(args: argparse.Namespace) -> int:
         entry = {"command": " ".join(["python", f"scripts/{script}", *argv[2:]]), "exit_code": code,
                  "seconds": round(seconds, 1), "log": str(folder / "log.txt")}
         if code == 0 and (folder / result_file).is_file():
-            entry["result"] = json.loads((folder / result_file).read_text())
-            entry["ratios"] = RATIOS[name](entry["result"])
+            try:
+                entry["result"] = json.loads((folder / result_file).read_text())
+                entry["ratios"] = RATIOS[name](entry["result"], args.device)
+            except (ValueError, KeyError, TypeError) as e:  # one bad result file does not stop the others
+                entry.pop("result", None)
+                entry["error"] = f"{folder / result_file}: cannot read its figures ({type(e).__name__}: {e})"
+        else:
+            entry["error"] = f"exit code {code}" + ("" if code else f", no {result_file}")
+        if "error" not in entry:
             print(f"[{i}/{len(names)}] {name}: done in {seconds:.0f} s", flush=True)
         else:
             tail = (folder / "log.txt").read_text(errors="replace").splitlines()[-5:]
-            entry["error"] = f"exit code {code}" + ("" if code else f", no {result_file}")
             print(f"[{i}/{len(names)}] {name}: FAILED ({entry['error']}); log {folder / 'log.txt'}:\n  "
                   + "\n  ".join(tail), flush=True)
         results["benchmarks"][name] = entry
-        for path, text in ((out / "results.json", json.dumps(results, indent=1, default=_json_default)),
+        for path, text in ((out / "results.json", json.dumps(json_safe(results), indent=1, allow_nan=False)),
                            (out / "summary.md", summary_markdown(results))):
             with staged_file(path, overwrite=True) as tmp:
                 tmp.write_text(text)
@@ -145,19 +157,13 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def _json_default(o):
-    if isinstance(o, float) and not math.isfinite(o):
-        return None
-    return str(o)
-
-
 # ---- ratios: (figure, value, baseline, ratio, target) rows taken from each script's own results ----------
 
 def _row(figure: str, value, baseline, ratio, target: str = "") -> dict:
     return {"figure": figure, "value": value, "baseline": baseline, "ratio": ratio, "target": target}
 
 
-def _seg_ratios(r: dict) -> list[dict]:
+def _seg_ratios(r: dict, device: str = "cpu") -> list[dict]:
     rows = []
     for label, c in r.get("cost", {}).items():
         rows.append(_row(f"FLOPs per output voxel, {label} (real-size network)", c["flops_per_voxel"],
@@ -168,7 +174,7 @@ def _seg_ratios(r: dict) -> list[dict]:
             rows.append(_row("training step with random windows vs fixed window", s["step_s_random"],
                              s["step_s_fixed"], 1 + s["overhead_ratio"], "< 1.05"))
             continue
-        rows.append(_row(f"CPU training iterations/s, {label}", s["train_iter_per_s"], "3D U-Net",
+        rows.append(_row(f"{device.upper()} training iterations/s, {label}", s["train_iter_per_s"], "3D U-Net",
                          s["train_speed_vs_3d_unet"]))
         rows.append(_row(f"prediction s/case, {label}", s["predict_s_per_case"], "3D U-Net",
                          s["predict_time_vs_3d_unet"]))
@@ -183,13 +189,13 @@ def _seg_ratios(r: dict) -> list[dict]:
     return rows
 
 
-def _cls_ratios(r: dict) -> list[dict]:
+def _cls_ratios(r: dict, device: str = "cpu") -> list[dict]:
     rows = []
     models = r.get("models", {})
     base_auc = (models.get("resnet50_2d") or {}).get("auc", [None])[0]
     for m, v in models.items():
         for key, what in (("flops_per_lesion", "FLOPs per lesion"), ("inference_lesions_per_s", "inference lesions/s"),
-                          ("train_seconds_per_epoch", "CPU training s/epoch"), ("parameters", "parameters")):
+                          ("train_seconds_per_epoch", f"{device.upper()} training s/epoch"), ("parameters", "parameters")):
             if key in v:
                 rows.append(_row(f"{what}, {m}", v[key], "resnet50_2d", v.get(f"{key}_vs_resnet50_2d")))
         auc = (v.get("auc") or [None])[0]
@@ -201,12 +207,12 @@ def _cls_ratios(r: dict) -> list[dict]:
     return rows
 
 
-def _eval_ratios(r: dict) -> list[dict]:
+def _eval_ratios(r: dict, device: str = "cpu") -> list[dict]:
     return [_row(f"full LiTS metric set vs Dice alone ({'x'.join(map(str, r['shape'][::-1]))})",
                  r["full_seconds"], r["dice_seconds"], r["ratio"])]
 
 
-def _predict_ratios(r: dict) -> list[dict]:
+def _predict_ratios(r: dict, device: str = "cpu") -> list[dict]:
     ours, stock = r.get("nnunet_liver_predict", {}), r.get("nnunet_stock_predict", {})
     rows = []
     for key, value_key, what, target in (
@@ -221,7 +227,7 @@ def _predict_ratios(r: dict) -> list[dict]:
     return rows
 
 
-RATIOS: dict[str, Callable[[dict], list[dict]]] = {"segmentation": _seg_ratios, "classification": _cls_ratios,
+RATIOS: dict[str, Callable[..., list[dict]]] = {"segmentation": _seg_ratios, "classification": _cls_ratios,
                                                      "evaluation": _eval_ratios, "predict": _predict_ratios}
 
 

@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import platform
+import sys
 import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -116,7 +117,12 @@ def run(args: argparse.Namespace) -> int:
               ("evaluate the classifiers (Table 2, ROC, attention)", demo.evaluate_classifiers),
               ("write results.json and the report", demo.report)]
     for i, (name, fn) in enumerate(steps, 1):
-        pipe.step(name, fn, i, len(steps))
+        try:
+            pipe.step(name, fn, i, len(steps))
+        except (RuntimeError, OSError) as e:  # the message names the command, its exit code and its log
+            print(f"nnunet-liver demo: step [{i}/{len(steps)}] {name} failed: {e}\n"
+                  f"Fix the cause and rerun the same command: finished steps are skipped.", file=sys.stderr)
+            return 1
     print(f"demo finished in {pipe.elapsed()}; report: {out / 'report' / 'report.html'}")
     return 0
 
@@ -155,7 +161,8 @@ class _Demo:
         budget = {"NNUNET_LIVER_EPOCHS": str(p.epochs), "NNUNET_LIVER_ITERS": str(p.iters),
                   "NNUNET_LIVER_VAL_ITERS": str(p.val_iters), "NNUNET_LIVER_SEED": "0",
                   # augmentation in the training process: no worker start-up, and seeded runs repeat
-                  "nnUNet_n_proc_DA": os.environ.get("nnUNet_n_proc_DA", "0" if self.device == "cpu" else "12")}
+                  "nnUNet_n_proc_DA": os.environ.get("nnUNet_n_proc_DA", "0" if self.device == "cpu"
+                                                     else str(max(1, min(12, (os.cpu_count() or 2) - 1))))}
         t0 = time.perf_counter()
         self.pipe.run(["nnUNetv2_train", str(DATASET_ID), m.configuration, "0", "-tr", m.trainer,
                        "-device", self.device], f"train_{m.key}", extra_env=budget)
@@ -199,11 +206,13 @@ class _Demo:
         patch = list(predictor.configuration_manager.patch_size)
         io = SimpleITKIO()
         seconds = []
-        for img in sorted(self.raw.joinpath("imagesTs").glob("*_0000.nii.gz"))[:2]:
+        images = sorted(self.raw.joinpath("imagesTs").glob("*_0000.nii.gz"))[:2]
+        for i, img in enumerate(images[:1] + images):  # the first call, untimed, warms up (cuDNN, allocator)
             data, props = io.read_images([str(img)])
             t0 = time.perf_counter()
             predictor.predict_single_npy_array(data, props)
-            seconds.append(time.perf_counter() - t0)
+            if i:
+                seconds.append(time.perf_counter() - t0)
         return {"params": sum(q.numel() for q in net.parameters()), "patch_size": patch,
                 "flops_per_voxel": count_flops_per_voxel(net, patch, input_channels=1),
                 "seconds_per_case": sum(seconds) / len(seconds) if seconds else None}
@@ -278,7 +287,7 @@ class _Demo:
                 "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
                 "synthetic": True,
                 "command": f"nnunet-liver demo{' --quick' if self.preset_name == 'quick' else ''} "
-                           f"--out {self.out}",
+                           f"--out {self.out} --device {self.device} -np {self.np}",
             },
             "dataset": {"images": rel(self.raw / "imagesTs"), "labels": rel(self.raw / "labelsTs")},
             "segmentation": {"reference": "DualStream", "models": models},

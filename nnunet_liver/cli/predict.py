@@ -71,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
     out = args.output
     if batch:  # an output folder inside the input folder is not a case (on a rerun)
         cases = [c for c in cases if os.path.realpath(c.path) != os.path.realpath(out)]
+    _refuse_output_over_inputs(cases, out, batch)
     if not batch and os.path.exists(out) and not args.overwrite:
         raise UsageError(f"{out} exists (use --overwrite to replace it)")
     if args.threads is not None and args.threads < 1:
@@ -111,6 +112,8 @@ def run(args: argparse.Namespace) -> int:
             findings = predictor.run(cases[0], out, overwrite=args.overwrite)
         except (InputError, OutputExistsError) as e:
             raise UsageError(str(e)) from None
+        except PermissionError as e:
+            raise UsageError(f"{e.filename or out}: cannot write there ({e.strerror})") from None
         print(summary_line(findings, out, time.perf_counter() - t1))
         for w in findings["warnings"]:
             print(f"warning: {w}", file=sys.stderr)
@@ -124,3 +127,19 @@ def run(args: argparse.Namespace) -> int:
             print(f"  {name}: {message}", file=sys.stderr)
         return 1
     return 0
+
+
+def _refuse_output_over_inputs(cases, out: str, batch: bool) -> None:
+    """An output folder that is, or holds, an input would be replaced by ``--overwrite``: refuse it."""
+    from pathlib import Path
+
+    from nnunet_liver.cli.main import UsageError
+
+    targets = [Path(out) / c.name for c in cases] if batch else [Path(out)]
+    for target in targets:
+        t = Path(os.path.realpath(target))
+        for c in cases:
+            src = Path(os.path.realpath(c.path))
+            if src == t or t in src.parents:
+                raise UsageError(f"output folder {target} would hold the input {c.path}: choose an -o outside "
+                                 "the input (inputs are never replaced)")

@@ -1,12 +1,14 @@
 """A resumable pipeline of named steps with visible progress (used by ``demo`` and ``bench``).
 
 A finished step leaves ``<out>/.steps/<name>.done`` holding the pipeline's ``signature`` (its settings); a
-rerun with the same settings skips it, one with other settings redoes it. Steps that fail leave no marker.
+rerun with the same settings skips it, one with other settings redoes it. Once a step runs, every later step
+runs too (their inputs may have changed). Steps that fail leave no marker.
 """
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -23,16 +25,19 @@ class Pipeline:
     log: Callable[[str], None] = field(default=lambda s: print(s, flush=True))
     started: float = field(default_factory=time.monotonic)
     timings: dict[str, float] = field(default_factory=dict)
+    _redoing: bool = field(default=False, init=False)
 
     def marker(self, name: str) -> Path:
-        return self.out / ".steps" / f"{name}.done"
+        return self.out / ".steps" / (re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") + ".done")
 
     def step(self, name: str, fn: Callable[[], object], index: int, total: int) -> None:
         head = f"[{index}/{total}] {name}"
-        if self._done(name):
+        if not self._redoing and self._done(name):
             self.log(f"{head}: done in an earlier run, skipped")
             return
         self.log(f"{head} ...  (elapsed {self.elapsed()})")
+        self._redoing = True
+        self.marker(name).unlink(missing_ok=True)
         t0 = time.monotonic()
         fn()
         dt = time.monotonic() - t0

@@ -28,7 +28,9 @@ import numpy as np
 
 __all__ = ["ModelError", "SegmentationModel", "SegmentationResult", "available_folds", "load_segmentation_model"]
 
-_SITK_READERS = ("SimpleITKIO", "SimpleITKIOWithReorient")
+# SimpleITKIOWithReorient re-orients every image to RAS before the network sees it; predict feeds the array as
+# SimpleITK reads it, so a model planned with that reader would see an orientation it never trained on
+_SITK_READERS = ("SimpleITKIO",)
 
 
 class ModelError(ValueError):
@@ -254,7 +256,7 @@ def load_segmentation_model(folder: str | os.PathLike, folds=None, checkpoint: s
     reader = plans.get("image_reader_writer", "SimpleITKIO")
     if reader not in _SITK_READERS:
         raise ModelError(f"{folder}: the plans read images with {reader}; predict supports models planned with "
-                         f"SimpleITK readers ({', '.join(_SITK_READERS)}), whose axis order it reproduces")
+                         f"SimpleITK's plain reader ({', '.join(_SITK_READERS)}), whose axis order it reproduces")
 
     activate()  # our trainers are found by nnU-Net through nnUNet_extTrainer
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor

@@ -90,3 +90,28 @@ def test_predict_ratio_rows():
     rows = bench.RATIOS["predict"](result)
     assert [(r["value"], r["baseline"], r["ratio"]) for r in rows] == [(11.0, 10.0, 1.1), (10.0, 10.0, 1.0),
                                                                        (900.0, 1000.0, 0.9)]
+
+
+def test_nan_figures_become_null_and_only_keeps_the_other_entries(tmp_path, monkeypatch):
+    """A NaN ratio (a robustness drop of 0) is written as null, and --only --overwrite replaces its own entry
+    while the other benchmarks' entries stay."""
+    import argparse
+
+    scripts = tmp_path / "scripts"
+    scripts.mkdir()
+    (scripts / "bench_evaluate.py").write_text(
+        "import json, sys, pathlib\nout = pathlib.Path(sys.argv[sys.argv.index('--out') + 1])\n"
+        "out.mkdir(parents=True, exist_ok=True)\n"
+        "(out / 'results.json').write_text(json.dumps({'shape': [1, 2, 3], 'full_seconds': 2.0, "
+        "'dice_seconds': 0.0, 'ratio': float('nan')}))\n")
+    monkeypatch.setattr(bench, "scripts_dir", lambda: scripts)
+    out = tmp_path / "b"
+    out.mkdir()
+    (out / "results.json").write_text(json.dumps({"benchmarks": {"segmentation": {"command": "x", "seconds": 1.0,
+                                                                                  "ratios": []}}}))
+    ns = argparse.Namespace(out=str(out), only=["evaluation"], quick=True, device="cpu", overwrite=True)
+    assert bench.run(ns) == 0
+    text = (out / "results.json").read_text()
+    results = json.loads(text)  # strict JSON: no NaN token
+    assert "NaN" not in text and results["benchmarks"]["evaluation"]["ratios"][0]["ratio"] is None
+    assert set(results["benchmarks"]) == {"segmentation", "evaluation"}

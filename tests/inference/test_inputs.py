@@ -129,3 +129,23 @@ def test_folder_of_cases(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="no image files"):
         discover_cases(tmp_path / "empty")
+
+
+def test_output_folder_over_the_input_is_refused(tmp_path):
+    """--overwrite replaces the output folder: one that is, or holds, the input is refused before anything."""
+    import subprocess
+    import sys
+
+    import numpy as np
+    import SimpleITK as sitk
+
+    case_dir = tmp_path / "p1"
+    case_dir.mkdir()
+    img = sitk.GetImageFromArray(np.full((4, 8, 8), -1000, np.int16))
+    ct = case_dir / "ct.nii.gz"
+    sitk.WriteImage(img, str(ct))
+    for out in (case_dir, tmp_path):
+        r = subprocess.run([sys.executable, "-m", "nnunet_liver.cli.main", "predict", "-i", str(ct), "-o", str(out),
+                            "-m", str(tmp_path / "no_model"), "--overwrite"], capture_output=True, text=True)
+        assert r.returncode == 2 and "would hold the input" in r.stderr, r.stderr
+    assert ct.is_file()

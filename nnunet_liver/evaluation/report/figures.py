@@ -56,7 +56,10 @@ def _read_lps(path: Path) -> tuple[np.ndarray, tuple[float, float, float]]:
     radiological view) and the (x, y, z) spacing."""
     import SimpleITK as sitk
 
-    img = sitk.ReadImage(str(path))
+    try:
+        img = sitk.ReadImage(str(path))
+    except RuntimeError as e:  # a corrupt or truncated file: the figure is left out, with the reason
+        raise FigureUnavailable(f"{path}: unreadable ({str(e).strip().splitlines()[-1][:200]})") from None
     if img.GetDimension() != 3:
         raise FigureUnavailable(f"{path}: not a 3D image")
     img = sitk.DICOMOrient(img, "LPS")

@@ -426,3 +426,14 @@ def test_figure3_uses_the_largest_liver_slice_without_tumour(results, tmp_path):
     lps = sitk.GetArrayFromImage(sitk.DICOMOrient(no_tumour, "LPS"))
     assert cases[0]["case"] == "liver_001" and cases[0]["chosen_by"] == "liver"
     assert cases[0]["slice"] == int(np.argmax((lps > 0).sum(axis=(1, 2))))
+
+
+def test_a_corrupt_image_leaves_figure3_out_with_the_file_named(results, tmp_path):
+    """A truncated test CT: the report still renders, Figure 3 is listed as missing with the file named."""
+    images = results / "nnunet/nnUNet_raw/Dataset990_LiverPhantom/imagesTs"
+    bad = sorted(images.glob("*_0000.nii.gz"))[0]
+    bad.write_bytes(bad.read_bytes()[:200])
+    assert run(results, "-o", tmp_path / "out") == 0
+    data = json.loads((tmp_path / "out" / "report_data.json").read_text())
+    assert any(bad.name in json.dumps(m) for m in data["missing"]), data["missing"]
+    assert "Table 1" in (tmp_path / "out" / "report.html").read_text()
