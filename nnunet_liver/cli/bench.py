@@ -59,7 +59,7 @@ def script_args(name: str, out: Path, quick: bool, device: str) -> list[str]:
     if name == "evaluation":
         return ["--out", str(out)] + (["--shape", "120", "256", "256", "--repeats", "2"] if quick else [])
     if name == "predict":  # CPU by design: the target is seconds per case on the CPU
-        return ["--out", str(out)] + (["--size", "48", "--num-train", "6", "--epochs", "2", "--iters", "4",
+        return ["--out", str(out)] + (["--size", "64", "--num-train", "10", "--epochs", "2", "--iters", "4",
                                        "--repeats", "1"] if quick else [])
     raise KeyError(name)
 
