@@ -13,6 +13,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -41,7 +42,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--quick", action="store_true", help="each script's smoke-sized settings (minutes, not hours)")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
                    help="device of the training/inference benchmarks (cuda: when a GPU is present)")
-    p.add_argument("--overwrite", action="store_true", help="replace results.json and summary.md of an earlier run")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier run: results.json, summary.md and each benchmark's folder")
     p.set_defaults(func=run)
 
 
@@ -101,6 +103,8 @@ def run(args: argparse.Namespace) -> int:
         folder = out / name
         argv = [sys.executable, str(scripts / script), *script_args(name, folder, args.quick, args.device)]
         print(f"[{i}/{len(names)}] {name}: {' '.join(argv[1:])}", flush=True)
+        if args.overwrite and folder.exists():  # a fresh run: scripts refuse work folders made with other settings
+            shutil.rmtree(folder)
         folder.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
         with open(folder / "log.txt", "w") as log:
