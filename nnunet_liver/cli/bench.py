@@ -205,6 +205,10 @@ def _cls_ratios(r: dict, device: str = "cpu") -> list[dict]:
         auc = (v.get("auc") or [None])[0]
         rows.append(_row(f"AUC (mean over seeds), {m}", auc, "resnet50_2d",
                          auc / base_auc if auc is not None and base_auc else None))
+    ref = r.get("feature_reference")
+    if ref:
+        rows.append(_row("AUC, hand-made features + gradient boosting (learnability check, not a paper model)",
+                         ref["auc_pooled"], "resnet50_2d", ref["auc_pooled"] / base_auc if base_auc else None))
     ex = r.get("extraction", {})
     if ex:
         rows.append(_row("crop extraction, lesions/s", ex.get("lesions_per_s"), "", None))

@@ -34,3 +34,6 @@ def test_bench_script_tiny(tmp_path, monkeypatch):
     noatt = rows["parameters, hybrid3d_noatt"]
     assert noatt["value"] == result["models"]["hybrid3d_noatt"]["parameters"]
     assert rows["crop extraction, lesions/s"]["value"] == result["extraction"]["lesions_per_s"]
+    ref = result["feature_reference"]
+    assert ref["lesions"] == result["data"]["lesions"] and 0 <= ref["auc_pooled"] <= 1
+    assert len(ref["auc_per_fold"]) == 2 and "Learnability check" in (out / "bench_classification.md").read_text()
