@@ -36,8 +36,8 @@ class TrainConfig:
         aux_weight: weight of the auxiliary loss of the hybrid network.
         window: window preset of ``nnunet_liver.augment.window`` ("paper": random level/width in training,
             the fixed centre window at validation and prediction).
-        rotate_deg: small in-plane rotations drawn from [-rotate_deg, rotate_deg], on top of 90-degree
-            in-plane turns and flips of every axis.
+        rotate_deg: small rotations drawn from [-rotate_deg, rotate_deg] about each axis of a 3D crop (in-plane
+            for 2D slices), on top of 90-degree in-plane turns and flips of every axis.
         intensity_shift_hu, intensity_scale: HU shift drawn from [-shift, shift] and factor from
             [1 - scale, 1 + scale] before windowing.
         eval_batch_size: lesions per batch at validation/prediction.

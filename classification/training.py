@@ -180,7 +180,10 @@ def load_crop_data(crop_dir: str | os.PathLike, size: int, entries: Sequence[Cro
 
 def augment(x: torch.Tensor, mask: torch.Tensor, config: TrainConfig,
             generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random flips, 90-degree in-plane turns, small in-plane rotation and HU scale/shift.
+    """Random flips of every axis, 90-degree in-plane turns, small rotations and HU scale/shift.
+
+    Rotations: 3D crops (isotropic in mm) turn by up to ``config.rotate_deg`` about each of the three axes;
+    2D slices turn in-plane.
 
     Args:
         x: (batch, channels, *spatial) HU, 2D slices or 3D crops; the last two axes are the axial plane
@@ -193,7 +196,7 @@ def augment(x: torch.Tensor, mask: torch.Tensor, config: TrainConfig,
         Augmented (x, mask), same shapes.
     """
     b, nd = x.shape[0], x.ndim - 2
-    u = torch.rand(b, nd + 4, generator=generator)
+    u = torch.rand(b, nd + 6, generator=generator)
     xs, ms = [], []
     for i in range(b):
         xi, mi = x[i], mask[i]
@@ -207,12 +210,11 @@ def augment(x: torch.Tensor, mask: torch.Tensor, config: TrainConfig,
         ms.append(mi)
     x, mask = torch.stack(xs), torch.stack(ms)
     if config.rotate_deg > 0:
-        angle = (2 * u[:, nd + 1] - 1) * math.radians(config.rotate_deg)
-        c, s = torch.cos(angle), torch.sin(angle)
+        angles = (2 * u[:, [nd + 1, nd + 4, nd + 5]] - 1) * math.radians(config.rotate_deg)
         theta = torch.zeros(b, nd, nd + 1)
-        theta[:, 0, 0], theta[:, 0, 1], theta[:, 1, 0], theta[:, 1, 1] = c, -s, s, c  # x/y of affine_grid
-        for d in range(2, nd):
-            theta[:, d, d] = 1.0
+        theta[:, :, :nd] = _rotation(angles[:, 0], 0, 1, nd)  # in-plane: affine_grid's x/y
+        if nd == 3:  # then about affine_grid's x axis (y-z plane) and y axis (x-z plane)
+            theta[:, :, :nd] = theta[:, :, :nd] @ _rotation(angles[:, 1], 1, 2, 3) @ _rotation(angles[:, 2], 0, 2, 3)
         theta = theta.to(x.device)
         grid = F.affine_grid(theta, list(x.shape), align_corners=False)
         x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
@@ -221,6 +223,14 @@ def augment(x: torch.Tensor, mask: torch.Tensor, config: TrainConfig,
     shift = ((2 * u[:, nd + 3] - 1) * config.intensity_shift_hu).to(x.device)
     view = (b,) + (1,) * (x.ndim - 1)
     return x * scale.view(view) + shift.view(view), mask
+
+
+def _rotation(angle: torch.Tensor, i: int, j: int, n: int) -> torch.Tensor:
+    """(batch, n, n) rotations by ``angle`` in the plane of coordinates i and j."""
+    r = torch.eye(n).repeat(angle.shape[0], 1, 1)
+    c, s = torch.cos(angle), torch.sin(angle)
+    r[:, i, i], r[:, i, j], r[:, j, i], r[:, j, j] = c, -s, s, c
+    return r
 
 
 def normalise(x: torch.Tensor, level: float | torch.Tensor, width: float | torch.Tensor) -> torch.Tensor:

@@ -244,3 +244,19 @@ def test_cpu_budget_clock_counts_process_time(crop_dir, tmp_path, monkeypatch):
     assert wall["epochs_run"] == 3
     with pytest.raises(ValueError, match="budget_clock"):
         get_preset("cpu", budget_clock="gpu")
+
+
+def test_3d_crops_rotate_about_every_axis():
+    """A cube off-centre in y: in-plane turns and flips keep its z centre at z0 or its mirror; rotations about
+    the in-plane axes move it to other slices. 2D slices still turn in-plane only (their shape is kept)."""
+    mask = torch.zeros(16, 1, 32, 32, 32)
+    mask[:, :, 12:16, 4:8, 14:18] = 1.0
+    config = TINY.replace(rotate_deg=30.0, intensity_shift_hu=0.0, intensity_scale=0.0)
+    _, ma = augment(mask * 100.0, mask, config, torch.Generator().manual_seed(0))
+    z = torch.arange(32.0).view(1, 1, 32, 1, 1)
+    zc = ((ma * z).sum(dim=(1, 2, 3, 4)) / ma.sum(dim=(1, 2, 3, 4))).numpy()
+    z0 = 13.5
+    off_plane = [abs(c - z0) > 1.0 and abs(c - (31 - z0)) > 1.0 for c in zc]
+    assert sum(off_plane) >= 8, zc
+    flat = TINY.replace(rotate_deg=30.0)
+    assert augment(mask[:, :, 14], mask[:, :, 14], flat, torch.Generator().manual_seed(1))[1].shape == (16, 1, 32, 32)
