@@ -54,9 +54,7 @@ def scripts_dir() -> Path:
 
 
 def script_args(name: str, out: Path, quick: bool, device: str) -> list[str]:
-    if name == "segmentation":
-        return ["--out", str(out), "--device", device] + (["--quick"] if quick else [])
-    if name == "classification":
+    if name in ("segmentation", "classification"):
         return ["--out", str(out), "--device", device] + (["--quick"] if quick else [])
     if name == "evaluation":
         return ["--out", str(out)] + (["--shape", "120", "256", "256", "--repeats", "2"] if quick else [])

@@ -14,10 +14,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from dataclasses import asdict, dataclass
+from functools import partial
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -107,9 +107,9 @@ def run(args: argparse.Namespace) -> int:
           f"{preset.size} voxels; out={out}")
     steps = [("synthesise phantoms", demo.synth),
              ("plan and preprocess, raw HU (2d, 3d_fullres)", demo.preprocess)]
-    steps += [(f"train {m.label} ({m.trainer}, {m.configuration}) with nnUNetv2_train", _bind(demo.train, m))
+    steps += [(f"train {m.label} ({m.trainer}, {m.configuration}) with nnUNetv2_train", partial(demo.train, m))
               for m in SEG_MODELS]
-    steps += [(f"predict the test cases with nnUNetv2_predict: {m.label}", _bind(demo.predict, m))
+    steps += [(f"predict the test cases with nnUNetv2_predict: {m.label}", partial(demo.predict, m))
               for m in SEG_MODELS]
     steps += [("evaluate segmentations (LiTS metrics) and measure cost", demo.evaluate_segmentation),
               ("extract lesion crops from the preprocessed data", demo.extract),
@@ -125,10 +125,6 @@ def run(args: argparse.Namespace) -> int:
             return 1
     print(f"demo finished in {pipe.elapsed()}; report: {out / 'report' / 'report.html'}")
     return 0
-
-
-def _bind(fn, *a):
-    return lambda: fn(*a)
 
 
 class _Demo:
@@ -178,14 +174,19 @@ class _Demo:
                            "-device", self.device, "-npp", "1", "-nps", "1", "--disable_progress_bar"],
                           f"predict_{m.key}")
 
-    def evaluate_segmentation(self) -> None:
+    @staticmethod
+    def _cli(*argv: str) -> None:
+        """An ``nnunet-liver`` sub-command in this process; a non-zero exit code fails the step."""
         from nnunet_liver.cli.main import main
 
+        code = main(list(argv))
+        if code:
+            raise RuntimeError(f"nnunet-liver {' '.join(argv[:2])} failed (exit code {code})")
+
+    def evaluate_segmentation(self) -> None:
         for m in SEG_MODELS:
-            code = main(["evaluate", str(self.raw / "labelsTs"), str(self.out / "predictions" / m.key),
-                         "-o", str(self.out / "evaluation" / m.key), "-np", str(self.np), "--overwrite"])
-            if code:
-                raise RuntimeError(f"nnunet-liver evaluate failed for {m.label} (exit code {code})")
+            self._cli("evaluate", str(self.raw / "labelsTs"), str(self.out / "predictions" / m.key),
+                      "-o", str(self.out / "evaluation" / m.key), "-np", str(self.np), "--overwrite")
             self._record(m, **self._cost(m))
 
     def _cost(self, m: SegModel) -> dict:
@@ -219,22 +220,16 @@ class _Demo:
 
     def _record(self, m: SegModel, **values) -> None:
         """Merge measurements of a model into ``<out>/evaluation/cost.json`` (kept across resumed runs)."""
+        from nnunet_liver.data.io import staged_file
+
         path = self.out / "evaluation" / "cost.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         data = json.loads(path.read_text()) if path.is_file() else {}
         data.setdefault(m.key, {}).update(values)
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(data, indent=1))
-        tmp.replace(path)
+        with staged_file(path, overwrite=True) as tmp:
+            tmp.write_text(json.dumps(data, indent=1))
 
     # -- classification --------------------------------------------------------------------------------
-    def _classify(self, *argv: str) -> None:
-        from nnunet_liver.cli.main import main
-
-        code = main(["classify", *argv])
-        if code:
-            raise RuntimeError(f"nnunet-liver classify {argv[0]} failed (exit code {code})")
-
     def extract(self) -> None:
         import shutil
 
@@ -242,7 +237,7 @@ class _Demo:
         if crops.exists():  # a changed preset: new phantoms, new crops
             shutil.rmtree(crops)
         p = self.preset
-        self._classify("extract", "-d", str(DATASET_ID), "-c", "3d_fullres", "--size", str(p.crop_size),
+        self._cli("classify", "extract", "-d", str(DATASET_ID), "-c", "3d_fullres", "--size", str(p.crop_size),
                        "--crop-mm", f"{p.crop_mm:g}", "--num-folds", str(p.cls_folds), "-o", str(crops),
                        # the table lists the test cases too (not preprocessed), and a lesion of a voxel or two
                        # can vanish in resampling: both are skipped with a warning
@@ -250,18 +245,18 @@ class _Demo:
 
     def train_classifiers(self) -> None:
         for model in CLASSIFIERS:
-            self._classify("train", "-m", model, "-f", "all", "--preset", "cpu", "--crops",
+            self._cli("classify", "train", "-m", model, "-f", "all", "--preset", "cpu", "--crops",
                            str(self.cls_root / "crops"), "-o", str(self.cls_root), "--overwrite",
                            "--max-time-s", f"{self.preset.cls_seconds:g}", "--device", self.device)
 
     def evaluate_classifiers(self) -> None:
-        self._classify("evaluate", "--preset", "cpu", "--crops", str(self.cls_root / "crops"), "--root",
+        self._cli("classify", "evaluate", "--preset", "cpu", "--crops", str(self.cls_root / "crops"), "--root",
                        str(self.cls_root), "-o", str(self.cls_root / "evaluation"), "--overwrite",
                        "--n-boot", "200", "--device", self.device)
 
     # -- results and report ----------------------------------------------------------------------------
     def manifest(self) -> dict:
-        import torch
+        from nnunet_liver.cli.bench import machine
 
         p = self.preset
         cost = json.loads((self.out / "evaluation" / "cost.json").read_text())
@@ -281,9 +276,7 @@ class _Demo:
                           f"{p.cls_folds}-fold patient-level cross-validation, {p.crop_size}^3 crops over "
                           f"{p.crop_mm:g} mm",
                 "device": self.device,
-                "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                            "threads": torch.get_num_threads(), "torch": torch.__version__,
-                            "platform": platform.platform()},
+                "machine": machine(self.device),
                 "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
                 "synthetic": True,
                 "command": f"nnunet-liver demo{' --quick' if self.preset_name == 'quick' else ''} "
@@ -295,11 +288,8 @@ class _Demo:
         }
 
     def report(self) -> None:
-        from nnunet_liver.cli.main import main
         from nnunet_liver.data.io import staged_file
 
         with staged_file(self.out / "results.json", overwrite=True) as tmp:
             tmp.write_text(json.dumps(self.manifest(), indent=1))
-        code = main(["report", str(self.out / "results.json"), "-o", str(self.out / "report"), "--overwrite"])
-        if code:
-            raise RuntimeError(f"nnunet-liver report failed (exit code {code})")
+        self._cli("report", str(self.out / "results.json"), "-o", str(self.out / "report"), "--overwrite")
