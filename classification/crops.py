@@ -273,7 +273,7 @@ def open_preprocessed(preprocessed_root: str | os.PathLike, dataset_id: int, pla
     plans_file = base / f"{plans_name}.json"
     if not plans_file.is_file():
         raise CropError(f"{plans_file}: no such plans (-p {plans_name})")
-    plans = json.loads(plans_file.read_text())
+    plans = json.loads(plans_file.read_text(encoding="utf-8"))
     if configuration not in plans.get("configurations", {}):
         raise CropError(f"{plans_file}: no configuration {configuration!r} (has: "
                         f"{', '.join(plans.get('configurations', {}))})")
@@ -289,7 +289,8 @@ def open_preprocessed(preprocessed_root: str | os.PathLike, dataset_id: int, pla
     if not folder.is_dir() or not any(folder.iterdir()):
         raise CropError(f"{folder}: not preprocessed (run nnunet-liver plan_and_preprocess -d {dataset_id} "
                         f"-c {configuration})")
-    dataset_json = json.loads((base / "dataset.json").read_text()) if (base / "dataset.json").is_file() else {}
+    ds_file = base / "dataset.json"
+    dataset_json = json.loads(ds_file.read_text(encoding="utf-8")) if ds_file.is_file() else {}
     return PreprocessedData(base.name, folder, plans, dataset_json, configuration)
 
 
@@ -514,9 +515,9 @@ def extract_crops(data: PreprocessedData, rows: Sequence[TableRow], out_dir: str
                     "unmatched_components": len(report.unmatched_components)},
     }
     with staged_file(out / "crops.json", overwrite=True) as tmp:
-        tmp.write_text(json.dumps(info, indent=2))
+        tmp.write_text(json.dumps(info, indent=2), encoding="utf-8")
     with staged_file(index_path, overwrite=True) as tmp:
-        with open(tmp, "w", newline="") as f:
+        with open(tmp, "w", encoding="utf-8", newline="") as f:
             w = csv.DictWriter(f, fieldnames=INDEX_COLUMNS, lineterminator="\n")
             w.writeheader()
             w.writerows(index_rows)
@@ -551,7 +552,7 @@ def read_index(crop_dir: str | os.PathLike) -> list[CropEntry]:
     if not path.is_file():
         raise CropError(f"no crop index in {crop_dir} (missing, or an extraction did not finish): run "
                         f"nnunet-liver classify extract")
-    with open(path, newline="") as f:
+    with open(path, encoding="utf-8", newline="") as f:
         entries = [CropEntry(r["case_id"], int(r["lesion_id"]), int(r["label"]) if r["label"] != "" else -1,
                              r.get("subtype", ""), r["file"], float(r["cube_mm"]), float(r["diameter_mm"]))
                    for r in csv.DictReader(f)]

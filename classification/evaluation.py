@@ -84,7 +84,7 @@ class FoldPredictions:
 def read_predictions(path: str | os.PathLike) -> FoldPredictions:
     """Read a ``predictions.csv`` written by training (labels required)."""
     keys, cases, y, prob, pred = [], [], [], [], []
-    with open(path, newline="") as f:
+    with open(path, encoding="utf-8", newline="") as f:
         for r in csv.DictReader(f):
             if r["label"] == "":
                 raise EvaluationError(f"{path}: lesion {r['case_id']}/{r['lesion_id']} has no label")
@@ -440,6 +440,6 @@ def evaluate_classification(run_dirs: Mapping[str, str | os.PathLike], crop_dir:
                                    **attention_figure(ckpt, crop_dir, runs["hybrid3d"][fold].keys,
                                                       tmp / "attention.png", device=device)}
         result["run_dirs"] = {m: str(p) for m, p in run_dirs.items() if m in runs}
-        (tmp / "table2.md").write_text(table2_markdown(result))
-        (tmp / "table2.json").write_text(json.dumps(json_safe(result), indent=1))
+        (tmp / "table2.md").write_text(table2_markdown(result), encoding="utf-8")
+        (tmp / "table2.json").write_text(json.dumps(json_safe(result), indent=1), encoding="utf-8")
     return Path(out_dir), result

@@ -203,7 +203,7 @@ def read_lesion_table(path: str | os.PathLike) -> list[TableRow]:
     path = Path(path)
     if not path.is_file():
         raise LesionTableError(f"lesion table not found: {path}")
-    with open(path, newline="") as f:
+    with open(path, encoding="utf-8", newline="") as f:
         reader = csv.DictReader(f)
         columns = [c.strip() for c in reader.fieldnames or []]
         missing = [c for c in ("case_id", "lesion_id", "label") if c not in columns]

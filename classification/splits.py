@@ -127,7 +127,7 @@ def write_splits(path: str | os.PathLike, splits: dict) -> None:
     from nnunet_liver.data.io import staged_file
 
     with staged_file(path, overwrite=True) as tmp:
-        Path(tmp).write_text(json.dumps(splits, indent=1))
+        Path(tmp).write_text(json.dumps(splits, indent=1), encoding="utf-8")
 
 
 def load_splits(path: str | os.PathLike, keys: Sequence[str] | None = None) -> dict:
@@ -139,7 +139,7 @@ def load_splits(path: str | os.PathLike, keys: Sequence[str] | None = None) -> d
     path = Path(path)
     if not path.is_file():
         raise SplitError(f"{path}: no splits (run nnunet-liver classify extract)")
-    splits = json.loads(path.read_text())
+    splits = json.loads(path.read_text(encoding="utf-8"))
     check_splits(splits, keys)
     return splits
 

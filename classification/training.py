@@ -458,7 +458,7 @@ def write_predictions(path: str | os.PathLike, data: CropData, pred: dict[str, n
     from nnunet_liver.data.io import staged_file
 
     with staged_file(path, overwrite=overwrite) as tmp:
-        with open(tmp, "w", newline="") as f:
+        with open(tmp, "w", encoding="utf-8", newline="") as f:
             w = csv.writer(f, lineterminator="\n")
             w.writerow(PREDICTION_COLUMNS)
             for e, p, c, n in zip(data.entries, pred["prob"], pred["pred"], pred["n_slices"]):
@@ -521,7 +521,7 @@ def train_fold(*, crop_dir: str | os.PathLike, out_dir: str | os.PathLike, model
                                   f"use --overwrite to start again")
         if ckpt.get("finished") and final_path.is_file() and not _can_extend(ckpt, config):
             log(f"{model_name} fold {fold}: already finished ({out})")
-            return json.loads((out / "training_log.json").read_text())["summary"]
+            return json.loads((out / "training_log.json").read_text(encoding="utf-8"))["summary"]
 
     torch.manual_seed(seed * 1000 + fold)
     model = build_model(model_name, config, pretrained=None if ckpt else pretrained).to(device)
@@ -640,7 +640,7 @@ def train_fold(*, crop_dir: str | os.PathLike, out_dir: str | os.PathLike, model
 
     with staged_file(out / "training_log.json", overwrite=True) as tmp:
         tmp.write_text(json.dumps(json_safe({"summary": summary, "config": config.to_dict(),
-                                              "history": history}), indent=1))
+                                              "history": history}), indent=1), encoding="utf-8")
     plot_progress(history, out / "progress.png", title=f"{model_name} fold {fold} ({config.preset})")
     return summary
 

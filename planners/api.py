@@ -63,7 +63,7 @@ def plan_and_preprocess(dataset_id: int, *, configurations: Sequence[str] = ("2d
     name = _dataset_name(dataset_id)
     target = plans_file(dataset_id, plans_name)
     if target.is_file() and not overwrite:
-        existing = json.loads(target.read_text())
+        existing = json.loads(target.read_text(encoding="utf-8"))
         if PLANS_MARKER not in existing:
             raise FileExistsError(f"{target} exists and was not made by nnunet-liver (its CT channels may be "
                                   f"z-scored); use --overwrite to replace it, or -overwrite_plans_name NAME")

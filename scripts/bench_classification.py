@@ -73,7 +73,7 @@ def prepare_data(work: Path, args) -> None:
 
     settings = {"num_cases": args.num_cases, "size": args.size, "seed": 0, "version": 1}
     stamp = work / "settings.json"
-    if stamp.is_file() and json.loads(stamp.read_text()) == settings:
+    if stamp.is_file() and json.loads(stamp.read_text(encoding="utf-8")) == settings:
         return
     if work.exists():
         shutil.rmtree(work)
@@ -85,7 +85,7 @@ def prepare_data(work: Path, args) -> None:
                                                                   size=args.size, seed=0), progress=False)
     plan_and_preprocess(990, configurations=("3d_fullres",), num_processes=1)
     print(f"data: {args.num_cases} phantoms planned and preprocessed in {time.perf_counter() - t0:.0f} s", flush=True)
-    stamp.write_text(json.dumps(settings))
+    stamp.write_text(json.dumps(settings), encoding="utf-8")
 
 
 def fmt(v, d=3):
@@ -106,7 +106,7 @@ def feature_reference(crops: Path, splits: dict) -> dict:
     from nnunet_liver.evaluation.classification_metrics import auc_score
 
     feats, labels = {}, {}
-    for row in csv.DictReader(open(crops / "index.csv")):
+    for row in csv.DictReader(open(crops / "index.csv", encoding="utf-8")):
         z = np.load(crops / row["file"])
         im, m = z["image"], z["mask"] > 0
         if not m.any():
@@ -135,6 +135,9 @@ def feature_reference(crops: Path, splits: dict) -> dict:
 
 
 def main(argv=None) -> int:
+    from nnunet_liver.cli.main import tolerant_streams
+
+    tolerant_streams()
     args = parse_args(argv)
     import numpy as np
     import torch
@@ -290,7 +293,7 @@ def main(argv=None) -> int:
         "runs": summaries,
     }
 
-    (out / "bench_classification.json").write_text(json.dumps(json_safe(result), indent=1))
+    (out / "bench_classification.json").write_text(json.dumps(json_safe(result), indent=1), encoding="utf-8")
     lines = [
         f"# Lesion classification benchmark (phantoms, {args.device.upper()})", "",
         f"{result['data']['lesions']} lesions ({result['data']['malignant']} malignant) from "
@@ -328,7 +331,7 @@ def main(argv=None) -> int:
                   f"(preprocessed blosc2 -> .npz cache, join included).", "",
               "Read with care: phantom lesions, a few dozen of them, a tiny CPU budget; differences within the "
               "seed spread or with p >= 0.05 are not evidence either way."]
-    (out / "bench_classification.md").write_text("\n".join(lines) + "\n")
+    (out / "bench_classification.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     print("\n".join(lines))
     return 0
 

@@ -85,6 +85,9 @@ def timed(fns: dict, repeats: int) -> tuple[dict[str, float], dict[str, float], 
 
 
 def main(argv: list[str] | None = None) -> dict:
+    from nnunet_liver.cli.main import tolerant_streams
+
+    tolerant_streams()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", type=int, nargs=3, default=(500, 512, 512), metavar=("Z", "Y", "X"))
     parser.add_argument("--spacing", type=float, nargs=3, default=(1.0, 0.75, 0.75), metavar=("SZ", "SY", "SX"))
@@ -157,10 +160,10 @@ def main(argv: list[str] | None = None) -> dict:
 
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "results.json").write_text(json.dumps(report, indent=2))
+        (out / "results.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
         (out / "results.md").write_text("# LiTS evaluation cost (synthetic case pair)\n\n"
                                         "| case | Dice alone | full metric set | ratio |\n|---|---|---|---|\n"
-                                        + line + "\n")
+                                        + line + "\n", encoding="utf-8")
     return report
 
 

@@ -61,7 +61,7 @@ def default_case() -> Path:
 def run(cmd: list[str], env: dict, log: Path) -> None:
     """A set-up step; its output goes to ``log``."""
     t = time.perf_counter()
-    with open(log, "a") as f:
+    with open(log, "a", encoding="utf-8") as f:
         f.write(f"$ {' '.join(cmd)}\n")
         f.flush()
         proc = subprocess.run(cmd, env=env, stdout=f, stderr=subprocess.STDOUT)
@@ -82,10 +82,11 @@ def train_models(work: Path, args, env: dict) -> tuple[Path, Path, Path]:
     log = work / "setup.log"
     settings = {k: getattr(args, k) for k in ("trainer", "size", "num_train", "epochs", "iters")}
     stamp = work / "settings.json"
-    if stamp.is_file() and json.loads(stamp.read_text()) != settings:
-        raise SystemExit(f"{work} holds models trained with other settings ({stamp.read_text().strip()}); "
+    earlier = stamp.read_text(encoding="utf-8").strip() if stamp.is_file() else None
+    if earlier is not None and json.loads(earlier) != settings:
+        raise SystemExit(f"{work} holds models trained with other settings ({earlier}); "
                          f"use another --out or delete {work}")
-    stamp.write_text(json.dumps(settings) + "\n")
+    stamp.write_text(json.dumps(settings) + "\n", encoding="utf-8")
     results = Path(env["nnUNet_results"]) / "Dataset990_LiverPhantom"
     model = results / f"{args.trainer}__nnUNetPlans__3d_fullres"
     classifier = results / "classification" / "hybrid3d__cpu" / "fold_0" / "checkpoint_final.pt"
@@ -210,6 +211,9 @@ def markdown(report: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    from nnunet_liver.cli.main import tolerant_streams
+
+    tolerant_streams()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="results folder (bench_predict.json, bench_predict.md, work/)")
     p.add_argument("--case", default=None, help="CT to predict (default: the real CT crlm_liver_ct.nii.gz)")
@@ -278,7 +282,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     import SimpleITK as sitk
 
-    findings = json.loads((out / "pred_ours" / "findings.json").read_text())
+    findings = json.loads((out / "pred_ours" / "findings.json").read_text(encoding="utf-8"))
     a, b = summarise(ours), summarise(stock)
     stock_seg = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "pred_stock" / "case.nii.gz")))
     ours_seg = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "pred_ours" / "segmentation.nii.gz")))
@@ -312,8 +316,8 @@ def main(argv: list[str] | None = None) -> dict:
         report["reference_lesions"] = ref
         report["ratio_with_reference_lesions"] = (a["median_s"] + ref["lesions_s"] + ref["classify_s"]
                                                   + ref["write_s"]) / b["median_s"]
-    (out / "bench_predict.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / "bench_predict.md").write_text(markdown(report))
+    (out / "bench_predict.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    (out / "bench_predict.md").write_text(markdown(report), encoding="utf-8")
     print(markdown(report))
     return report
 

@@ -52,6 +52,9 @@ EVAL_WINDOWS = {"centre of the RWA ranges (71/213.5, default)": (71.0, 213.5),
 
 
 def main() -> None:
+    from nnunet_liver.cli.main import tolerant_streams
+
+    tolerant_streams()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True)
     p.add_argument("--parts", default="cost,accuracy,robustness,speed")
@@ -80,8 +83,8 @@ def main() -> None:
     report = {"machine": machine(args.device), "settings": {k: v for k, v in vars(args).items() if k != "out"}}
 
     def save() -> None:
-        (out / "results.json").write_text(json.dumps(report, indent=2, default=float))
-        (out / "results.md").write_text(markdown(report))
+        (out / "results.json").write_text(json.dumps(report, indent=2, default=float), encoding="utf-8")
+        (out / "results.md").write_text(markdown(report), encoding="utf-8")
 
     if "cost" in parts:
         report["cost"] = bench_cost(out / "work")
@@ -136,8 +139,9 @@ def bench_cost(work: Path) -> dict:
                               num_processes=2, progress=False)
     extract_fingerprint_dataset(991, num_processes=2, clean=False, verbose=False)
     _, identifier = plan_experiment_dataset(991, LiverHUPlanner)
-    plans = json.loads((Path(os.environ["nnUNet_preprocessed"]) / "Dataset991_CostPhantom" / f"{identifier}.json").read_text())
-    dataset_json = json.loads((raw / "Dataset991_CostPhantom" / "dataset.json").read_text())
+    plans_file = Path(os.environ["nnUNet_preprocessed"]) / "Dataset991_CostPhantom" / f"{identifier}.json"
+    plans = json.loads(plans_file.read_text(encoding="utf-8"))
+    dataset_json = json.loads((raw / "Dataset991_CostPhantom" / "dataset.json").read_text(encoding="utf-8"))
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     result = {}
@@ -171,11 +175,11 @@ def prepare_dataset(args) -> None:
     raw = Path(os.environ["nnUNet_raw"])
     marker = Path(os.environ["nnUNet_preprocessed"]) / "Dataset990_LiverPhantom" / ".bench_ready"
     settings = SynthSettings(args.num_train, args.num_test, args.size, seed=0)
-    if marker.is_file() and json.loads(marker.read_text()) == dataclasses.asdict(settings):
+    if marker.is_file() and json.loads(marker.read_text(encoding="utf-8")) == dataclasses.asdict(settings):
         return
     write_phantom_dataset(raw, settings, overwrite=True, num_processes=2, progress=False)
     plan_and_preprocess(990, configurations=("2d", "3d_fullres"), num_processes=2, overwrite=True)
-    marker.write_text(json.dumps(dataclasses.asdict(settings)))
+    marker.write_text(json.dumps(dataclasses.asdict(settings)), encoding="utf-8")
 
 
 def train_and_predict(label: str, trainer_name: str, config: str, seed: int, args, out: Path) -> dict:

@@ -53,8 +53,8 @@ def main() -> None:
               "settings": vars(args), "steps": {}, "trainers": {}}
 
     def save() -> None:
-        (out / "gpu_check.json").write_text(json.dumps(report, indent=2))
-        (out / "gpu_check.md").write_text(markdown(report))
+        (out / "gpu_check.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
+        (out / "gpu_check.md").write_text(markdown(report), encoding="utf-8")
 
     t = time.perf_counter()
     raw = Path(os.environ["nnUNet_raw"])
@@ -107,7 +107,7 @@ def check_trainer(name: str, device, iters: int, raw: Path, out: Path) -> dict:
     t = time.perf_counter()
     trainer.perform_actual_validation(False)
     res["validation_s"] = round(time.perf_counter() - t, 1)
-    summary = json.loads((Path(trainer.output_folder) / "validation" / "summary.json").read_text())
+    summary = json.loads((Path(trainer.output_folder) / "validation" / "summary.json").read_text(encoding="utf-8"))
     res["validation_dice"] = {k: round(v["Dice"], 4) for k, v in summary["mean"].items()}
     del trainer
     if cuda:

@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
                "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "benchmarks": {}}
     if args.only and (out / "results.json").is_file():  # --only --overwrite: keep the other benchmarks' entries
         try:
-            earlier = json.loads((out / "results.json").read_text())
+            earlier = json.loads((out / "results.json").read_text(encoding="utf-8"))
             results["benchmarks"] = {k: v for k, v in earlier.get("benchmarks", {}).items() if k not in names}
         except (OSError, ValueError) as e:
             raise UsageError(f"{out / 'results.json'}: unreadable ({e}); move it away or run without --only") from None
@@ -105,14 +105,14 @@ def run(args: argparse.Namespace) -> int:
             shutil.rmtree(folder)
         folder.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
-        with open(folder / "log.txt", "w") as log:
+        with open(folder / "log.txt", "w", encoding="utf-8") as log:
             code = subprocess.call(argv, stdout=log, stderr=subprocess.STDOUT)
         seconds = time.perf_counter() - t0
         entry = {"command": " ".join(["python", f"scripts/{script}", *argv[2:]]), "exit_code": code,
                  "seconds": round(seconds, 1), "log": str(folder / "log.txt")}
         if code == 0 and (folder / result_file).is_file():
             try:
-                entry["result"] = json.loads((folder / result_file).read_text())
+                entry["result"] = json.loads((folder / result_file).read_text(encoding="utf-8"))
                 entry["ratios"] = RATIOS[name](entry["result"], args.device)
             except (ValueError, KeyError, TypeError) as e:  # one bad result file does not stop the others
                 entry.pop("result", None)
@@ -122,15 +122,15 @@ def run(args: argparse.Namespace) -> int:
         if "error" not in entry:
             print(f"[{i}/{len(names)}] {name}: done in {seconds:.0f} s", flush=True)
         else:
-            tail = (folder / "log.txt").read_text(errors="replace").splitlines()[-5:]
+            tail = (folder / "log.txt").read_text(errors="replace", encoding="utf-8").splitlines()[-5:]
             print(f"[{i}/{len(names)}] {name}: FAILED ({entry['error']}); log {folder / 'log.txt'}:\n  "
                   + "\n  ".join(tail), flush=True)
         results["benchmarks"][name] = entry
         for path, text in ((out / "results.json", json.dumps(json_safe(results), indent=1, allow_nan=False)),
                            (out / "summary.md", summary_markdown(results))):
             with staged_file(path, overwrite=True) as tmp:
-                tmp.write_text(text)
-    print((out / "summary.md").read_text())
+                tmp.write_text(text, encoding="utf-8")
+    print((out / "summary.md").read_text(encoding="utf-8"))
     failed = [n for n, e in results["benchmarks"].items() if "error" in e]
     if failed:
         print(f"failed: {', '.join(failed)}", file=sys.stderr)
@@ -151,7 +151,7 @@ def machine(device: str) -> dict:
 
 def _cpu_name() -> str:
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
     except OSError:

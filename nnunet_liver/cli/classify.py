@@ -340,7 +340,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     missing = [m for m in run_dirs if m not in result["models"]]
     if missing:
         print(f"warning: no finished folds for {', '.join(missing)}", file=sys.stderr)
-    print((folder / "table2.md").read_text())
+    print((folder / "table2.md").read_text(encoding="utf-8"))
     print(f"wrote {folder}")
     return 0
 

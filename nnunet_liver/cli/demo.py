@@ -224,10 +224,10 @@ class _Demo:
 
         path = self.out / "evaluation" / "cost.json"
         path.parent.mkdir(parents=True, exist_ok=True)
-        data = json.loads(path.read_text()) if path.is_file() else {}
+        data = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
         data.setdefault(m.key, {}).update(values)
         with staged_file(path, overwrite=True) as tmp:
-            tmp.write_text(json.dumps(data, indent=1))
+            tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
 
     # -- classification --------------------------------------------------------------------------------
     def extract(self) -> None:
@@ -259,7 +259,7 @@ class _Demo:
         from nnunet_liver.cli.bench import machine
 
         p = self.preset
-        cost = json.loads((self.out / "evaluation" / "cost.json").read_text())
+        cost = json.loads((self.out / "evaluation" / "cost.json").read_text(encoding="utf-8"))
         rel = lambda path: os.path.relpath(path, self.out)  # noqa: E731
         models = [{"label": m.label, "group": "table1", "trainer": m.trainer, "configuration": m.configuration,
                    "predictions": rel(self.out / "predictions" / m.key),
@@ -291,5 +291,5 @@ class _Demo:
         from nnunet_liver.data.io import staged_file
 
         with staged_file(self.out / "results.json", overwrite=True) as tmp:
-            tmp.write_text(json.dumps(self.manifest(), indent=1))
+            tmp.write_text(json.dumps(self.manifest(), indent=1), encoding="utf-8")
         self._cli("report", str(self.out / "results.json"), "-o", str(self.out / "report"), "--overwrite")

@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
             if os.path.isdir(args.compare):
                 other = lits.evaluate_folders(args.ref_dir, args.compare, **options)
             else:
-                with open(args.compare) as f:
+                with open(args.compare, encoding="utf-8") as f:
                     other = json.load(f)
                 if "cases" not in other:
                     raise UsageError(f"--compare: {args.compare} is not a summary.json of nnunet-liver evaluate")
@@ -208,7 +208,7 @@ def _write_all(out_dir: str, files: dict[str, str], *, overwrite: bool) -> None:
     try:
         for name, text in files.items():
             tmp = os.path.join(out_dir, f".{name}.tmp-{os.getpid()}")
-            with open(tmp, "w", newline="") as f:
+            with open(tmp, "w", encoding="utf-8", newline="") as f:
                 f.write(text)
             staged.append((tmp, os.path.join(out_dir, name)))
         for tmp, final in staged:

@@ -59,7 +59,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def tolerant_streams() -> None:
+    """Let a console that cannot show UTF-8 print "\\xb1" for "±" instead of crashing on it.
+
+    Python switches to UTF-8 by itself under the C locale, but not with ``PYTHONUTF8=0`` or a legacy
+    locale; our summaries carry "±", "Δ" and "×". Files are always written as UTF-8 (explicit encoding).
+    """
+    for stream in (sys.stdout, sys.stderr):
+        encoding = (getattr(stream, "encoding", None) or "").lower().replace("-", "").replace("_", "")
+        if encoding != "utf8" and hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
+
+
 def main(argv: list[str] | None = None) -> int:
+    tolerant_streams()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -43,12 +43,13 @@ class Pipeline:
         dt = time.monotonic() - t0
         self.timings[name] = dt
         self.marker(name).parent.mkdir(parents=True, exist_ok=True)
-        self.marker(name).write_text(json.dumps({"seconds": round(dt, 2), "signature": self.signature}))
+        self.marker(name).write_text(json.dumps({"seconds": round(dt, 2), "signature": self.signature}),
+                                     encoding="utf-8")
         self.log(f"{head}: finished in {dt:.1f} s  (elapsed {self.elapsed()})")
 
     def _done(self, name: str) -> bool:
         try:
-            return json.loads(self.marker(name).read_text()).get("signature") == self.signature
+            return json.loads(self.marker(name).read_text(encoding="utf-8")).get("signature") == self.signature
         except (OSError, ValueError):
             return False
 
@@ -67,7 +68,7 @@ class Pipeline:
         bin_dir = str(Path(sys.executable).parent)
         env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
         self.log(f"    $ {' '.join(argv)}   (log: {log_path})")
-        with open(log_path, "w") as log:
+        with open(log_path, "w", encoding="utf-8") as log:
             proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                     encoding="utf-8", errors="replace")
             assert proc.stdout is not None
@@ -77,7 +78,7 @@ class Pipeline:
                     self.log("    " + line.rstrip())
             code = proc.wait()
         if code != 0:
-            tail = "".join(log_path.read_text().splitlines(keepends=True)[-30:])
+            tail = "".join(log_path.read_text(encoding="utf-8").splitlines(keepends=True)[-30:])
             raise RuntimeError(f"{argv[0]} failed with exit code {code}; see {log_path}\n{tail}")
 
 

@@ -88,7 +88,7 @@ def list_cases(dataset: Path) -> list[SourceCase]:
     if not ds_json.is_file():
         raise ConversionError(f"{dataset}: no dataset.json (not an nnU-Net raw data set, or unfinished)")
     try:
-        info = json.loads(ds_json.read_text())
+        info = json.loads(ds_json.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as e:
         raise ConversionError(f"{ds_json}: unreadable ({e})") from None
     channels = info.get("channel_names", info.get("modality", {}))
@@ -150,7 +150,7 @@ def copy_case_files(job: CaseJob, staging: Path) -> dict:
 
 def _write_csv(path: Path, columns, rows) -> None:
     with staged_file(path, overwrite=True) as tmp:
-        with open(tmp, "w", newline="") as f:
+        with open(tmp, "w", encoding="utf-8", newline="") as f:
             w = csv.DictWriter(f, fieldnames=list(columns), lineterminator="\n", restval="")
             w.writeheader()
             w.writerows(rows)
@@ -164,7 +164,7 @@ def merge_lesion_tables(sources: list[Path], kept: dict[tuple[str, str], str]) -
         table = src / "lesions.csv"
         if not table.is_file():
             continue
-        with open(table, newline="") as f:
+        with open(table, encoding="utf-8", newline="") as f:
             reader = csv.DictReader(f)
             for c in ["source_dataset", *(reader.fieldnames or [])]:
                 if c not in columns:

@@ -64,7 +64,7 @@ def load_test_mapping(path: str | os.PathLike) -> dict[str, int]:
     if path.is_dir():
         path = path / MAPPING_FILE
     try:
-        cases = json.loads(path.read_text())["cases"]
+        cases = json.loads(path.read_text(encoding="utf-8"))["cases"]
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ConversionError(f"{path}: not a readable {MAPPING_FILE} ({e})") from None
     mapping = {}

@@ -180,7 +180,7 @@ def load_classifier(checkpoint: str | os.PathLike, crops: str | os.PathLike | No
         raise ClassifierError(f"--classifier: {e}") from None
     info_path = find_crop_info(checkpoint, crops)
     try:
-        info = json.loads(info_path.read_text())
+        info = json.loads(info_path.read_text(encoding="utf-8"))
         spec = CropSpec(**info["spec"])
     except (ValueError, KeyError, TypeError) as e:
         raise ClassifierError(f"{info_path}: not a crops.json of classify extract ({e})") from None

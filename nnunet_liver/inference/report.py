@@ -47,7 +47,7 @@ def lesion_rows(case: str, lesions: Sequence, probabilities: dict[int, float] | 
 
 def write_lesion_csv(path: str | os.PathLike, rows: list[dict]) -> None:
     """``lesions.csv``: an empty ``malignancy_prob`` cell means no classifier; ``small`` is 0/1."""
-    with open(path, "w", newline="") as f:
+    with open(path, "w", encoding="utf-8", newline="") as f:
         w = csv.DictWriter(f, fieldnames=LESION_COLUMNS, lineterminator="\n")
         w.writeheader()
         for r in rows:
@@ -56,7 +56,7 @@ def write_lesion_csv(path: str | os.PathLike, rows: list[dict]) -> None:
 
 
 def write_findings(path: str | os.PathLike, findings: dict) -> None:
-    Path(path).write_text(json.dumps(json_safe(findings), indent=2, allow_nan=False) + "\n")
+    Path(path).write_text(json.dumps(json_safe(findings), indent=2, allow_nan=False) + "\n", encoding="utf-8")
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -252,7 +252,7 @@ def load_segmentation_model(folder: str | os.PathLike, folds=None, checkpoint: s
     if device == "cuda" and not torch.cuda.is_available():
         raise ModelError("--device cuda: CUDA is not available on this machine")
 
-    plans = json.loads((folder / "plans.json").read_text())
+    plans = json.loads((folder / "plans.json").read_text(encoding="utf-8"))
     reader = plans.get("image_reader_writer", "SimpleITKIO")
     if reader not in _SITK_READERS:
         raise ModelError(f"{folder}: the plans read images with {reader}; predict supports models planned with "

@@ -48,10 +48,10 @@ def write_fake_dataset(preprocessed_root: Path, cases=None, *, dataset: str = "D
              "transpose_backward": [0, 1, 2],
              "configurations": {"3d_fullres": {"data_identifier": "nnUNetPlans_3d_fullres", "spacing": list(SPACING),
                                                "normalization_schemes": [normalization]}}}
-    (base / "nnUNetPlans.json").write_text(json.dumps(plans))
+    (base / "nnUNetPlans.json").write_text(json.dumps(plans), encoding="utf-8")
     (base / "dataset.json").write_text(json.dumps({"channel_names": {"0": "CT"}, "file_ending": ".nii.gz",
                                                    "labels": {"background": 0, "liver": 1, "tumor": 2},
-                                                   "numTraining": len(cases)}))
+                                                   "numTraining": len(cases)}), encoding="utf-8")
     rows = []
     for cid, lesions in cases.items():
         img = np.full(SHAPE, 60.0, np.float32)
@@ -74,7 +74,7 @@ def write_fake_dataset(preprocessed_root: Path, cases=None, *, dataset: str = "D
             pickle.dump(props, f)
     rows = [r for r in rows if (r["case_id"], r["lesion_id"]) not in set(drop_rows)] + list(extra_rows)
     if table is not None:
-        with open(table, "w", newline="") as f:
+        with open(table, "w", encoding="utf-8", newline="") as f:
             w = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["case_id", "lesion_id", "label"],
                                lineterminator="\n")
             w.writeheader()

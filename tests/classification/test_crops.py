@@ -100,7 +100,7 @@ def test_extract_cache_skips_fresh_and_refreshes_changed(fake):
     # the lesion sits in the middle of its crop, with its HU (0 benign, 140 malignant)
     assert mask[7:9, 7:9, 7:9].all() and not mask[0].any()
     assert image[8, 8, 8] == pytest.approx(140.0 if entries[0].label else 0.0)
-    assert json.loads((out / "crops.json").read_text())["spec"]["crop_mm"] == 24.0
+    assert json.loads((out / "crops.json").read_text(encoding="utf-8"))["spec"]["crop_mm"] == 24.0
 
     again = extract_crops(data, rows, out, spec=spec, progress=False)
     assert (again.written, again.skipped) == (0, 12)
@@ -168,7 +168,7 @@ def test_instance_maps_split_touching_lesions(tmp_path):
         sitk.WriteImage(sitk.GetImageFromArray(inst), str(inst_dir / f"{cid}.nii.gz"))
     table = tmp_path / "t.csv"
     table.write_text("case_id,lesion_id,label\ncase_00,1,benign\ncase_00,2,malignant\ncase_01,1,malignant\n"
-                     "case_01,2,benign\n")
+                     "case_01,2,benign\n", encoding="utf-8")
     data = open_preprocessed(tmp_path / "pre", 991)
     rows = read_lesion_table(table)
     with pytest.raises(LesionJoinError):  # components cannot separate the touching pair
@@ -179,7 +179,8 @@ def test_instance_maps_split_touching_lesions(tmp_path):
     a, b = (les.component for les in res.lesions[:2])
     assert a.centroid[2] < b.centroid[2] and a.n_voxels > 10 and b.n_voxels > 10
     # an instance that the table lacks is reported, by id
-    table.write_text("case_id,lesion_id,label\ncase_00,1,benign\ncase_01,1,malignant\ncase_01,2,benign\n")
+    table.write_text("case_id,lesion_id,label\ncase_00,1,benign\ncase_01,1,malignant\ncase_01,2,benign\n",
+                     encoding="utf-8")
     with pytest.raises(LesionJoinError, match="case_00 component"):
         extract_crops(data, read_lesion_table(table), tmp_path / "c3", progress=False,
                       instance_maps=raw_reader(inst_dir, ".nii.gz"))

@@ -35,14 +35,14 @@ def run(*argv) -> int:
 
 def test_phantom_pipeline(phantoms, capsys):
     table = phantoms / "nnUNet_raw/Dataset990_LiverPhantom/lesions.csv"
-    with open(table) as f:
+    with open(table, encoding="utf-8") as f:
         n_rows = sum(1 for _ in csv.DictReader(f))
     # the phantom table numbers lesions by placement, not by scipy's labelling: the join goes by centroid
     assert run("extract", "-d", 990, "--size", 32, "--num-folds", 2, "--no-progress") == 0
     out = capsys.readouterr().out
     assert f"{n_rows} lesions" in out and f"{n_rows} crops written" in out
     root = phantoms / "nnUNet_results/Dataset990_LiverPhantom/classification"
-    info = json.loads((root / "crops/crops.json").read_text())
+    info = json.loads((root / "crops/crops.json").read_text(encoding="utf-8"))
     assert info["n_lesions"] == n_rows and info["skipped"]["unmatched_rows"] == []
 
     for model in ("hybrid3d", "resnet50_2d"):
@@ -55,7 +55,7 @@ def test_phantom_pipeline(phantoms, capsys):
     assert run("evaluate", "-d", 990, "--preset", "cpu", "--n-boot", 100) == 0
     ev = root / "evaluation__cpu"
     assert {p.name for p in ev.iterdir()} == {"table2.md", "table2.json", "roc.png", "metrics.png", "attention.png"}
-    result = json.loads((ev / "table2.json").read_text())
+    result = json.loads((ev / "table2.json").read_text(encoding="utf-8"))
     assert set(result["models"]) == {"hybrid3d", "resnet50_2d"}
     assert result["models"]["hybrid3d"]["n_lesions"] == n_rows  # every lesion tested once across the folds
     assert result["comparisons"]["resnet50_2d"]["auc_ttest"]["n"] == 2
@@ -64,6 +64,6 @@ def test_phantom_pipeline(phantoms, capsys):
     pred = phantoms / "pred.csv"
     assert run("predict", "-i", root / "crops", "-chk", root / "resnet50_2d__cpu/fold_0/checkpoint_final.pt",
                "-o", pred) == 0
-    with open(pred) as f:
+    with open(pred, encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == n_rows and all(0 <= float(r["prob"]) <= 1 and int(r["n_slices"]) >= 1 for r in rows)

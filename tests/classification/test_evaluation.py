@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -15,6 +17,8 @@ from nnunet_liver.classification.evaluation import (
     table2_markdown,
 )
 from nnunet_liver.classification.training import PREDICTION_COLUMNS
+
+from tests.conftest import subprocess_env
 
 
 def fold_preds(rng, n, quality, fold, pred_from_prob=True):
@@ -82,7 +86,7 @@ def write_run(folder, folds):
         for key, y, prob, pred in zip(p.keys, p.y, p.prob, p.pred):
             case, lesion = key.split("/")
             lines.append(f"{case},{lesion},{y},{prob:.6f},{pred},1")
-        (folder / f"fold_{k}" / "predictions.csv").write_text("\n".join(lines) + "\n")
+        (folder / f"fold_{k}" / "predictions.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 def test_evaluate_classification_writes_everything(tmp_path):
@@ -94,10 +98,31 @@ def test_evaluate_classification_writes_everything(tmp_path):
     dirs["hybrid3d_noatt"] = tmp_path / "never_trained"
     out, _ = evaluate_classification(dirs, tmp_path / "crops", tmp_path / "eval", n_boot=100, attention=False)
     assert sorted(p.name for p in out.iterdir()) == ["metrics.png", "roc.png", "table2.json", "table2.md"]
-    data = json.loads((out / "table2.json").read_text(), parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
+    data = json.loads((out / "table2.json").read_text(encoding="utf-8"),
+                      parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
     assert set(data["models"]) == {"hybrid3d", "resnet50_2d", "densenet121_2d"}
     assert (out / "roc.png").read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(FileExistsError):
         evaluate_classification(dirs, tmp_path / "crops", tmp_path / "eval", n_boot=10, attention=False)
     with pytest.raises(EvaluationError, match="no finished fold"):
         collect_runs({"hybrid3d": tmp_path / "nothing"})
+
+
+def test_evaluate_command_on_an_ascii_console(tmp_path):
+    """Under ``PYTHONUTF8=0 LC_ALL=C`` stdout is ASCII: the "±" of Table 2 must not crash the command (it
+    did in CI, as "'ascii' codec can't encode character"), and the files stay UTF-8."""
+    for m, folds in synthetic_runs().items():
+        write_run(tmp_path / "cls" / f"{m}__cpu", folds)
+    env = subprocess_env({"PYTHONUTF8": "0", "LC_ALL": "C", "LANG": "C"})
+    env.pop("PYTHONIOENCODING", None)
+    check = subprocess.run([sys.executable, "-c", "import sys; print(sys.stdout.encoding)"], env=env,
+                           capture_output=True, text=True, check=True)
+    assert check.stdout.strip().lower() in ("ascii", "ansi_x3.4-1968"), check.stdout
+    r = subprocess.run([sys.executable, "-m", "nnunet_liver.cli.main", "classify", "evaluate",
+                        "-m", "hybrid3d", "resnet50_2d", "densenet121_2d", "--preset", "cpu",
+                        "--root", str(tmp_path / "cls"), "--crops", str(tmp_path / "crops"),
+                        "-o", str(tmp_path / "eval"), "--n-boot", "20", "--no-attention"],
+                       env=env, capture_output=True, timeout=300)
+    assert r.returncode == 0, r.stderr.decode("ascii", "replace")
+    assert b"\\xb1" in r.stdout  # "±" shown as its escape
+    assert "±" in (tmp_path / "eval" / "table2.md").read_text(encoding="utf-8")

@@ -20,7 +20,7 @@ from tests.classification.fakes import sphere
 
 
 def write(path, text):
-    path.write_text(text)
+    path.write_text(text, encoding="utf-8")
     return path
 
 

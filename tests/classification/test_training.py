@@ -153,7 +153,8 @@ def test_train_fold_weights_resumes_and_checkpoints(crop_dir, tmp_path, monkeypa
     for name in ("checkpoint_final.pt", "checkpoint_best.pt", "checkpoint_latest.pt", "progress.png",
                  "predictions.csv", "training_log.json"):
         assert (run / name).is_file(), name
-    log = json.loads((run / "training_log.json").read_text(), parse_constant=lambda c: pytest.fail(c))
+    log = json.loads((run / "training_log.json").read_text(encoding="utf-8"),
+                     parse_constant=lambda c: pytest.fail(c))
     assert len(log["history"]["train_loss"]) == 2 and s["epochs_run"] == 2
 
     ckpt = load_checkpoint(run / "checkpoint_final.pt", expected_model="hybrid3d")  # weights_only=True inside
@@ -161,7 +162,7 @@ def test_train_fold_weights_resumes_and_checkpoints(crop_dir, tmp_path, monkeypa
         load_checkpoint(run / "checkpoint_final.pt", expected_model="resnet50_2d")
     model, config = model_from_checkpoint(ckpt)
     test = load_crop_data(crop_dir, config.input_size).subset(ckpt["keys"]["test"])
-    with open(run / "predictions.csv") as f:
+    with open(run / "predictions.csv", encoding="utf-8") as f:
         saved = [float(r["prob"]) for r in csv.DictReader(f)]
     np.testing.assert_allclose(predict_lesions(model, "hybrid3d", test, config)["prob"], saved, atol=1e-5)
 
@@ -176,7 +177,7 @@ def test_train_fold_weights_resumes_and_checkpoints(crop_dir, tmp_path, monkeypa
     s3 = train_fold(crop_dir=crop_dir, out_dir=run, model_name="hybrid3d", fold=0, config=TINY.replace(epochs=3),
                     progress=False, resume=True)
     assert s3["epochs_run"] == 3
-    hist = json.loads((run / "training_log.json").read_text())["history"]
+    hist = json.loads((run / "training_log.json").read_text(encoding="utf-8"))["history"]
     assert hist["train_loss"][:2] == log["history"]["train_loss"]  # resumed, not restarted
 
 
@@ -194,12 +195,12 @@ def test_train_fold_2d_weights_slices(crop_dir, tmp_path, monkeypatch):
     assert s["epochs_run"] == 1
     # pos_weight of the 2D baselines is the slice class balance of the training fold
     data = load_crop_data(crop_dir, TINY.input_size)
-    train = data.subset(json.loads((crop_dir / "splits.json").read_text())["folds"][1]["train"])
+    train = data.subset(json.loads((crop_dir / "splits.json").read_text(encoding="utf-8"))["folds"][1]["train"])
     _, _, owner = training._slices(train)
     y = train.labels[owner]
     assert float(seen[0][0]) == pytest.approx(float((y == 0).sum() / (y == 1).sum()))
     assert int(sum(t.numel() for _, t in seen)) >= y.numel() - 1  # every slice once (a lone last one skipped)
-    with open(tmp_path / "r" / "predictions.csv") as f:
+    with open(tmp_path / "r" / "predictions.csv", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     assert rows and all(int(r["n_slices"]) >= 1 for r in rows)
 
@@ -225,7 +226,7 @@ def test_time_budget_stop_resumes_at_the_next_untrained_epoch(crop_dir, tmp_path
     s2 = train_fold(crop_dir=crop_dir, out_dir=run, model_name="hybrid3d", fold=0, config=TINY.replace(epochs=3),
                     progress=False, resume=True)
     assert s2["epochs_run"] == 3  # epochs 1 and 2 trained, none skipped
-    hist = json.loads((run / "training_log.json").read_text())["history"]
+    hist = json.loads((run / "training_log.json").read_text(encoding="utf-8"))["history"]
     assert len(hist["train_loss"]) == len(hist["val_auc"]) == 3 and 0 <= s2["best_epoch"] < 3
 
 

@@ -20,14 +20,14 @@ def test_bench_runs_a_script_and_collects_its_ratios(tmp_path):
     out = tmp_path / "bench"
     r = run_bench("--only", "evaluation", "--quick", "-o", str(out))
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-    results = json.loads((out / "results.json").read_text())
+    results = json.loads((out / "results.json").read_text(encoding="utf-8"))
     assert results["machine"]["cores"] >= 1 and results["machine"]["torch"]
     entry = results["benchmarks"]["evaluation"]
-    script_result = json.loads((out / "evaluation" / "results.json").read_text())
+    script_result = json.loads((out / "evaluation" / "results.json").read_text(encoding="utf-8"))
     assert entry["result"] == script_result
     (row,) = entry["ratios"]
     assert row["ratio"] == script_result["ratio"] and row["value"] == script_result["full_seconds"]
-    summary = (out / "summary.md").read_text()
+    summary = (out / "summary.md").read_text(encoding="utf-8")
     assert f"{script_result['ratio']:.3g}x" in summary and "Machine:" in summary
 
     again = run_bench("--only", "evaluation", "--quick", "-o", str(out))
@@ -38,15 +38,15 @@ def test_a_failing_benchmark_is_reported_and_sets_the_exit_code(tmp_path, monkey
     """A script that fails leaves an error entry and a non-zero exit, the others still run."""
     scripts = tmp_path / "scripts"
     scripts.mkdir()
-    (scripts / "bench_evaluate.py").write_text("import sys; print('boom'); sys.exit(3)\n")
+    (scripts / "bench_evaluate.py").write_text("import sys; print('boom'); sys.exit(3)\n", encoding="utf-8")
     monkeypatch.setattr(bench, "scripts_dir", lambda: scripts)
     import argparse
 
     ns = argparse.Namespace(out=str(tmp_path / "b"), only=["evaluation"], quick=True, device="cpu", overwrite=False)
     assert bench.run(ns) == 1
-    results = json.loads((tmp_path / "b" / "results.json").read_text())
+    results = json.loads((tmp_path / "b" / "results.json").read_text(encoding="utf-8"))
     assert results["benchmarks"]["evaluation"]["error"] == "exit code 3"
-    assert "**Failed**" in (tmp_path / "b" / "summary.md").read_text()
+    assert "**Failed**" in (tmp_path / "b" / "summary.md").read_text(encoding="utf-8")
 
 
 def test_missing_scripts_are_a_usage_error(tmp_path, monkeypatch):
@@ -65,7 +65,7 @@ def test_missing_scripts_are_a_usage_error(tmp_path, monkeypatch):
 def test_ratio_rows_of_real_results(name, path):
     """The extractors read real result files (kept from full runs of the scripts on 2026-11-26): every ratio
     row equals the figure it came from. tests/classification/test_bench_script.py checks a fresh output."""
-    result = json.loads((Path(__file__).parent / path).read_text())
+    result = json.loads((Path(__file__).parent / path).read_text(encoding="utf-8"))
     rows = bench.RATIOS[name](result)
     assert rows
     if name == "segmentation":
@@ -103,15 +103,15 @@ def test_nan_figures_become_null_and_only_keeps_the_other_entries(tmp_path, monk
         "import json, sys, pathlib\nout = pathlib.Path(sys.argv[sys.argv.index('--out') + 1])\n"
         "out.mkdir(parents=True, exist_ok=True)\n"
         "(out / 'results.json').write_text(json.dumps({'shape': [1, 2, 3], 'full_seconds': 2.0, "
-        "'dice_seconds': 0.0, 'ratio': float('nan')}))\n")
+        "'dice_seconds': 0.0, 'ratio': float('nan')}))\n", encoding="utf-8")
     monkeypatch.setattr(bench, "scripts_dir", lambda: scripts)
     out = tmp_path / "b"
     out.mkdir()
     (out / "results.json").write_text(json.dumps({"benchmarks": {"segmentation": {"command": "x", "seconds": 1.0,
-                                                                                  "ratios": []}}}))
+                                                                                  "ratios": []}}}), encoding="utf-8")
     ns = argparse.Namespace(out=str(out), only=["evaluation"], quick=True, device="cpu", overwrite=True)
     assert bench.run(ns) == 0
-    text = (out / "results.json").read_text()
+    text = (out / "results.json").read_text(encoding="utf-8")
     results = json.loads(text)  # strict JSON: no NaN token
     assert "NaN" not in text and results["benchmarks"]["evaluation"]["ratios"][0]["ratio"] is None
     assert set(results["benchmarks"]) == {"segmentation", "evaluation"}

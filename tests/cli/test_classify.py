@@ -48,7 +48,7 @@ def test_extract_train_predict(env, capsys):
     assert (run_dir / "checkpoint_final.pt").is_file() and (run_dir / "progress.png").is_file()
     out_csv = env / "pred.csv"
     assert run("predict", "-i", crops, "-chk", run_dir / "checkpoint_final.pt", "-m", "hybrid3d", "-o", out_csv) == 0
-    assert len(out_csv.read_text().splitlines()) == 13
+    assert len(out_csv.read_text(encoding="utf-8").splitlines()) == 13
     capsys.readouterr()
 
     # a checkpoint of another model: predict and --continue refuse it

@@ -77,10 +77,10 @@ def test_lits_two_batches(tmp_path, capsys):
         assert np.array_equal(sitk.GetArrayFromImage(img), lits_volume(n))
         assert np.array_equal(sitk.GetArrayFromImage(lbl), lits_label(n))
     assert np.array_equal(array(ds / "imagesTs/lits_test_000_0000.nii.gz"), lits_volume(100))
-    info = json.loads((ds / "dataset.json").read_text())
+    info = json.loads((ds / "dataset.json").read_text(encoding="utf-8"))
     assert info["numTraining"] == 4 and info["file_ending"] == ".nii.gz"
     assert info["labels"] == {"background": 0, "liver": 1, "tumor": 2} and info["channel_names"] == {"0": "CT"}
-    mapping = json.loads((ds / "case_mapping.json").read_text())["cases"]
+    mapping = json.loads((ds / "case_mapping.json").read_text(encoding="utf-8"))["cases"]
     assert mapping["lits_002"]["source"]["label"] == os.path.join("Training Batch 2", "segmentation-2.nii")
     assert mapping["lits_test_000"]["lits_name"] == "test-volume-0"
     assert tree_hashes(src) == before
@@ -129,7 +129,8 @@ def test_lits_interrupted_run_resumes(tmp_path, capsys, monkeypatch):
     ds = raw / "Dataset501_LiTS"
     assert not (ds / "dataset.json").exists()  # does not look complete
     assert leftovers(raw) == []
-    assert sorted(json.loads((ds / "case_mapping.json").read_text())["cases"]) == ["lits_000", "lits_001"]
+    mapping = json.loads((ds / "case_mapping.json").read_text(encoding="utf-8"))
+    assert sorted(mapping["cases"]) == ["lits_000", "lits_001"]
     monkeypatch.setattr(lits_converter, "write_case", real)
     capsys.readouterr()
     code, out, _ = run_cli(["convert", "lits", src, "-o", raw, *LITS], capsys)
@@ -203,14 +204,14 @@ def test_lits_bad_input(tmp_path, capsys, damage):
     ds = raw / "Dataset501_LiTS"
     assert not (ds / "dataset.json").exists() and leftovers(tmp_path) == []
     if ds.exists():  # only cases that were complete before the bad one, each whole
-        cases = json.loads((ds / "case_mapping.json").read_text())["cases"]
+        cases = json.loads((ds / "case_mapping.json").read_text(encoding="utf-8"))["cases"]
         assert all((ds / f).is_file() for c in cases.values() for f in c["files"])
         assert len(list(ds.rglob("*.nii.gz"))) == sum(len(c["files"]) for c in cases.values())
 
 
 def test_lits_unknown_layout_and_bad_options(tmp_path, capsys):
     (tmp_path / "src").mkdir()
-    (tmp_path / "src" / "notes.txt").write_text("x")
+    (tmp_path / "src" / "notes.txt").write_text("x", encoding="utf-8")
     (tmp_path / "src" / "Training_Batch1.zip").write_bytes(b"")
     code, _, err = run_cli(["convert", "lits", tmp_path / "src", "-o", tmp_path / "raw", *LITS], capsys)
     assert code == 2 and "no LiTS files" in err and "unpack Training_Batch1.zip" in err
@@ -266,7 +267,7 @@ def _check_ircadb_case(ds: Path, cid: str, patient_dicom: Path | None, cysts_as_
 
 def _lesion_table(ds: Path) -> dict[str, list[dict]]:
     by_case: dict[str, list[dict]] = {}
-    for row in csv.DictReader(open(ds / "lesions.csv")):
+    for row in csv.DictReader(open(ds / "lesions.csv", encoding="utf-8")):
         by_case.setdefault(row["case_id"], []).append(row)
     return by_case
 
@@ -282,7 +283,7 @@ def test_ircadb_folders_and_zips(tmp_path, capsys):
     ds = raw / "Dataset502_3DIRCADb"
     _check_ircadb_case(ds, "ircadb_001", src / "3Dircadb1.1" / "PATIENT_DICOM", cysts_as_tumour=False)
     _check_ircadb_case(ds, "ircadb_002", None, cysts_as_tumour=False)
-    assert json.loads((ds / "dataset.json").read_text())["numTraining"] == 2
+    assert json.loads((ds / "dataset.json").read_text(encoding="utf-8"))["numTraining"] == 2
 
     table = _lesion_table(ds)
     for cid in ("ircadb_001", "ircadb_002"):

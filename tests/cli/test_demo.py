@@ -84,12 +84,12 @@ def test_report_has_every_table_and_figure_with_the_numbers_of_the_results_files
     for png in re.findall(r"\]\((figures/[^)]+\.png)\)", md):
         assert (report / png).read_bytes()[:4] == b"\x89PNG"
 
-    data = json.loads((report / "report_data.json").read_text())
+    data = json.loads((report / "report_data.json").read_text(encoding="utf-8"))
     # Table 1: mean over cases of each model's summary.json
     rows = {r["label"]: r for r in data["table1"]["rows"]}
     assert set(rows) == {m.label for m in SEG_MODELS}
     for m in SEG_MODELS:
-        summary = json.loads((out / "evaluation" / m.key / "summary.json").read_text())
+        summary = json.loads((out / "evaluation" / m.key / "summary.json").read_text(encoding="utf-8"))
         for structure in ("liver", "tumour"):
             for metric in ("dice", "iou", "sensitivity", "specificity"):
                 values = [c[structure][metric] for c in summary["cases"].values()]
@@ -100,14 +100,14 @@ def test_report_has_every_table_and_figure_with_the_numbers_of_the_results_files
         liver = rows[m.label]["metrics"]["liver"]["dice"]["mean"]
         assert f"{liver:.3f}" in html
     # cost table: the demo's cost.json
-    cost = json.loads((out / "evaluation" / "cost.json").read_text())
+    cost = json.loads((out / "evaluation" / "cost.json").read_text(encoding="utf-8"))
     cost_rows = {r["label"]: r for r in data["cost"]["rows"]}
     for m in SEG_MODELS:
         for key in ("params", "flops_per_voxel", "seconds_per_case", "train_seconds", "iterations"):
             assert _close(cost_rows[m.label][key], cost[m.key][key]), (m.label, key)
     assert f"{cost['DualStreamTrainer_CPU__3d_fullres']['params']:,}" in html
     # Table 2: classify evaluate's table2.json
-    table2 = json.loads((out / "classification" / "evaluation" / "table2.json").read_text())
+    table2 = json.loads((out / "classification" / "evaluation" / "table2.json").read_text(encoding="utf-8"))
     t2 = {r["model"]: r for r in data["table2"]["rows"]}
     assert set(t2) == set(CLASSIFIERS) == set(table2["models"])
     for model, row in t2.items():

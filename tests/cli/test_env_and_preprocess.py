@@ -32,10 +32,10 @@ def test_plan_and_preprocess_errors(nnunet_dirs, capsys):
     # plans of the same name from stock nnU-Net are not replaced silently
     raw = Path(nnunet_dirs["nnUNet_raw"]) / "Dataset977_X"
     raw.mkdir()
-    (raw / "dataset.json").write_text("{}")
+    (raw / "dataset.json").write_text("{}", encoding="utf-8")
     pre = Path(nnunet_dirs["nnUNet_preprocessed"]) / "Dataset977_X"
     pre.mkdir()
-    (pre / "nnUNetPlans.json").write_text(json.dumps({"configurations": {}}))
+    (pre / "nnUNetPlans.json").write_text(json.dumps({"configurations": {}}), encoding="utf-8")
     assert main(["plan_and_preprocess", "-d", "977"]) == 2
     err = capsys.readouterr().err
     assert "was not made by nnunet-liver" in err and "--overwrite" in err and len(err.strip().splitlines()) == 1

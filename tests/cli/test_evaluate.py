@@ -56,7 +56,7 @@ def read_json_strict(path):
     def no_nan(token):
         raise AssertionError(f"{path} holds {token}, not valid JSON")
 
-    with open(path) as f:
+    with open(path, encoding="utf-8") as f:
         return json.load(f, parse_constant=no_nan)
 
 
@@ -74,11 +74,11 @@ def test_writes_the_three_outputs(run_cli, folders, tmp_path, capsys):
     assert summary["cases"]["case_2"]["tumour"]["dice"] == 1.0  # empty / empty
     assert agg["lesion_detection"]["iou>0"] == {"tp": 2, "fp": 0, "fn": 0, "precision": 1.0, "recall": 1.0,
                                                 "f1": 1.0}
-    with open(out / "per_case.csv") as f:
+    with open(out / "per_case.csv", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     assert [r["case"] for r in rows] == ["case_0", "case_1", "case_2"]
     assert float(rows[1]["liver_dice"]) == pytest.approx(summary["cases"]["case_1"]["liver"]["dice"])
-    md = (out / "summary.md").read_text()
+    md = (out / "summary.md").read_text(encoding="utf-8")
     assert "| liver |" in md and "| tumour |" in md and "| case_1 |" in md
     assert "wrote summary.json" in capsys.readouterr().out
 
@@ -171,7 +171,7 @@ def test_compare_with_a_folder_and_with_a_summary(run_cli, folders, tmp_path):
     assert td["n"] == 3 and td["mean_a"] == pytest.approx(2.75 / 3) and td["mean_b"] == pytest.approx(1 / 3)
     assert td["mean_difference"] == pytest.approx(1.75 / 3)
     assert comparison["metrics"]["tumour_hd95"]["n_dropped_nan"] == 2
-    assert "| tumour_dice |" in (tmp_path / "c1" / "comparison.md").read_text()
+    assert "| tumour_dice |" in (tmp_path / "c1" / "comparison.md").read_text(encoding="utf-8")
     # The other side as an earlier run's summary.json gives the same comparison.
     assert run_cli(ref, other, "-o", tmp_path / "other_eval") == 0
     assert run_cli(ref, pred, "-o", tmp_path / "c2", "--compare", tmp_path / "other_eval" / "summary.json") == 0

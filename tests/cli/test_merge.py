@@ -35,7 +35,7 @@ def two_datasets(tmp_path: Path, capsys) -> Path:
     assert run_cli(["convert", "lits", b, "-o", raw, "-d", 602, "--name", "B", *ARGS], capsys)[0] == 0
     for name, rows in (("Dataset601_A", [("lits_000", 1), ("lits_001", 1), ("lits_001", 2)]),
                        ("Dataset602_B", [("lits_000", 1), ("lits_005", 1)])):
-        with open(raw / name / "lesions.csv", "w", newline="") as f:
+        with open(raw / name / "lesions.csv", "w", encoding="utf-8", newline="") as f:
             w = csv.writer(f)
             w.writerow(["case_id", "lesion_id", "label"] + (["extra"] if name.endswith("B") else []))
             w.writerows([[c, i, "malignant"] + (["x"] if name.endswith("B") else []) for c, i in rows])
@@ -58,15 +58,15 @@ def test_merge_drops_exact_duplicates(tmp_path, capsys):
     # files are copied byte for byte
     assert (ds / "labelsTr/B_lits_005.nii.gz").read_bytes() == \
         (raw / "Dataset602_B/labelsTr/lits_005.nii.gz").read_bytes()
-    info = json.loads((ds / "dataset.json").read_text())
+    info = json.loads((ds / "dataset.json").read_text(encoding="utf-8"))
     assert info["numTraining"] == 5 and info["labels"] == {"background": 0, "liver": 1, "tumor": 2}
-    dups = list(csv.DictReader(open(ds / "duplicates.csv")))
+    dups = list(csv.DictReader(open(ds / "duplicates.csv", encoding="utf-8")))
     assert dups == [{"case_id": "B_lits_000", "source_dataset": "Dataset602_B", "source_case": "lits_000",
                      "duplicate_of": "A_lits_001", "same_label": "False"}]
-    mapping = json.loads((ds / "case_mapping.json").read_text())
+    mapping = json.loads((ds / "case_mapping.json").read_text(encoding="utf-8"))
     assert mapping["cases"]["A_lits_test_000"]["lits_name"] == "test-volume-0"  # submit can map back
     assert mapping["duplicates"] == dups
-    lesions = list(csv.DictReader(open(ds / "lesions.csv")))
+    lesions = list(csv.DictReader(open(ds / "lesions.csv", encoding="utf-8")))
     assert [(r["case_id"], r["lesion_id"], r["source_dataset"], r["extra"]) for r in lesions] == [
         ("A_lits_000", "1", "Dataset601_A", ""), ("A_lits_001", "1", "Dataset601_A", ""),
         ("A_lits_001", "2", "Dataset601_A", ""), ("B_lits_005", "1", "Dataset602_B", "x")]
@@ -114,5 +114,5 @@ def test_converted_and_merged_datasets_pass_nnunet_verification(tmp_path, capsys
     code, out, err = run_cli(["merge", "501", "502", "-d", 510, "-o", raw, *ARGS], capsys)
     assert code == 0 and "6 case(s) (6 copied" in out and "0 duplicate(s)" in out, err
     verify_dataset_integrity(str(raw / "Dataset510_LiTS_3DIRCADb"), num_processes=1)  # raises on a problem
-    lesions = list(csv.DictReader(open(raw / "Dataset510_LiTS_3DIRCADb" / "lesions.csv")))
+    lesions = list(csv.DictReader(open(raw / "Dataset510_LiTS_3DIRCADb" / "lesions.csv", encoding="utf-8")))
     assert {r["case_id"] for r in lesions} == {"3DIRCADb_ircadb_001"} and len(lesions) == 5

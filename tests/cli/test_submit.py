@@ -60,7 +60,7 @@ def test_submission_from_converted_case_ids(tmp_path, capsys):
     for n in range(3):
         fake_prediction(ds / f"imagesTs/lits_test_{n:03d}_0000.nii.gz", preds / f"lits_test_{n:03d}.nii.gz",
                         lits_label(n))
-    (preds / "plans.json").write_text("{}")  # nnU-Net writes these beside the predictions
+    (preds / "plans.json").write_text("{}", encoding="utf-8")  # nnU-Net writes these beside the predictions
     before = tree_hashes(src)
     out = tmp_path / "submission.zip"
     code, stdout, err = run_cli(["submit", preds, "--test-images", src, "-o", out, "--mapping", ds, *ARGS], capsys)

@@ -31,7 +31,7 @@ def test_writes_a_complete_dataset_deterministically(tmp_path, capsys):
     assert {"dataset.json", "lesions.csv", "cases.csv", "imagesTr/liver_000_0000.nii.gz",
             "labelsTr/liver_001.nii.gz", "imagesTs/liver_002_0000.nii.gz", "labelsTs/liver_002.nii.gz",
             "imagesTs_shifted/liver_002_0000.nii.gz"} <= set(ha)
-    ds = json.loads((a / "dataset.json").read_text())
+    ds = json.loads((a / "dataset.json").read_text(encoding="utf-8"))
     assert ds["labels"] == {"background": 0, "liver": 1, "tumor": 2}
     assert ds["channel_names"] == {"0": "CT"} and ds["numTraining"] == 2
 
@@ -47,7 +47,7 @@ def test_lesion_table_matches_label_components(tmp_path):
     assert main(["synth", "-o", str(tmp_path), *ARGS[:2], "--num-train", "6", "--num-test", "0", "-np", "1",
                  "--no-progress"]) == 0
     folder = tmp_path / "Dataset990_LiverPhantom"
-    rows = list(csv.DictReader(open(folder / "lesions.csv")))
+    rows = list(csv.DictReader(open(folder / "lesions.csv", encoding="utf-8")))
     by_case: dict[str, list[dict]] = {}
     for r in rows:
         by_case.setdefault(r["case_id"], []).append(r)
@@ -102,7 +102,7 @@ def test_existing_dataset_id_with_another_name_is_refused(tmp_path, capsys):
 
 def test_unwritable_output_is_refused(tmp_path, capsys):
     blocker = tmp_path / "a_file"
-    blocker.write_text("not a folder")
+    blocker.write_text("not a folder", encoding="utf-8")
     code, err = run_cli(["synth", "-o", str(blocker / "raw"), *ARGS], capsys)
     assert code == 2 and "not writable" in err and str(blocker) in err
 

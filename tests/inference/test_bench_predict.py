@@ -26,7 +26,7 @@ def test_bench_predict_with_given_models(predict_models, tmp_path, monkeypatch):
     report = bench.main(["--out", str(out), "--model-folder", str(predict_models["model"]), "--classifier",
                          str(predict_models["classifier"]), "--case", str(case), "--repeats", "1",
                          "--reference-seg", str(reference)])
-    saved = json.loads((out / "bench_predict.json").read_text())
+    saved = json.loads((out / "bench_predict.json").read_text(encoding="utf-8"))
     assert saved["ratio_median"] == pytest.approx(report["ratio_median"])
     ours, stock = saved["nnunet_liver_predict"], saved["nnunet_stock_predict"]
     assert ours["median_s"] > 0 and stock["median_s"] > 0 and len(ours["runs_s"]) == 1
@@ -36,7 +36,7 @@ def test_bench_predict_with_given_models(predict_models, tmp_path, monkeypatch):
     assert saved["findings"]["timings_s"]["classify"] >= 0
     assert (out / "pred_ours" / "findings.json").is_file() and (out / "pred_stock" / "case.nii.gz").is_file()
     assert any("differ between the stock segmentation and ours" in n for n in saved["notes"])
-    assert "**Ratio (medians):" in (out / "bench_predict.md").read_text()
+    assert "**Ratio (medians):" in (out / "bench_predict.md").read_text(encoding="utf-8")
     # the reference label map's lesions went through classification and the report
     import SimpleITK as sitk
     from scipy import ndimage

@@ -59,7 +59,7 @@ def test_ground_truth_lesions_get_the_training_crops(predict_models, tmp_path, m
         out.CopyInformation(lbl)
         sitk.WriteImage(out, str(inst_dir / lbl_path.name))
         rows += [{"case_id": lbl_path.name[:-7], "lesion_id": i, "label": i % 2} for i in range(1, n + 1)]
-    with open(table, "w", newline="") as f:
+    with open(table, "w", encoding="utf-8", newline="") as f:
         w = csv.DictWriter(f, fieldnames=["case_id", "lesion_id", "label"])
         w.writeheader()
         w.writerows(rows)

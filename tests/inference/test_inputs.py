@@ -108,7 +108,7 @@ def test_skewed_direction_and_unreadable_files(tmp_path):
     with pytest.raises(InputError, match="cannot read") as e:
         read_case(file_case(tmp_path / "broken.nii.gz"))
     assert "broken.nii.gz" in str(e.value) and "Exception thrown" not in str(e.value)
-    (tmp_path / "notes.txt").write_text("x")
+    (tmp_path / "notes.txt").write_text("x", encoding="utf-8")
     with pytest.raises(InputError, match="unsupported file type"):
         discover_cases(tmp_path / "notes.txt")
     with pytest.raises(InputError, match="no such file"):
@@ -119,7 +119,7 @@ def test_folder_of_cases(tmp_path):
     sitk.WriteImage(ct_image(), str(tmp_path / "a_0000.nii.gz"))
     sitk.WriteImage(ct_image(), str(tmp_path / "b.mha"))
     write_dicom_series(ct_image(), tmp_path / "c")
-    (tmp_path / "README.txt").write_text("x")
+    (tmp_path / "README.txt").write_text("x", encoding="utf-8")
     (tmp_path / ".hidden").mkdir()
     cases, batch, notes = discover_cases(tmp_path)
     assert batch and [(c.name, c.kind) for c in cases] == [("a", "file"), ("b", "file"), ("c", "dicom")]

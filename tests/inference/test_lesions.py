@@ -93,7 +93,7 @@ def test_phantom_ground_truth_matches_the_generator_table(tiny_phantoms):
     from pathlib import Path
 
     raw = Path(tiny_phantoms["nnUNet_raw"]) / "Dataset990_LiverPhantom"
-    with open(raw / "lesions.csv") as f:
+    with open(raw / "lesions.csv", encoding="utf-8") as f:
         table = list(csv.DictReader(f))
     compared = 0
     for case_id in sorted({r["case_id"] for r in table}):

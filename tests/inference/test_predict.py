@@ -39,7 +39,7 @@ def same_geometry(a: sitk.Image, b: sitk.Image) -> bool:
 
 
 def read_rows(path: Path) -> list[dict]:
-    with open(path) as f:
+    with open(path, encoding="utf-8") as f:
         return list(csv.DictReader(f))
 
 
@@ -55,7 +55,7 @@ def test_nifti_and_dicom_input_give_the_same_lesions(env, tmp_path, capsys):
     # the classifier's input is the same preprocessed array for both (tested below): not run twice
     assert predict(env, "-i", dicom, "-o", b, "--no-figures") == 0
 
-    findings = json.loads((a / "findings.json").read_text())
+    findings = json.loads((a / "findings.json").read_text(encoding="utf-8"))
     n = findings["n_lesions"]
     # a smoke model's output is arbitrary, but its lesions are the tumour components of what it wrote
     from scipy import ndimage
@@ -85,7 +85,7 @@ def test_nifti_and_dicom_input_give_the_same_lesions(env, tmp_path, capsys):
     assert findings["postprocessing"]["method"] == "largest liver component"
     assert set(findings["timings_s"]) >= {"read", "preprocess", "network", "postprocess", "lesions", "classify",
                                           "write", "total"}
-    dicom_findings = json.loads((b / "findings.json").read_text())
+    dicom_findings = json.loads((b / "findings.json").read_text(encoding="utf-8"))
     assert dicom_findings["input"]["format"] == "DICOM" and dicom_findings["input"]["n_files"] == image.GetDepth()
     seg = sitk.GetArrayFromImage(seg_a)
     assert findings["tumour_volume_ml"] == pytest.approx((seg == 2).sum() * np.prod(image.GetSpacing()) / 1000,
@@ -103,7 +103,7 @@ def test_real_ct_geometry_round_trip(env, real_dir, tmp_path):
     assert predict(env, "-i", tmp_path / "crlm_rot.nii.gz", "-o", out, "--no-figures") == 0
     seg = sitk.ReadImage(str(out / "segmentation.nii.gz"))
     assert same_geometry(seg, rotated)
-    findings = json.loads((out / "findings.json").read_text())
+    findings = json.loads((out / "findings.json").read_text(encoding="utf-8"))
     assert findings["input"]["direction"] == list(rotated.GetDirection())
     assert findings["models"]["classifier"] is None and "no --classifier" in findings["classification"]
     for row in read_rows(out / "lesions.csv"):
@@ -134,10 +134,10 @@ def test_batch_with_a_broken_case(env, tmp_path, capsys):
     for name in ("liver_005", "liver_006"):
         assert {p.name for p in (out / name).iterdir()} == {"segmentation.nii.gz", "lesions.csv", "findings.json"}
     # a rerun without --overwrite fails for the finished cases and changes nothing
-    before = (out / "liver_005" / "findings.json").read_text()
+    before = (out / "liver_005" / "findings.json").read_text(encoding="utf-8")
     assert predict(env, "-i", cases, "-o", out, "--no-figures") == 1
     assert "exists (use --overwrite" in capsys.readouterr().err
-    assert (out / "liver_005" / "findings.json").read_text() == before
+    assert (out / "liver_005" / "findings.json").read_text(encoding="utf-8") == before
 
 
 def test_errors_exit_2_and_write_nothing(env, tmp_path, capsys):
@@ -164,9 +164,9 @@ def test_errors_exit_2_and_write_nothing(env, tmp_path, capsys):
     uids = [write_dicom_series(image, mixed, prefix=p, description=p) for p in ("a", "b")]
     fails("-i", mixed, "-o", out, expect="--series UID")
     assert predict(env, "-i", mixed, "-o", out, "--series", uids[1], "--no-figures") == 0
-    assert json.loads((out / "findings.json").read_text())["input"]["series_uid"] == uids[1]
+    assert json.loads((out / "findings.json").read_text(encoding="utf-8"))["input"]["series_uid"] == uids[1]
     capsys.readouterr()
-    before = (out / "findings.json").read_text()
+    before = (out / "findings.json").read_text(encoding="utf-8")
     assert cli_main.main(["predict", "-m", str(env["model"]), "-i", str(nii), "-o", str(out)]) == 2
     assert "exists (use --overwrite" in capsys.readouterr().err
-    assert (out / "findings.json").read_text() == before
+    assert (out / "findings.json").read_text(encoding="utf-8") == before

@@ -80,11 +80,11 @@ def test_files(tmp_path):
     probs = {1: 0.25, 2: 0.9}
     rows = lesion_rows("case", lesions, probs)
     write_lesion_csv(tmp_path / "lesions.csv", rows)
-    with open(tmp_path / "lesions.csv") as f:
+    with open(tmp_path / "lesions.csv", encoding="utf-8") as f:
         back = list(csv.DictReader(f))
     assert [float(r["malignancy_prob"]) for r in back] == [0.25, 0.9] and back[1]["small"] == "1"
     write_lesion_csv(tmp_path / "none.csv", lesion_rows("case", lesions, None))
-    with open(tmp_path / "none.csv") as f:
+    with open(tmp_path / "none.csv", encoding="utf-8") as f:
         assert [r["malignancy_prob"] for r in csv.DictReader(f)] == ["", ""]
     common = dict(case="case", image=image, seg=seg, labelled=labelled, direction=IDENTITY,
                   spacing_zyx=(3.0, 0.8, 0.8), tumour_label=2)

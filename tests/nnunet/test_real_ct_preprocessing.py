@@ -50,7 +50,7 @@ def test_preprocessing_keeps_hu_and_geometry(real_dataset, real_dir, nnunet_dirs
     plans_path = plan_and_preprocess(980, configurations=("3d_fullres",), num_processes=1, verify=True)
     import json
 
-    plans = json.loads(plans_path.read_text())
+    plans = json.loads(plans_path.read_text(encoding="utf-8"))
     assert plans["configurations"]["3d_fullres"]["normalization_schemes"] == ["NoNormalization"]
     assert plans["nnunet_liver"]["intensities"] == "HU"
 

@@ -40,19 +40,19 @@ def model_dir(env, trainer, config="3d_fullres") -> Path:
 def test_dual_stream_plans_and_regions_are_saved_for_the_predictor(trained):
     env, logs = trained
     out = model_dir(env, "DualStreamTrainer_CPU")
-    plans = json.loads((out / "plans.json").read_text())
+    plans = json.loads((out / "plans.json").read_text(encoding="utf-8"))
     cfg = plans["configurations"]["3d_fullres"]
     arch = cfg["architecture"]
     assert arch["network_class_name"] == "nnunet_liver.architectures.dual_stream.DualStreamAttentionNet"
     assert all(s[0] == 1 for s in arch["arch_kwargs"]["strides"])
     assert arch["arch_kwargs"]["window"]["level_range"] == [12.0, 130.0]
     assert cfg["patch_size"][0] == 8
-    ds = json.loads((out / "dataset.json").read_text())
+    ds = json.loads((out / "dataset.json").read_text(encoding="utf-8"))
     assert ds["labels"]["liver"] == [1, 2] and ds["regions_class_order"] == [1, 2]
     ckpt = torch.load(out / "fold_0" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
     assert ckpt["inference_allowed_mirroring_axes"] is None  # CPU variants: no test-time mirroring
     assert list((out / "fold_0" / "validation").glob("*.npz"))  # --npz kept the probabilities
-    summary = json.loads((out / "fold_0" / "validation" / "summary.json").read_text())
+    summary = json.loads((out / "fold_0" / "validation" / "summary.json").read_text(encoding="utf-8"))
     assert "mean" in summary and summary["foreground_mean"]["Dice"] >= 0
 
 
@@ -78,14 +78,14 @@ def test_predict_and_evaluate_dual_stream(trained, tmp_path, start_method):
                       str(model / "dataset.json"), "-pfile", str(model / "plans.json"), "-np", "1"],
                      env, start_method, tmp_path)
         assert_ok(proc)
-        assert json.loads((pred / "summary.json").read_text())["foreground_mean"]["Dice"] >= 0
+        assert json.loads((pred / "summary.json").read_text(encoding="utf-8"))["foreground_mean"]["Dice"] >= 0
         (pred / "summary.json").unlink()
 
     from nnunet_liver.cli.main import main
 
     assert main(["evaluate", str(raw / "labelsTs"), str(pred), "-o", str(tmp_path / "eval"), "-np", "1",
                  "--no-progress"]) == 0
-    summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
+    summary = json.loads((tmp_path / "eval" / "summary.json").read_text(encoding="utf-8"))
     assert summary  # the LiTS metric set ran on the stock predictions
 
 
@@ -110,7 +110,7 @@ def test_find_best_configuration(trained):
     assert_ok(proc)
     inference = Path(env["nnUNet_results"]) / "Dataset990_LiverPhantom" / "inference_information.json"
     assert inference.is_file()
-    assert "DualStreamTrainer_CPU" in inference.read_text()
+    assert "DualStreamTrainer_CPU" in inference.read_text(encoding="utf-8")
 
 
 @pytest.mark.slow
@@ -119,7 +119,7 @@ def test_2d_unet_baseline(tiny_phantoms, tmp_path):
     env["nnUNet_results"] = str(tmp_path)
     assert_ok(stock(["nnUNetv2_train", "990", "2d", "0", "-tr", "LiverUNetTrainer_CPU", "-device", "cpu"],
                     env, "fork", tmp_path))
-    plans = json.loads((model_dir(env, "LiverUNetTrainer_CPU", "2d") / "plans.json").read_text())
+    plans = json.loads((model_dir(env, "LiverUNetTrainer_CPU", "2d") / "plans.json").read_text(encoding="utf-8"))
     arch = plans["configurations"]["2d"]["architecture"]
     assert arch["network_class_name"].endswith("WindowedPlainConvUNet")
     assert arch["arch_kwargs"]["window"]["p_level"] == 0.0  # the fixed window of the baselines
@@ -146,8 +146,8 @@ def test_trainer_refuses_z_scored_data(tiny_phantoms, tmp_path, monkeypatch):
 
 def _plans_and_json(env):
     pre = Path(env["nnUNet_preprocessed"]) / "Dataset990_LiverPhantom"
-    plans = json.loads((pre / "nnUNetPlans.json").read_text())
-    return plans, json.loads((pre / "dataset.json").read_text())
+    plans = json.loads((pre / "nnUNetPlans.json").read_text(encoding="utf-8"))
+    return plans, json.loads((pre / "dataset.json").read_text(encoding="utf-8"))
 
 
 @pytest.mark.parametrize("name", [n for n in trainers.__all__ if n != "LiverSmokeTrainer"])

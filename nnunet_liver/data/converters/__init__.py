@@ -226,14 +226,14 @@ def load_mapping(folder: Path) -> dict | None:
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as e:
         raise ConversionError(f"{path}: unreadable ({e})") from None
 
 
 def _write_json(path: Path, data: dict) -> None:
     with staged_file(path, overwrite=True) as tmp:
-        tmp.write_text(json.dumps(data, indent=1, sort_keys=False) + "\n")
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=False) + "\n", encoding="utf-8")
 
 
 def _case_done(folder: Path, job: CaseJob, previous: dict | None) -> bool:

@@ -331,7 +331,7 @@ def write_case(job: CaseJob, staging: Path) -> dict:
 def write_lesion_table(folder: Path, records: dict[str, dict]) -> None:
     rows = [r for cid in sorted(records) for r in records[cid].get("lesions", ())]
     with staged_file(folder / "lesions.csv", overwrite=True) as tmp:
-        with open(tmp, "w", newline="") as f:
+        with open(tmp, "w", encoding="utf-8", newline="") as f:
             w = csv.DictWriter(f, fieldnames=LESION_COLUMNS, lineterminator="\n")
             w.writeheader()
             w.writerows(rows)

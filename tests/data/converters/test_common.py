@@ -109,7 +109,7 @@ def test_writer_records_and_resumes(tmp_path):
     ds = tmp_path / "Dataset001_T"
     result = write(ds, [1, 2])
     assert result.converted == ["c_0", "c_1"] and (ds / "dataset.json").is_file()
-    state = json.loads((ds / "case_mapping.json").read_text())
+    state = json.loads((ds / "case_mapping.json").read_text(encoding="utf-8"))
     assert state["written_by"] == "test" and state["cases"]["c_1"]["value"] == 2
     assert state["cases"]["c_1"]["files"] == ["imagesTr/c_1_0000.nii.gz", "labelsTr/c_1.nii.gz"]
     result = write(ds, [1, 5])  # c_1's source changed
@@ -138,7 +138,7 @@ def test_failing_case_leaves_only_whole_cases(tmp_path, num_processes):
         write(ds, [1, 2, "bad", 4], num_processes=num_processes)
     assert not (ds / "dataset.json").exists()
     assert [p for p in tmp_path.rglob("*") if ".partial-" in p.name] == []
-    cases = json.loads((ds / "case_mapping.json").read_text())["cases"] if ds.exists() else {}
+    cases = json.loads((ds / "case_mapping.json").read_text(encoding="utf-8"))["cases"] if ds.exists() else {}
     if num_processes == 1:
         assert sorted(cases) == ["c_0", "c_1"]
     images = sorted(p.name for p in (ds / "imagesTr").iterdir()) if cases else []

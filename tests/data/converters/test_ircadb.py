@@ -45,7 +45,7 @@ def test_read_series_keeps_hu_and_geometry(tmp_path):
         (tmp_path / "empty").mkdir()
         read_series(tmp_path / "empty", "CT")
     (tmp_path / "text").mkdir()
-    (tmp_path / "text" / "image_0").write_text("not dicom")
+    (tmp_path / "text" / "image_0").write_text("not dicom", encoding="utf-8")
     with pytest.raises(ConversionError, match="text: no DICOM series found"):
         read_series(tmp_path / "text", "CT")
 

@@ -111,11 +111,11 @@ def _classification(root: Path) -> Path:
         # the 2D baselines: predictions for the same test lesions, as their training would write them
         for model, shift in (("resnet50_2d", 0.25), ("densenet121_2d", 0.1)):
             for fold_dir in sorted((cls / "hybrid3d__cpu").glob("fold_*")):
-                with open(fold_dir / "predictions.csv", newline="") as f:
+                with open(fold_dir / "predictions.csv", encoding="utf-8", newline="") as f:
                     rows = list(csv.DictReader(f))
                 out = cls / f"{model}__cpu" / fold_dir.name
                 out.mkdir(parents=True)
-                with open(out / "predictions.csv", "w", newline="") as f:
+                with open(out / "predictions.csv", "w", encoding="utf-8", newline="") as f:
                     w = csv.DictWriter(f, fieldnames=PREDICTION_COLUMNS, lineterminator="\n")
                     w.writeheader()
                     for i, r in enumerate(rows):
@@ -155,7 +155,7 @@ def results_source(tmp_path_factory) -> Path:
         root = tmp_path_factory.mktemp("results")
         models = _segmentation(root)
         _classification(root)
-        (root / "results.json").write_text(json.dumps(manifest(models), indent=1))
+        (root / "results.json").write_text(json.dumps(manifest(models), indent=1), encoding="utf-8")
     finally:
         torch.set_num_threads(threads)
     return root

@@ -123,8 +123,8 @@ def report(results_source, tmp_path_factory):
 
 
 def summaries(root: Path) -> dict[str, dict]:
-    manifest = json.loads((root / "results.json").read_text())
-    return {(m["label"], m["group"]): json.loads((root / m["evaluation"]).read_text())
+    manifest = json.loads((root / "results.json").read_text(encoding="utf-8"))
+    return {(m["label"], m["group"]): json.loads((root / m["evaluation"]).read_text(encoding="utf-8"))
             for m in manifest["segmentation"]["models"]}
 
 
@@ -260,7 +260,7 @@ def test_ablation_rows_in_order_with_change_vs_previous_row(report, results_sour
 
 def test_table2_numbers_equal_table2_json(report, results_source):
     data, page = report["data"], report["page"]
-    t2 = json.loads((results_source / "cls/classification/evaluation/table2.json").read_text())
+    t2 = json.loads((results_source / "cls/classification/evaluation/table2.json").read_text(encoding="utf-8"))
     assert data["table2"]["reference"] == t2["reference"] == "hybrid3d"
     assert [r["model"] for r in data["table2"]["rows"]] == ["resnet50_2d", "densenet121_2d", "hybrid3d"]
     folds, pooled, tests = page.body("table2-folds"), page.body("table2-pooled"), page.body("table2-tests")
@@ -287,7 +287,7 @@ def test_table2_numbers_equal_table2_json(report, results_source):
 
 def test_cost_table_with_ratios_to_the_3d_unet(report, results_source):
     data, page = report["data"], report["page"]
-    manifest = json.loads((results_source / "results.json").read_text())
+    manifest = json.loads((results_source / "results.json").read_text(encoding="utf-8"))
     given = {m["label"]: m.get("cost", {}) for m in manifest["segmentation"]["models"] if m["group"] == "table1"}
     base = given["3D U-Net"]
     assert data["cost"]["baseline"] == "3D U-Net"
@@ -332,19 +332,19 @@ def test_figure3_slices_and_dice_labels(report, results_source):
 
 def test_missing_sections_say_what_is_missing_and_which_command_makes_it(results_source, tmp_path, capsys):
     # one Table 1 model only: no provenance, no dataset, no predictions, no ablation, no cost, no classification
-    full = json.loads((results_source / "results.json").read_text())
+    full = json.loads((results_source / "results.json").read_text(encoding="utf-8"))
     model = dict(full["segmentation"]["models"][2])
     model["evaluation"] = str(results_source / model["evaluation"])
     for key in ("predictions", "cost"):
         model.pop(key)
     (tmp_path / "results.json").write_text(json.dumps(
-        {"format": "nnunet_liver.results/1", "segmentation": {"models": [model]}}))
+        {"format": "nnunet_liver.results/1", "segmentation": {"models": [model]}}), encoding="utf-8")
     assert run(tmp_path) == 0
     out = capsys.readouterr().out
     report = tmp_path / "report"
-    data = json.loads((report / "report_data.json").read_text())
-    html = (report / "report.html").read_text()
-    md = (report / "report.md").read_text()
+    data = json.loads((report / "report_data.json").read_text(encoding="utf-8"))
+    html = (report / "report.html").read_text(encoding="utf-8")
+    md = (report / "report.md").read_text(encoding="utf-8")
     page = Page(html)
     missing = {m["section"]: m for m in data["missing"]}
     assert sorted(missing) == ["ablation", "classification", "cost", "figure3", "provenance"]
@@ -365,22 +365,23 @@ def test_missing_sections_say_what_is_missing_and_which_command_makes_it(results
     assert "results.json names no reference" in html
 
     # no segmentation at all: still a page, with the note
-    (tmp_path / "results.json").write_text(json.dumps({"format": "nnunet_liver.results/1", "title": "empty"}))
+    (tmp_path / "results.json").write_text(json.dumps({"format": "nnunet_liver.results/1", "title": "empty"}),
+                                           encoding="utf-8")
     assert run(tmp_path, "--overwrite") == 0
-    data = json.loads((report / "report_data.json").read_text())
+    data = json.loads((report / "report_data.json").read_text(encoding="utf-8"))
     assert {m["section"] for m in data["missing"]} == {"provenance", "segmentation", "classification"}
-    assert "nnunet-liver evaluate LABELS PRED" in (report / "report.html").read_text()
+    assert "nnunet-liver evaluate LABELS PRED" in (report / "report.html").read_text(encoding="utf-8")
 
 
 def test_refuses_to_overwrite_and_replaces_with_overwrite(results, capsys):
     assert run(results) == 0
     report = results / "report"
-    (report / "mine.txt").write_text("keep")
+    (report / "mine.txt").write_text("keep", encoding="utf-8")
     capsys.readouterr()
     assert run(results / "results.json") == 2
     err = capsys.readouterr().err
     assert err.startswith("nnunet-liver report: error: ") and "exists (use --overwrite to replace it)" in err
-    assert (report / "mine.txt").read_text() == "keep"
+    assert (report / "mine.txt").read_text(encoding="utf-8") == "keep"
     assert run(results, "--overwrite") == 0
     assert not (report / "mine.txt").exists() and (report / "report.html").is_file()
     assert not [p for p in results.iterdir() if p.name.startswith(".report")]  # no temporary folder left
@@ -393,7 +394,7 @@ def test_output_folder_holding_inputs_is_refused(results, capsys):
     assert "holds the input" in capsys.readouterr().err
     assert (results / "results.json").is_file() and (results / "evaluation").is_dir()
     # a bad manifest: one line, exit 2, nothing written
-    (results / "results.json").write_text("{}")
+    (results / "results.json").write_text("{}", encoding="utf-8")
     assert run(results) == 2
     err = capsys.readouterr().err
     assert "results.json: format: missing" in err and len(err.strip().splitlines()) == 1
@@ -422,7 +423,8 @@ def test_figure3_uses_the_largest_liver_slice_without_tumour(results, tmp_path):
     no_tumour.CopyInformation(img)
     sitk.WriteImage(no_tumour, str(path), useCompression=True)
     assert run(results, "-o", tmp_path / "out") == 0
-    cases = json.loads((tmp_path / "out" / "report_data.json").read_text())["figures"]["figure3"]["cases"]
+    data = json.loads((tmp_path / "out" / "report_data.json").read_text(encoding="utf-8"))
+    cases = data["figures"]["figure3"]["cases"]
     lps = sitk.GetArrayFromImage(sitk.DICOMOrient(no_tumour, "LPS"))
     assert cases[0]["case"] == "liver_001" and cases[0]["chosen_by"] == "liver"
     assert cases[0]["slice"] == int(np.argmax((lps > 0).sum(axis=(1, 2))))
@@ -434,6 +436,6 @@ def test_a_corrupt_image_leaves_figure3_out_with_the_file_named(results, tmp_pat
     bad = sorted(images.glob("*_0000.nii.gz"))[0]
     bad.write_bytes(bad.read_bytes()[:200])
     assert run(results, "-o", tmp_path / "out") == 0
-    data = json.loads((tmp_path / "out" / "report_data.json").read_text())
+    data = json.loads((tmp_path / "out" / "report_data.json").read_text(encoding="utf-8"))
     assert any(bad.name in json.dumps(m) for m in data["missing"]), data["missing"]
-    assert "Table 1" in (tmp_path / "out" / "report.html").read_text()
+    assert "Table 1" in (tmp_path / "out" / "report.html").read_text(encoding="utf-8")

@@ -12,7 +12,7 @@ from nnunet_liver.evaluation.report import ManifestError, load_manifest
 @pytest.fixture
 def good(results_source) -> dict:
     """The test manifest with absolute paths, so it can be written anywhere."""
-    m = json.loads((results_source / "results.json").read_text())
+    m = json.loads((results_source / "results.json").read_text(encoding="utf-8"))
     for entry in m["segmentation"]["models"]:
         for key in ("predictions", "evaluation"):
             if key in entry:
@@ -24,7 +24,7 @@ def good(results_source) -> dict:
 
 def write(tmp_path, manifest, name="results.json"):
     p = tmp_path / name
-    p.write_text(json.dumps(manifest) if not isinstance(manifest, str) else manifest)
+    p.write_text(json.dumps(manifest) if not isinstance(manifest, str) else manifest, encoding="utf-8")
     return p
 
 
@@ -97,7 +97,7 @@ def test_manifest_errors_name_the_file_and_key(good, tmp_path, path, value, mess
 
 def test_errors_in_the_files_it_names(good, tmp_path, results_source):
     # not JSON, not a summary.json, a folder without table2.json: the message names that file and the key
-    (tmp_path / "broken.json").write_text("{not json")
+    (tmp_path / "broken.json").write_text("{not json", encoding="utf-8")
     bad = copy.deepcopy(good)
     bad["segmentation"]["models"][2]["evaluation"] = str(tmp_path / "broken.json")
     with pytest.raises(ManifestError, match=r"broken.json: not valid JSON .* named by .*results.json "
@@ -113,7 +113,7 @@ def test_errors_in_the_files_it_names(good, tmp_path, results_source):
         load_manifest(write(tmp_path, bad))
     table2 = tmp_path / "cls_eval"
     table2.mkdir()
-    (table2 / "table2.json").write_text(json.dumps({"models": {"hybrid3d": {"mean": {}}}}))
+    (table2 / "table2.json").write_text(json.dumps({"models": {"hybrid3d": {"mean": {}}}}), encoding="utf-8")
     bad["classification"]["evaluation"] = str(table2)
     with pytest.raises(ManifestError, match=r"table2.json: not a table2.json of nnunet-liver classify evaluate "
                                             r"\(model 'hybrid3d' lacks mean/std/pooled\)"):
