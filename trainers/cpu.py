@@ -7,7 +7,8 @@ through environment variables read here, at the trainer's edge:
 - ``NNUNET_LIVER_EPOCHS``, ``NNUNET_LIVER_ITERS``, ``NNUNET_LIVER_VAL_ITERS``: epochs, training and
   validation iterations per epoch (defaults 2, 4, 2);
 - ``NNUNET_LIVER_SEED``: seeds torch, numpy and random in the training process (with
-  ``nnUNet_n_proc_DA=0`` the augmentation runs in that process too, so runs repeat).
+  ``nnUNet_n_proc_DA=0`` the augmentation runs in that process too, so runs repeat). Under DDP each rank
+  adds its rank, so the ranks draw different batches (DDP broadcasts rank 0's initial weights anyway).
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import random
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from nnunet_liver.trainers import _plans
 from nnunet_liver.trainers._mixins import NoInferenceMirroringMixin
@@ -48,9 +50,10 @@ class CPUBudgetMixin(NoInferenceMirroringMixin):
                  device: torch.device = torch.device("cuda")):
         budget = cpu_budget_from_env()
         if budget["seed"] is not None:
-            random.seed(budget["seed"])
-            np.random.seed(budget["seed"])
-            torch.manual_seed(budget["seed"])
+            seed = budget["seed"] + (dist.get_rank() if dist.is_available() and dist.is_initialized() else 0)
+            random.seed(seed)
+            np.random.seed(seed)
+            torch.manual_seed(seed)
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.num_epochs = budget["num_epochs"]
         self.num_iterations_per_epoch = budget["num_iterations_per_epoch"]
