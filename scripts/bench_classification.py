@@ -97,28 +97,26 @@ def feature_reference(crops: Path, splits: dict) -> dict:
     the lesion mask, mean HU of a 2-voxel ring around it, lesion-minus-ring contrast, rim-minus-core HU, log
     lesion volume) fed to scikit-learn's gradient boosting, on the same patient-level folds (train + val ->
     test). AUC near the CNNs' says the data are hard; far above says the CNNs are under-trained."""
-    import csv
-
     import numpy as np
     from scipy import ndimage
     from sklearn.ensemble import HistGradientBoostingClassifier
 
+    from nnunet_liver.classification.crops import load_crop, read_index
     from nnunet_liver.evaluation.classification_metrics import auc_score
 
     feats, labels = {}, {}
-    for row in csv.DictReader(open(crops / "index.csv", encoding="utf-8")):
-        z = np.load(crops / row["file"])
-        im, m = z["image"], z["mask"] > 0
+    for entry in read_index(crops):
+        im, m = load_crop(crops, entry)
+        m = m > 0
         if not m.any():
             continue
         ring = ndimage.binary_dilation(m, iterations=2) & ~m
         core = ndimage.binary_erosion(m)
         core = core if core.any() else m
         rim = (m & ~core) if (m & ~core).any() else m
-        key = f"{row['case_id']}/{row['lesion_id']}"
-        feats[key] = [im[m].mean(), im[m].std(), im[ring].mean(), im[m].mean() - im[ring].mean(),
-                      im[rim].mean() - im[core].mean(), np.log(m.sum())]
-        labels[key] = int(row["label"])
+        feats[entry.key] = [im[m].mean(), im[m].std(), im[ring].mean(), im[m].mean() - im[ring].mean(),
+                            im[rim].mean() - im[core].mean(), np.log(m.sum())]
+        labels[entry.key] = entry.label
     y_all, p_all, fold_auc = [], [], []
     for fold in splits["folds"]:
         train = [k for k in fold["train"] + fold["val"] if k in feats]
