@@ -17,8 +17,8 @@ import os
 import sys
 import time
 from dataclasses import asdict, dataclass
-from functools import partial
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 
 DATASET_ID, DATASET = 990, "Dataset990_LiverPhantom"
@@ -238,21 +238,21 @@ class _Demo:
             shutil.rmtree(crops)
         p = self.preset
         self._cli("classify", "extract", "-d", str(DATASET_ID), "-c", "3d_fullres", "--size", str(p.crop_size),
-                       "--crop-mm", f"{p.crop_mm:g}", "--num-folds", str(p.cls_folds), "-o", str(crops),
-                       # the table lists the test cases too (not preprocessed), and a lesion of a voxel or two
-                       # can vanish in resampling: both are skipped with a warning
-                       "--skip-unmatched")
+                  "--crop-mm", f"{p.crop_mm:g}", "--num-folds", str(p.cls_folds), "-o", str(crops),
+                  # the table lists the test cases too (not preprocessed), and a lesion of a voxel or two
+                  # can vanish in resampling: both are skipped with a warning
+                  "--skip-unmatched")
 
     def train_classifiers(self) -> None:
         for model in CLASSIFIERS:
             self._cli("classify", "train", "-m", model, "-f", "all", "--preset", "cpu", "--crops",
-                           str(self.cls_root / "crops"), "-o", str(self.cls_root), "--overwrite",
-                           "--max-time-s", f"{self.preset.cls_seconds:g}", "--device", self.device)
+                      str(self.cls_root / "crops"), "-o", str(self.cls_root), "--overwrite",
+                      "--max-time-s", f"{self.preset.cls_seconds:g}", "--device", self.device)
 
     def evaluate_classifiers(self) -> None:
         self._cli("classify", "evaluate", "--preset", "cpu", "--crops", str(self.cls_root / "crops"), "--root",
-                       str(self.cls_root), "-o", str(self.cls_root / "evaluation"), "--overwrite",
-                       "--n-boot", "200", "--device", self.device)
+                  str(self.cls_root), "-o", str(self.cls_root / "evaluation"), "--overwrite",
+                  "--n-boot", "200", "--device", self.device)
 
     # -- results and report ----------------------------------------------------------------------------
     def manifest(self) -> dict:
