@@ -15,13 +15,13 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from tests.conftest import subprocess_env
 from tests.nnunet.test_segmentation_trainers import BUDGET
 
 WORKER = r"""
-import hashlib, json, sys
-import numpy as np
+import hashlib, json, pathlib, sys
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
@@ -43,7 +43,7 @@ digest = hashlib.sha256(b"".join(v.detach().cpu().numpy().tobytes() for v in net
 result = {"rank": rank, "world": dist.get_world_size(), "batch_size": trainer.batch_size, "seed": seed,
           "params": digest, "ddp": type(trainer.network).__name__}
 dist.destroy_process_group()
-json.dump(result, open(out, "w", encoding="utf-8"))
+pathlib.Path(out).write_text(json.dumps(result), encoding="utf-8")
 """
 
 
@@ -70,7 +70,5 @@ def test_two_rank_ddp_training_and_validation(trainer, tiny_phantoms, tmp_path):
     summary = json.loads((fold / "validation" / "summary.json").read_text(encoding="utf-8"))
     assert summary["metric_per_case"], "validation wrote no case"
     # rank 0's checkpoint holds the weights both ranks ended with
-    import torch
-
     state = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)["network_weights"]
     assert hashlib.sha256(b"".join(v.numpy().tobytes() for v in state.values())).hexdigest() == ranks[0]["params"]
