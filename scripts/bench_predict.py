@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Seconds per case of ``nnunet-liver predict`` against the stock ``nnUNetv2_predict``, and peak memory.
 
-One CT (default: the real CT ``shared/data/real/crlm_liver_ct.nii.gz``), one fold, no test-time mirroring,
+One CT (default: the real CT ``nnunet_liver/data/real/crlm_liver_ct.nii.gz`` that the repository carries), one fold, no test-time mirroring,
 CPU. Compared, each as a fresh command line (interpreter start, imports and model loading included, as a user
 runs them):
 
@@ -50,12 +50,9 @@ WRAPPER = ("import json, resource, subprocess, sys, time; t = time.perf_counter(
 
 
 def default_case() -> Path:
-    env = os.environ.get("NNUNET_LIVER_SHARED")
-    for root in ([Path(env)] if env else []) + [REPO.parent / "shared", REPO / "shared"]:
-        path = root / "data" / "real" / "crlm_liver_ct.nii.gz"
-        if path.is_file():
-            return path
-    raise SystemExit("crlm_liver_ct.nii.gz not found beside the checkout; pass --case or set NNUNET_LIVER_SHARED")
+    from nnunet_liver.data.real_ct import CRLM_CT
+
+    return CRLM_CT
 
 
 def run(cmd: list[str], env: dict, log: Path) -> None:

@@ -12,18 +12,12 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
-def shared_dir() -> Path:
-    """The project's shared/ folder (beside the checkout in development and in CI)."""
-    env = os.environ.get("NNUNET_LIVER_SHARED")
-    for candidate in ([Path(env)] if env else []) + [REPO.parent / "shared", REPO / "shared"]:
-        if (candidate / "data" / "real").is_dir():
-            return candidate
-    raise RuntimeError("shared/data/real not found beside the checkout; set NNUNET_LIVER_SHARED")
-
-
 @pytest.fixture(scope="session")
 def real_dir() -> Path:
-    return shared_dir() / "data" / "real"
+    """The real CTs the repository carries (nnunet_liver/data/real), not ../shared: a clone has only itself."""
+    from nnunet_liver.data.real_ct import REAL_CT_DIR
+
+    return REAL_CT_DIR
 
 
 def nnunet_env(root: Path) -> dict[str, str]:

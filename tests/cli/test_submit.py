@@ -9,7 +9,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from nnunet_liver.cli.main import main
-from tests.conftest import shared_dir
+from nnunet_liver.data.real_ct import REAL_CT_DIR
 from tests.data.converters.fixtures import lits_label, make_lits, tree_hashes, write_nifti
 
 ARGS = ["--no-progress", "-np", "1"]
@@ -191,10 +191,9 @@ def test_gzipped_entry_under_nii_name(tmp_path, capsys):
 
 def test_real_ct_survives_convert_and_submit(tmp_path, capsys):
     """Scanner geometry (direction diag(-1, -1, 1), non-zero origin) through convert -> predict -> submit."""
-    real = shared_dir() / "data" / "real"
     src = tmp_path / "lits_test"
     src.mkdir()
-    ct = sitk.ReadImage(str(real / "totalseg_abdomen_ct.nii.gz"))
+    ct = sitk.ReadImage(str(REAL_CT_DIR / "totalseg_abdomen_ct.nii.gz"))
     sitk.WriteImage(ct, str(src / "test-volume-0.nii"), useCompression=False)
     raw = tmp_path / "raw"
     assert run_cli(["convert", "lits", src, "-o", raw, *ARGS], capsys)[0] == 0
@@ -203,7 +202,7 @@ def test_real_ct_survives_convert_and_submit(tmp_path, capsys):
     assert np.array_equal(sitk.GetArrayFromImage(converted_ct), sitk.GetArrayFromImage(ct))
     preds = tmp_path / "pred"
     preds.mkdir()
-    shutil.copy(real / "totalseg_abdomen_liver.nii.gz", preds / "lits_test_000.nii.gz")
+    shutil.copy(REAL_CT_DIR / "totalseg_abdomen_liver.nii.gz", preds / "lits_test_000.nii.gz")
     out = tmp_path / "submission.zip"
     code, _, err = run_cli(["submit", preds, "--test-images", src, "-o", out, "--mapping",
                             raw / "Dataset501_LiTS" / "case_mapping.json", *ARGS], capsys)
@@ -215,6 +214,6 @@ def test_real_ct_survives_convert_and_submit(tmp_path, capsys):
     assert grid(seg) == grid(volume)  # exactly, not within a tolerance
     assert tuple(np.round(seg.GetDirection())) == (-1, 0, 0, 0, -1, 0, 0, 0, 1)
     assert seg.GetPixelID() == sitk.sitkUInt8
-    liver = sitk.GetArrayFromImage(sitk.ReadImage(str(real / "totalseg_abdomen_liver.nii.gz")))
+    liver = sitk.GetArrayFromImage(sitk.ReadImage(str(REAL_CT_DIR / "totalseg_abdomen_liver.nii.gz")))
     assert np.array_equal(sitk.GetArrayFromImage(seg), liver)
     assert run_cli(["submit", "--check", out, "--test-images", src], capsys)[0] == 0
