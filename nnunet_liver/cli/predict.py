@@ -17,7 +17,10 @@ or a folder of cases (image files and DICOM sub-folders: batch mode, one sub-fol
 failing case is reported and skipped, and the exit code is 1 if any failed).
 
 Writes to OUTPUT (per case): segmentation.nii.gz (the input's exact grid), lesions.csv, findings.json,
-lesion_<id>.png (axial slice through each lesion), summary.png. DICOM-SEG is not written.
+lesion_<id>.png (axial slice through each lesion), summary.png; for a DICOM series also segmentation.dcm
+(DICOM-SEG: the liver and one segment per lesion on the source series' frames) and findings_sr.dcm (DICOM SR,
+TID 1500: each lesion's volume, longest axial diameter, mean/std HU and P(malignant), referencing its segment).
+A NIfTI/NRRD/MetaImage input has no study or series to reference: no DICOM output for it.
 """
 
 
@@ -52,6 +55,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: all cores, as nnUNetv2_predict)")
     p.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
+    p.add_argument("--no-dicom", action="store_true",
+                   help="skip segmentation.dcm and findings_sr.dcm (written for DICOM input only)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output folders")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
@@ -62,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
 
     from nnunet_liver.cli.main import UsageError
     from nnunet_liver.data.io import OutputExistsError
+    from nnunet_liver.inference.dicom_outputs import console_note
     from nnunet_liver.inference.inputs import InputError, discover_cases
 
     try:
@@ -78,6 +84,9 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--threads must be positive, got {args.threads}")
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
+    dicom_note = None if args.no_dicom else console_note(cases)
+    if dicom_note:
+        print(f"note: {dicom_note}", file=sys.stderr)
 
     import torch
 
@@ -96,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
         classifier = load_classifier(args.classifier, args.crops, device=args.device) if args.classifier else None
         postprocessing = load_postprocessing(model.folder, model.folds)
         predictor = CasePredictor(model, classifier, postprocessing, figures=not args.no_figures,
-                                  load_seconds=time.perf_counter() - t0)
+                                  load_seconds=time.perf_counter() - t0, dicom=not args.no_dicom)
     except (ModelError, ClassifierError) as e:
         raise UsageError(str(e)) from None
     for note in predictor.notes:

@@ -10,6 +10,8 @@ written, so a failed case leaves nothing behind; an existing output folder is re
     findings.json         case, input, models, device, postprocessing, volumes, lesions, timings, warnings
     lesion_<id>.png       axial slice through each lesion's centroid with its contour and probability
     summary.png           axial and coronal views with every contour, and the lesion table
+    segmentation.dcm      DICOM input only: DICOM-SEG of the liver and of each lesion on the source series' frames
+    findings_sr.dcm       DICOM input only: TID 1500 measurement report, one group per lesion (dicom_outputs.py)
 """
 from __future__ import annotations
 
@@ -130,10 +132,11 @@ class CasePredictor:
         figures: write the PNG figures.
         log: where one line per case goes.
         load_seconds: model loading time, recorded in every findings.json.
+        dicom: write the DICOM SEG and SR for DICOM input.
     """
 
     def __init__(self, model, classifier=None, postprocessing=None, *, figures: bool = True,
-                 log: Callable[[str], None] = print, load_seconds: float | None = None):
+                 log: Callable[[str], None] = print, load_seconds: float | None = None, dicom: bool = True):
         from nnunet_liver.inference.postprocess import Postprocessing
 
         self.model = model
@@ -142,6 +145,7 @@ class CasePredictor:
         self.figures = figures
         self.log = log
         self.load_seconds = load_seconds
+        self.dicom = dicom
         self.notes: list[str] = []
         if classifier is not None:
             # the preprocessed grid's spacing is known per case for 2d models; 3d models have the plans' one
@@ -220,6 +224,7 @@ class CasePredictor:
         import SimpleITK as sitk
 
         from nnunet_liver.data.io import staged_dir
+        from nnunet_liver.inference.dicom_outputs import write_case_dicom
         from nnunet_liver.inference.report import (
             lesion_rows,
             write_findings,
@@ -248,6 +253,9 @@ class CasePredictor:
                 write_summary_figure(tmp / "summary.png", lesions=analysis.lesions,
                                      probabilities=analysis.probabilities, liver_ml=analysis.liver_ml,
                                      tumour_ml=analysis.tumour_ml, **common)
+            findings["dicom"] = write_case_dicom(tmp, volume=volume, segmentation=analysis.segmentation,
+                                                 labelled=analysis.labelled, findings=findings,
+                                                 tumour_label=tumour_label, enabled=self.dicom)
             findings["timings_s"]["write"] = round(time.perf_counter() - t0, 3)
             findings["timings_s"]["total"] = round(time.perf_counter() - t_start, 3)
             write_findings(tmp / "findings.json", findings)
