@@ -53,6 +53,8 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 
 STRUCTURES = ("liver", "tumour")
+#: lesions at or above this equivalent diameter are "large" in the size-stratified recall (as predict flags < 10 mm)
+SIZE_SPLIT_MM = 10.0
 OVERLAP_METRICS = ("dice", "iou", "sensitivity", "specificity", "voe", "rvd")
 DISTANCE_METRICS = ("assd", "rmsd", "msd", "hd95")
 STRUCTURE_METRICS = OVERLAP_METRICS + DISTANCE_METRICS
@@ -394,13 +396,33 @@ def lesion_evaluation(
             m = binary_metrics(r, p, spacing, connectivity=connectivity, method=method)
             g["metrics"] = {k: m[k] for k in LESION_METRICS}
     ref_sizes = _component_sizes(ref_lab, n_ref)[1:]
+    # a group exists only where reference and prediction overlap, so its reference lesions are found (IoU > 0)
+    found = {k for g in groups for k in g["reference_ids"]}
     return dict(
         n_reference=int(n_ref),
         n_prediction=int(n_pred),
         detection={_threshold_key(t): detection_counts(groups, n_ref, n_pred, t) for t in thresholds},
         groups=groups,
         reference_lesion_voxels=ref_sizes.tolist(),
+        reference_lesion_found=[k + 1 in found for k in range(n_ref)],
     )
+
+
+def equivalent_diameter_mm(voxels: int, spacing: Sequence[float]) -> float:
+    """Diameter of the sphere with the volume of ``voxels`` voxels of size ``spacing`` (mm)."""
+    return float((6.0 * voxels * float(np.prod(spacing)) / math.pi) ** (1.0 / 3.0))
+
+
+def liver_extent(reference_liver: np.ndarray, prediction_liver: np.ndarray) -> dict:
+    """Slices (array axis 0, z) spanned by the reference and predicted liver, and how many predicted slices lie
+    beyond the reference's first or last slice (the larger of the two overshoots; 0 when either is empty)."""
+    def span(mask):
+        z = np.flatnonzero(np.asarray(mask).reshape(mask.shape[0], -1).any(axis=1))
+        return [int(z[0]), int(z[-1])] if z.size else None
+
+    ref, pred = span(reference_liver), span(prediction_liver)
+    beyond = max(ref[0] - pred[0], pred[1] - ref[1], 0) if ref and pred else 0
+    return dict(reference_slices=ref, prediction_slices=pred, slices_beyond=int(beyond))
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -442,6 +464,7 @@ def evaluate_case(
     if len(spacing) != reference.ndim:
         raise ValueError(f"spacing {spacing} does not match {reference.ndim} array axes")
     n_total = int(reference.size)
+    extent = liver_extent(reference > 0, prediction > 0)
     # Everything outside the box of reference | prediction is background in both: crop once, so that the
     # cost of all later steps follows the size of the liver, not of the scan.
     box = bounding_box(reference | prediction, margin=1)
@@ -459,6 +482,7 @@ def evaluate_case(
     burden_ref = tumour_burden(result["liver"]["reference_voxels"], result["tumour"]["reference_voxels"])
     burden_pred = tumour_burden(result["liver"]["prediction_voxels"], result["tumour"]["prediction_voxels"])
     result["tumour_burden"] = dict(reference=burden_ref, prediction=burden_pred, error=burden_pred - burden_ref)
+    result["liver_extent"] = extent
     result["shape"] = list(reference.shape)
     result["spacing"] = spacing
     return result
@@ -509,6 +533,27 @@ def _precision_recall(tp: int, fp: int, fn: int) -> dict[str, float]:
     return dict(tp=tp, fp=fp, fn=fn, precision=precision, recall=recall, f1=f1)
 
 
+def recall_by_size(cases: Sequence[Mapping], split_mm: float = SIZE_SPLIT_MM) -> dict:
+    """Reference lesions found (IoU > 0) below and at/above ``split_mm`` equivalent diameter, over all cases
+    (cases evaluated before these fields existed are skipped)."""
+    counts = {"small": [0, 0], "large": [0, 0]}
+    for c in cases:
+        les = c["lesions"]
+        for voxels, found in zip(les.get("reference_lesion_voxels", []), les.get("reference_lesion_found", [])):
+            key = "large" if equivalent_diameter_mm(voxels, c["spacing"]) >= split_mm else "small"
+            counts[key][0] += int(found)
+            counts[key][1] += 1
+    return {"split_mm": split_mm, **{
+        f"{key}": dict(found=f, n=n, recall=f / n if n else math.nan) for key, (f, n) in counts.items()}}
+
+
+def _extent_summary(cases: Sequence[Mapping]) -> dict:
+    beyond = [c["liver_extent"]["slices_beyond"] for c in cases if "liver_extent" in c]
+    return dict(max_slices_beyond=max(beyond) if beyond else math.nan,
+                mean_slices_beyond=float(np.mean(beyond)) if beyond else math.nan,
+                cases_2_or_more=sum(b >= 2 for b in beyond), n=len(beyond))
+
+
 def aggregate(cases: Mapping[str, Mapping]) -> dict:
     """Data-set metrics from ``evaluate_case`` results keyed by case name.
 
@@ -534,6 +579,8 @@ def aggregate(cases: Mapping[str, Mapping]) -> dict:
         key: _precision_recall(*(sum(c["lesions"]["detection"][key][x] for c in cases) for x in ("tp", "fp", "fn")))
         for key in keys
     }
+    out["lesion_recall_by_size"] = recall_by_size(cases)
+    out["liver_extent"] = _extent_summary(cases)
     lesion_rows = [g["metrics"] for c in cases for g in c["lesions"]["groups"] if "metrics" in g]
     out["lesion_segmentation"] = dict(
         n_lesions=len(lesion_rows), metrics={k: _stats([m[k] for m in lesion_rows]) for k in LESION_METRICS})
@@ -603,24 +650,16 @@ def read_segmentation(path: str | os.PathLike, labels: tuple[int, int] = (1, 2)
     Returns:
         (labels, spacing in (z, y, x) order, geometry {"spacing", "origin", "direction"} in SimpleITK order).
     """
-    import SimpleITK as sitk
+    from nnunet_liver.data.images import ImageError, label_array_checked, read_image
 
-    try:
-        image = sitk.ReadImage(str(path))
-    except RuntimeError as e:
-        raise EvaluationInputError(f"{path}: cannot read ({str(e).strip().splitlines()[-1]})") from None
-    if image.GetNumberOfComponentsPerPixel() != 1 or image.GetDimension() not in (2, 3):
-        raise EvaluationInputError(f"{path}: expected a 2D or 3D scalar label image")
-    arr = sitk.GetArrayViewFromImage(image)
+    try:  # the shared reader: empty, truncated or corrupt files, NIfTI NaN, zero-length axes, 4D images
+        image = read_image(path, "label image", dims=(2, 3))
+        arr = label_array_checked(image, str(path))
+    except ImageError as e:
+        raise EvaluationInputError(str(e)) from None
     liver, tumour = labels
     if arr.dtype != np.uint8:
-        lo, hi = (arr.min(), arr.max()) if arr.size else (0, 0)
-        if lo < 0 or hi > 255:
-            raise EvaluationInputError(f"{path}: label values outside 0..255 (min {lo}, max {hi})")
-        cast = arr.astype(np.uint8)
-        if np.issubdtype(arr.dtype, np.floating) and not np.array_equal(cast, arr):
-            raise EvaluationInputError(f"{path}: non-integer label values")
-        arr = cast
+        arr = arr.astype(np.uint8)
     # np.bincount / np.unique would cost ~1 s on a LiTS scan; the maximum settles the usual case in one
     # SIMD pass, and only a file with other values pays for the exact list.
     hi = int(arr.max()) if arr.size else 0

@@ -5,9 +5,11 @@ DICOM files itself is one case; any other folder is a batch: its image files and
 series) are the cases.
 
 Every problem is an :class:`InputError` naming the file or folder and what is wrong with it, raised before
-anything is written: unreadable files, several DICOM series without a choice, slices that do not make one
-volume, DICOM without the CT modality or without the rescale tags that give Hounsfield units, 2D images,
-direction matrices that are not orthonormal, and intensities that cannot be Hounsfield units (no air).
+anything is written: unreadable, empty, truncated or corrupt files (files go through the shared reader
+:mod:`nnunet_liver.data.images`), several DICOM series without a choice, slices that do not make one volume,
+DICOM without the CT modality or without the rescale tags that give Hounsfield units, 2D and 4D images,
+zero-length axes, direction matrices that are not orthonormal, NaN or infinite voxels, and intensities that
+cannot be Hounsfield units (an overflowing rescale, a label map, no air).
 """
 from __future__ import annotations
 
@@ -17,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from nnunet_liver.data.images import ImageError, ct_array, itk_message, quiet_itk
 
 __all__ = [
     "IMAGE_ENDINGS",
@@ -31,7 +35,6 @@ __all__ = [
 ]
 
 IMAGE_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
-AIR_THRESHOLD_HU = -500.0  # any CT holds air (-1000 HU) or lung below this; the real test CT is clipped at -500
 ORTHONORMAL_TOL = 1e-3
 
 _TAG_MODALITY = "0008|0060"
@@ -42,7 +45,7 @@ _TAG_POSITION = "0020|0032"
 _TAG_ORIENTATION = "0020|0037"
 
 
-class InputError(ValueError):
+class InputError(ImageError):
     """A case that cannot be read as a CT; the message names the file or folder and the problem."""
 
 
@@ -96,16 +99,6 @@ def case_name(path: str | os.PathLike) -> str:
     if stem is None:
         return path.name
     return re.sub(r"_0000$", "", stem) or stem
-
-
-def _itk_message(error: Exception) -> str:
-    """The useful last part of a SimpleITK exception (they start with the C++ file and line)."""
-    text = " ".join(str(error).split())
-    for marker in ("sitk::ERROR:", "ITK ERROR:", "Description:"):
-        if marker in text:
-            text = text.rsplit(marker, 1)[1]
-    text = re.sub(r"^\s*\w+\(0x[0-9a-f]+\):\s*", "", text.strip())
-    return text.strip() or type(error).__name__
 
 
 def _has_dicom_series(folder: Path) -> list[str]:
@@ -211,9 +204,10 @@ def _read_dicom(case: CaseInput):
     reader.LoadPrivateTagsOn()
     where = f"{folder} (series {chosen['uid']})"
     try:
-        image = reader.Execute()
+        with quiet_itk():
+            image = reader.Execute()
     except RuntimeError as e:
-        raise InputError(f"{where}: cannot read the DICOM series ({_itk_message(e)})") from None
+        raise InputError(f"{where}: cannot read the DICOM series ({itk_message(e)})") from None
     n = len(files)
 
     def tag(i: int, key: str) -> str | None:
@@ -235,8 +229,9 @@ def _read_dicom(case: CaseInput):
                          f"(ImageOrientationPatient): mixed series")
     if n > 2 and None not in orientations:
         _check_slice_positions(where, [tag(i, _TAG_POSITION) for i in range(n)], orientations.pop())
+    rescale = sorted({(tag(i, _TAG_SLOPE), tag(i, _TAG_INTERCEPT)) for i in range(n)})
     info = {"format": "DICOM", "series_uid": chosen["uid"], "series_description": chosen["description"],
-            "n_files": n}
+            "n_files": n, "rescale": "; ".join(f"slope {s} intercept {b}" for s, b in rescale[:3])}
     return image, info
 
 
@@ -265,21 +260,26 @@ def _check_slice_positions(where: str, positions: list[str | None], orientation:
                          f"slices or mixed series); one volume needs equally spaced slices")
 
 
-def check_ct(image, where: str, array: np.ndarray | None = None) -> np.ndarray:
+def check_ct(image, where: str, array: np.ndarray | None = None, *, rescale: str = "") -> np.ndarray:
     """Check that a SimpleITK image is a 3D CT volume in Hounsfield units; return its (z, y, x) float32 array.
 
-    Raises:
-        InputError: 2D or 4D image, several components per voxel, a single slice, bad spacing, a direction
-            matrix that is not orthonormal, non-finite values, or intensities without air (not HU).
-    """
-    import SimpleITK as sitk
+    Args:
+        rescale: the DICOM rescale tags, named when the intensities overflow.
 
+    Raises:
+        InputError: 2D or 4D image, several components per voxel, a zero-length axis or a single slice, bad
+            spacing, a direction matrix that is not orthonormal, or voxels that cannot be HU (see
+            :func:`nnunet_liver.data.images.ct_array`).
+    """
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(f"{where}: {image.GetNumberOfComponentsPerPixel()} values per voxel (colour or vector "
                          f"image), not a CT")
     if image.GetDimension() != 3:
-        raise InputError(f"{where}: a {image.GetDimension()}D image; a CT volume is 3D")
+        raise InputError(f"{where}: a {image.GetDimension()}D image (size "
+                         f"{' x '.join(map(str, image.GetSize()))}); a CT volume is 3D")
     size = image.GetSize()
+    if min(size) == 0:
+        raise InputError(f"{where}: a zero-length axis (size {' x '.join(map(str, size))}): no voxels")
     if min(size) < 2:
         raise InputError(f"{where}: size {size} is a single slice (2D image); a CT volume needs several slices")
     spacing = np.asarray(image.GetSpacing())
@@ -290,16 +290,10 @@ def check_ct(image, where: str, array: np.ndarray | None = None) -> np.ndarray:
             or not np.allclose(d.T @ d, np.eye(3), atol=ORTHONORMAL_TOL):
         raise InputError(f"{where}: direction matrix {tuple(round(v, 4) for v in d.ravel())} is not orthonormal "
                          f"(skewed or degenerate orientation metadata)")
-    arr = array if array is not None else sitk.GetArrayFromImage(image)
-    arr = np.asarray(arr, dtype=np.float32)
-    lo, hi = float(arr.min()), float(arr.max())
-    if not (np.isfinite(lo) and np.isfinite(hi)):
-        raise InputError(f"{where}: holds NaN or infinite values")
-    if lo > AIR_THRESHOLD_HU:
-        why = ("no negative values (an MR-like range)" if lo >= 0
-               else f"no air (nothing at or below {AIR_THRESHOLD_HU:g} HU)")
-        raise InputError(f"{where}: intensities {lo:g}..{hi:g} are not Hounsfield units of a CT: {why}")
-    return arr
+    try:
+        return ct_array(array if array is not None else image, where, rescale=rescale)
+    except ImageError as e:
+        raise InputError(str(e)) from None
 
 
 def read_case(case: CaseInput) -> CTVolume:
@@ -308,21 +302,20 @@ def read_case(case: CaseInput) -> CTVolume:
     Raises:
         InputError: see :func:`check_ct` and the DICOM checks in the module docstring.
     """
-    import SimpleITK as sitk
+    from nnunet_liver.data.images import read_image
 
     if case.kind == "dicom":
         image, info = _read_dicom(case)
         where = f"{case.path} (series {info['series_uid']})"
     else:
-        if not case.path.is_file():
-            raise InputError(f"{case.path}: no such file")
         try:
-            image = sitk.ReadImage(str(case.path))
-        except RuntimeError as e:
-            raise InputError(f"{case.path}: cannot read ({_itk_message(e)})") from None
+            # 2D files pass here so that check_ct names them "a single slice (2D image)"
+            image = read_image(case.path, "CT", dims=(2, 3))
+        except ImageError as e:
+            raise InputError(str(e)) from None
         info = {"format": _format_name(case.path)}
         where = str(case.path)
-    array = check_ct(image, where)
+    array = check_ct(image, where, rescale=info.get("rescale", ""))
     info.update(size=list(image.GetSize()), spacing=list(image.GetSpacing()), origin=list(image.GetOrigin()),
                 direction=list(image.GetDirection()), pixel_type=image.GetPixelIDTypeAsString())
     return CTVolume(image=image, array=array, source=case, info=info)

@@ -153,7 +153,7 @@ def _nan_label(src: Path) -> str:
     lab = lits_label(2, np.float32)
     lab[4, 4, 4] = np.nan
     write_nifti(lab, src / "Training Batch 2" / "segmentation-2.nii")
-    return "segmentation-2.nii: the segmentation has NaN values"
+    return "segmentation-2.nii: holds 1 NaN voxel value(s); a segmentation needs finite values"
 
 
 def _fractional_label(src: Path) -> str:
@@ -177,7 +177,7 @@ def _nan_image(src: Path) -> str:
     vol = lits_volume(1).astype(np.float32)
     vol[1, 2, 3] = np.nan
     write_nifti(vol, src / "Training Batch 1" / "volume-1.nii.gz")
-    return "volume-1.nii.gz: the image has NaN values"
+    return "volume-1.nii.gz: holds 1 NaN voxel value(s)"
 
 
 def _duplicate_number(src: Path) -> str:

@@ -88,63 +88,27 @@ def fingerprint(files: Iterable[Path], root: Path, options: dict | None = None) 
 
 
 def read_image(path: str | os.PathLike, what: str = "image"):
-    """``sitk.ReadImage`` with a one-line error naming the file."""
-    import SimpleITK as sitk
+    """A 3D scalar image through the shared reader (:func:`nnunet_liver.data.images.read_image`: empty,
+    truncated and corrupt files, zero-length axes, 4D images, NIfTI NaN and infinities are refused), with a
+    one-line error naming the file."""
+    from nnunet_liver.data.images import ImageError
+    from nnunet_liver.data.images import read_image as _read
 
     try:
-        image = sitk.ReadImage(str(path))
-    except RuntimeError as e:
-        raise ConversionError(f"{path}: cannot read the {what} ({_itk_message(e)})") from None
-    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
-        raise ConversionError(f"{path}: expected a 3D scalar {what}, got {image.GetDimension()}D with "
-                              f"{image.GetNumberOfComponentsPerPixel()} component(s)")
-    if image.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64) and str(path).endswith((".nii", ".nii.gz")):
-        bad = nonfinite_in_nifti(path)
-        if bad:
-            raise ConversionError(f"{path}: the {what} has {bad} values")
-    return image
-
-
-def nonfinite_in_nifti(path: str | os.PathLike, slab: int = 32) -> str | None:
-    """"NaN" or "infinite" if the NIfTI file stores such values, else None.
-
-    SimpleITK cannot tell: its NIfTI reader (niftilib) silently replaces NaN and infinities by 0. nibabel
-    reads the stored values; slabs along the last axis of a memory-mapped ``.nii`` keep the memory small.
-    """
-    import nibabel as nib
-
-    data = nib.load(str(path)).dataobj
-    if str(path).endswith(".gz") or data.ndim == 0:
-        slab = max(data.shape or (1,))  # gzip cannot seek: one pass over the whole array
-    found = None
-    for i in range(0, data.shape[-1] if data.ndim else 1, slab):
-        block = np.asarray(data[..., i:i + slab]) if data.ndim else np.asarray(data)
-        if not np.isfinite(block).all():
-            if np.isnan(block).any():
-                return "NaN"
-            found = "infinite"
-    return found
+        return _read(path, what)
+    except ImageError as e:
+        raise ConversionError(str(e)) from None
 
 
 def read_header(path: str | os.PathLike, what: str = "image"):
     """An ``sitk.ImageFileReader`` with the header read (size, spacing, origin, direction); no voxels."""
-    import SimpleITK as sitk
+    from nnunet_liver.data.images import ImageError
+    from nnunet_liver.data.images import read_header as _read_header
 
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
     try:
-        reader.ReadImageInformation()
-    except RuntimeError as e:
-        raise ConversionError(f"{path}: cannot read the {what} ({_itk_message(e)})") from None
-    if reader.GetDimension() != 3 or reader.GetNumberOfComponents() != 1:
-        raise ConversionError(f"{path}: expected a 3D scalar {what}, got {reader.GetDimension()}D with "
-                              f"{reader.GetNumberOfComponents()} component(s)")
-    return reader
-
-
-def _itk_message(e: Exception) -> str:
-    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
-    return lines[-1] if lines else type(e).__name__
+        return _read_header(path, what)
+    except ImageError as e:
+        raise ConversionError(str(e)) from None
 
 
 def geometry_difference(a, b, *, rtol: float = 1e-4, atol: float = 1e-3) -> str | None:
@@ -161,14 +125,16 @@ def geometry_difference(a, b, *, rtol: float = 1e-4, atol: float = 1e-3) -> str 
     return None
 
 
-def check_image_values(image, path) -> None:
-    """Refuse NaN or infinite intensities (only float images can hold them)."""
-    import SimpleITK as sitk
+def check_image_values(image, path, rescale: str = "") -> None:
+    """Refuse voxels that cannot be Hounsfield units: NaN or infinite values, values beyond the 16-bit HU
+    range (an overflowing DICOM rescale), a label map given as the CT. No air is required: a source may be
+    cropped to the body."""
+    from nnunet_liver.data.images import ImageError, ct_array
 
-    arr = sitk.GetArrayViewFromImage(image)
-    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
-        what = "NaN" if np.isnan(arr).any() else "infinite"
-        raise ConversionError(f"{path}: image has {what} values")
+    try:
+        ct_array(image, str(path), require_air=False, rescale=rescale)
+    except ImageError as e:
+        raise ConversionError(str(e)) from None
 
 
 def label_array(image, path) -> np.ndarray:

@@ -13,10 +13,10 @@ from nnunet_liver.data.converters import (
     ConversionError,
     geometry_difference,
     label_array,
-    nonfinite_in_nifti,
     read_image,
     write_cases,
 )
+from nnunet_liver.data.images import ImageError, check_file
 from nnunet_liver.data.io import OutputExistsError
 from nnunet_liver.data.merge import image_digest
 from nnunet_liver.data.submission import keep_largest_liver
@@ -50,19 +50,22 @@ def test_label_array_refuses(value, message):
 
 
 def test_nan_in_nifti_is_found_although_simpleitk_hides_it(tmp_path):
-    arr = np.zeros((70, 4, 3), np.float32)  # NIfTI's last axis has 70 slices: three slabs of 32
+    arr = np.zeros((70, 4, 3), np.float32)
     write_nifti(arr, tmp_path / "ok.nii")
-    assert nonfinite_in_nifti(tmp_path / "ok.nii") is None
+    check_file(tmp_path / "ok.nii")
     arr[69, 3, 2] = np.nan
     for name in ("nan.nii", "nan.nii.gz"):
         write_nifti(arr, tmp_path / name)
         assert not np.isnan(sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / name)))).any()
-        assert nonfinite_in_nifti(tmp_path / name) == "NaN"
-    with pytest.raises(ConversionError, match="nan.nii.gz: the segmentation has NaN values"):
+        with pytest.raises(ImageError, match=f"{name}: holds 1 NaN voxel value"):
+            check_file(tmp_path / name)
+    with pytest.raises(ConversionError, match="nan.nii.gz: holds 1 NaN voxel value.*a segmentation needs finite"):
         read_image(tmp_path / "nan.nii.gz", "segmentation")
     arr[69, 3, 2] = -np.inf
+    arr[0, 0, 0] = np.nan
     write_nifti(arr, tmp_path / "inf.nii")
-    assert nonfinite_in_nifti(tmp_path / "inf.nii") == "infinite"
+    with pytest.raises(ImageError, match="holds 1 NaN and 1 infinite voxel value"):
+        check_file(tmp_path / "inf.nii")
 
 
 def test_geometry_difference():
