@@ -372,6 +372,24 @@ class ExtractResult:
         return self.written / self.seconds if self.seconds > 0 and self.written else float("nan")
 
 
+def _load_preprocessed(data: PreprocessedData, ds, case_id: str, channel: int | None = None):
+    """(segmentation (z, y, x), properties) of one preprocessed case, or with ``channel`` (image of that
+    channel as float32, properties); a corrupt file or non-finite image values are a :class:`CropError` naming
+    the case's files."""
+    files = ", ".join(p.name for p in data.source_files(case_id)) or f"{case_id}.*"
+    try:
+        d, seg, _, props = ds.load_case(case_id)
+        out = np.asarray(seg[0]) if channel is None else np.asarray(d[channel], dtype=np.float32)
+    except Exception as e:  # blosc2, numpy and pickle raise many kinds for a truncated or corrupt file
+        text = str(e).strip().splitlines()[-1] if str(e).strip() else ""
+        raise CropError(f"{data.folder}: preprocessed case {case_id} ({files}) cannot be read ({type(e).__name__}"
+                        f"{': ' + text if text else ''}); run nnunet-liver plan_and_preprocess again") from None
+    if channel is not None and not np.isfinite(out).all():
+        raise CropError(f"{data.folder}: preprocessed case {case_id} ({files}) holds NaN or infinite values in "
+                        f"channel {channel} (from NaN voxels in its raw image): fix the image and preprocess again")
+    return out, props
+
+
 def load_segmentations(data: PreprocessedData, tumour_label: int, case_ids: Sequence[str] | None = None, *,
                        instance_maps: Callable[[str], np.ndarray | None] | None = None,
                        table_cases: Sequence[str] = ()) -> dict[str, tuple[CaseGeometry, np.ndarray]]:
@@ -387,8 +405,7 @@ def load_segmentations(data: PreprocessedData, tumour_label: int, case_ids: Sequ
     ds = data.dataset()
     out, missing = {}, []
     for cid in case_ids if case_ids is not None else sorted(ds.identifiers):
-        _, seg, _, props = ds.load_case(cid)
-        seg0 = np.asarray(seg[0])
+        seg0, props = _load_preprocessed(data, ds, cid)
         raw = instance_maps(cid) if instance_maps is not None else None
         if raw is not None:
             labelled = raw_to_preprocessed_grid(raw, props, data.transpose_forward, seg0.shape).astype(np.int32)
@@ -462,7 +479,7 @@ def extract_crops(data: PreprocessedData, rows: Sequence[TableRow], out_dir: str
 
     if validate is not None:
         validate(lesions)
-    out = check_writable_dir(out_dir)
+    out = Path(out_dir)
     index_path = out / "index.csv"
     plan = []
     for les in lesions:
@@ -470,12 +487,15 @@ def extract_crops(data: PreprocessedData, rows: Sequence[TableRow], out_dir: str
         path = out / _crop_file(les.row)
         cached = _cached_meta(path) if path.is_file() else None
         plan.append((les, meta, path, cached is not None and _meta_key(cached) == _meta_key(meta)))
-    stale = [p for p in out.glob("*__*.npz") if p.name not in {_crop_file(les.row) for les in lesions}]
     todo = [item for item in plan if not item[3]]
+    ds = data.dataset() if todo else None
+    for cid in sorted({les.row.case_id for les, _, _, _ in todo}):
+        _load_preprocessed(data, ds, cid, spec.channel)  # unreadable or non-finite images: stop before writing
+    out = check_writable_dir(out_dir)
+    stale = [p for p in out.glob("*__*.npz") if p.name not in {_crop_file(les.row) for les in lesions}]
     if (todo or stale) and index_path.exists():
         index_path.unlink()  # the cache is incomplete until the new index is written
 
-    ds = data.dataset() if todo else None
     current_case, image = None, None
     index_rows = []
     by_key = {}
@@ -483,8 +503,7 @@ def extract_crops(data: PreprocessedData, rows: Sequence[TableRow], out_dir: str
         cube = spec.cube_mm(les.component.diameter_mm)
         if not fresh:
             if les.row.case_id != current_case:
-                d, _, _, _ = ds.load_case(les.row.case_id)
-                image = np.asarray(d[spec.channel], dtype=np.float32)
+                image, _ = _load_preprocessed(data, ds, les.row.case_id, spec.channel)
                 current_case = les.row.case_id
             crop, mask, padded = crop_component(image, data.spacing, les.component, segs[les.row.case_id][1], spec)
             meta["padded"] = bool(padded)
@@ -587,14 +606,28 @@ def raw_reader(folder: str | os.PathLike, file_ending: str, reader_json: Mapping
     folder = Path(folder)
 
     def read(case_id: str) -> np.ndarray | None:
+        from nnunet_liver.data.images import ImageError, check_file, label_array_checked
+
         path = folder / f"{case_id}{file_ending}"
         if not path.is_file():
             return None
-        rw = determine_reader_writer_from_dataset_json(dict(reader_json or {"file_ending": file_ending}),
-                                                       str(path), allow_nonmatching_filename=True,
-                                                       verbose=False)()
-        seg, _ = rw.read_seg(str(path))
-        return np.asarray(seg[0])
+        try:  # the shared checks first (empty, truncated, corrupt, NaN, zero-length axes, 4D), then nnU-Net's
+            # own reader, so that the array has exactly the axes and orientation of the preprocessed data
+            check_file(path, "label map")
+            rw = determine_reader_writer_from_dataset_json(dict(reader_json or {"file_ending": file_ending}),
+                                                           str(path), allow_nonmatching_filename=True,
+                                                           verbose=False)()
+            try:
+                seg, _ = rw.read_seg(str(path))
+            except Exception as e:  # nnU-Net's readers raise RuntimeError, AssertionError, ...
+                raise ImageError(f"{path}: cannot read the label map ({type(e).__name__}: "
+                                 f"{str(e).strip().splitlines()[-1] if str(e).strip() else ''})") from None
+            if seg.ndim != 4 or seg.shape[0] != 1:
+                raise ImageError(f"{path}: a label map of shape {tuple(seg.shape[1:])} with {seg.shape[0]} "
+                                 f"channel(s); one 3D label map expected")
+            return np.asarray(label_array_checked(seg[0], str(path), what="label map", max_value=2**31 - 1))
+        except ImageError as e:
+            raise CropError(str(e)) from None
 
     read.folder = folder  # for messages
     read.file_ending = file_ending
