@@ -135,7 +135,10 @@ def build_segmentation(sources: Sequence, slices: Sequence[int], segmentation: n
     """The SEG (see the module docstring) of a case.
 
     Args:
-        sources: the source datasets in file order; ``slices[i]`` is the array slice of ``sources[i]``.
+        sources: the source datasets in file order; ``slices[i]`` is the array slice of ``sources[i]``. Their
+            SpacingBetweenSlices is removed (in memory) so that highdicom derives the SEG's from the slice
+            positions: some writers get the tag wrong (GDCM writes 1 for slices of a volume stored head first),
+            and a SEG whose spacing disagrees with its frames' positions is not a volume to its readers.
         segmentation: (z, y, x) labels on the source grid (SimpleITK's array order).
         labelled: (z, y, x) lesion ids (0 background).
         lesion_ids: the lesions, in findings.json's order; lesion ``lesion_ids[k]`` becomes segment ``2 + k``.
@@ -174,6 +177,9 @@ def build_segmentation(sources: Sequence, slices: Sequence[int], segmentation: n
             algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC, algorithm_identification=algorithm,
             tracking_uid=uid, tracking_id=f"Lesion {lesion_id}", anatomic_regions=[c["liver"]],
             display_color=hd.color.CIELabColor.from_rgb(*LESION_RGB)))
+    for ds in sources:
+        if "SpacingBetweenSlices" in ds:
+            del ds.SpacingBetweenSlices
     return hd.seg.Segmentation(
         source_images=list(sources), pixel_array=pixel_array, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions, series_instance_uid=hd.UID(), series_number=SEG_SERIES_NUMBER,
