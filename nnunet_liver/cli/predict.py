@@ -16,6 +16,11 @@ INPUT is a NIfTI/NRRD/MetaImage file, a folder holding one DICOM series (--serie
 or a folder of cases (image files and DICOM sub-folders: batch mode, one sub-folder of OUTPUT per case; a
 failing case is reported and skipped, and the exit code is 1 if any failed).
 
+Cohorts: --num-parts N --part-id K (nnU-Net's -num_parts/-part_id, K = 0..N-1) runs every N-th case of the
+sorted case names from K on, so N machines or GPUs given the same INPUT and OUTPUT share the cases without
+overlap. A case folder is moved into place whole when finished; a rerun skips the finished ones (made with the
+same models) and redoes the rest. 'nnunet-liver cohort OUTPUT -o cohort.csv' merges the parts' findings.
+
 Writes to OUTPUT (per case): segmentation.nii.gz (the input's exact grid), lesions.csv, findings.json,
 lesion_<id>.png (axial slice through each lesion), summary.png; for a DICOM series also segmentation.dcm
 (DICOM-SEG: the liver and one segment per lesion on the source series' frames) and findings_sr.dcm (DICOM SR,
@@ -57,7 +62,12 @@ def add_parser(subparsers) -> None:
     p.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
     p.add_argument("--no-dicom", action="store_true",
                    help="skip segmentation.dcm and findings_sr.dcm (written for DICOM input only)")
-    p.add_argument("--overwrite", action="store_true", help="replace existing output folders")
+    p.add_argument("--num-parts", "-num_parts", dest="num_parts", type=int, default=1, metavar="N",
+                   help="split a folder of cases into N parts (default 1; nnU-Net's -num_parts)")
+    p.add_argument("--part-id", "-part_id", dest="part_id", type=int, default=0, metavar="K",
+                   help="the part this process runs, 0..N-1 (default 0; nnU-Net's -part_id)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace existing output folders (batch mode: finished cases are skipped without it)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
@@ -68,20 +78,37 @@ def run(args: argparse.Namespace) -> int:
     from nnunet_liver.cli.main import UsageError
     from nnunet_liver.data.io import OutputExistsError
     from nnunet_liver.inference.dicom_outputs import console_note
-    from nnunet_liver.inference.inputs import InputError, discover_cases
+    from nnunet_liver.inference.inputs import InputError, discover_cases, select_part
 
     try:
         cases, batch, notes = discover_cases(args.input, series=args.series)
+        if args.num_parts != 1 or args.part_id != 0:
+            if not batch:
+                raise InputError(f"{args.input}: --num-parts/--part-id split a folder of cases; this is one case")
+            select_part(cases, args.num_parts, args.part_id)  # checks the numbers before anything else
     except InputError as e:
         raise UsageError(str(e)) from None
     out = args.output
     if batch:  # an output folder inside the input folder is not a case (on a rerun)
         cases = [c for c in cases if os.path.realpath(c.path) != os.path.realpath(out)]
+        n_all = len(cases)
+        cases = select_part(cases, args.num_parts, args.part_id)
+        if args.num_parts > 1:
+            notes.append(f"part {args.part_id} of {args.num_parts} (0..{args.num_parts - 1}): {len(cases)} of "
+                         f"{n_all} case(s)")
     _refuse_output_over_inputs(cases, out, batch)
     if not batch and os.path.exists(out) and not args.overwrite:
         raise UsageError(f"{out} exists (use --overwrite to replace it)")
     if args.threads is not None and args.threads < 1:
         raise UsageError(f"--threads must be positive, got {args.threads}")
+    volume = None
+    if not batch:  # a bad input is answered before the model loads
+        from nnunet_liver.inference.inputs import read_case
+
+        try:
+            volume = read_case(cases[0])
+        except InputError as e:
+            raise UsageError(str(e)) from None
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
     dicom_note = None if args.no_dicom else console_note(cases)
@@ -118,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
     if not batch:
         t1 = time.perf_counter()
         try:
-            findings = predictor.run(cases[0], out, overwrite=args.overwrite)
+            findings = predictor.run(cases[0], out, overwrite=args.overwrite, volume=volume)
         except (InputError, OutputExistsError) as e:
             raise UsageError(str(e)) from None
         except PermissionError as e:
@@ -129,7 +156,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
 
     result = predictor.run_many(cases, out, overwrite=args.overwrite, progress=not args.no_progress)
-    print(f"{len(result.done)} of {len(cases)} case(s) written to {out}")
+    skipped = f", {len(result.skipped)} finished before (skipped)" if result.skipped else ""
+    print(f"{len(result.done)} of {len(cases)} case(s) written to {out}{skipped}")
     if result.failed:
         print(f"{len(result.failed)} case(s) failed, nothing written for them:", file=sys.stderr)
         for name, message in result.failed.items():

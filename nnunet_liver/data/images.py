@@ -135,8 +135,8 @@ def _check_nifti(path: Path, what: str, dims: tuple[int, ...], scan: bool) -> No
                     n_nan += int(np.count_nonzero(nan))
                     n_inf += int(values.size - np.count_nonzero(np.isfinite(values) | nan))
     except EOFError:
-        raise ImageError(f"{path}: truncated: the gzip stream ends after {n_bytes} of the {expected} bytes the "
-                         f"header announces (an incomplete download or copy?)") from None
+        raise ImageError(f"{path}: truncated: the compressed data end before the {expected} bytes its header "
+                         f"announces (an incomplete download or copy?)") from None
     except (OSError, zlib.error) as e:
         raise ImageError(f"{path}: corrupt compressed data ({_first_line(e)})") from None
     if n_bytes < expected:

@@ -32,6 +32,7 @@ __all__ = [
     "discover_cases",
     "dicom_series",
     "read_case",
+    "select_part",
 ]
 
 IMAGE_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -76,12 +77,14 @@ class CTVolume:
         array: (z, y, x) float32 Hounsfield units (SimpleITK's array order).
         source: where it came from.
         info: what the report records about the input (format, DICOM series, ...).
+        read_seconds: time taken to read and check it.
     """
 
     image: object  # SimpleITK.Image; not annotated so that this module imports without SimpleITK loaded
     array: np.ndarray
     source: CaseInput
     info: dict = field(default_factory=dict)
+    read_seconds: float = 0.0
 
 
 def _strip_ending(name: str) -> str | None:
@@ -150,6 +153,25 @@ def discover_cases(path: str | os.PathLike, series: str | None = None) -> tuple[
     notes = [f"ignored {len(ignored)} file(s) of other types in {path}: {', '.join(ignored[:5])}"
              f"{', ...' if len(ignored) > 5 else ''}"] if ignored else []
     return cases, True, notes
+
+
+def select_part(cases: list[CaseInput], num_parts: int, part_id: int) -> list[CaseInput]:
+    """The cases of part ``part_id`` (0 .. ``num_parts`` - 1): nnU-Net's ``-num_parts/-part_id`` split, every
+    ``num_parts``-th case name from ``part_id`` on, over the sorted case names. Each name is in exactly one part
+    (cases sharing a name stay together, so the batch reports the clash), and the assignment depends on the
+    list of names only, so machines that list the same folder agree.
+
+    Raises:
+        InputError: ``num_parts`` < 1 or ``part_id`` outside 0 .. ``num_parts`` - 1.
+    """
+    if num_parts < 1:
+        raise InputError(f"--num-parts must be at least 1, got {num_parts}")
+    if not 0 <= part_id < num_parts:
+        raise InputError(f"--part-id must be in 0..{num_parts - 1} for --num-parts {num_parts} (counting from 0, as "
+                         f"nnU-Net's -part_id), got {part_id}")
+    names = sorted({c.name for c in cases})
+    mine = set(names[part_id::num_parts])
+    return [c for c in sorted(cases, key=lambda c: (c.name, str(c.path))) if c.name in mine]
 
 
 def dicom_series(folder: str | os.PathLike) -> list[dict]:
@@ -302,8 +324,11 @@ def read_case(case: CaseInput) -> CTVolume:
     Raises:
         InputError: see :func:`check_ct` and the DICOM checks in the module docstring.
     """
+    import time
+
     from nnunet_liver.data.images import read_image
 
+    t0 = time.perf_counter()
     if case.kind == "dicom":
         image, info = _read_dicom(case)
         where = f"{case.path} (series {info['series_uid']})"
@@ -318,7 +343,7 @@ def read_case(case: CaseInput) -> CTVolume:
     array = check_ct(image, where, rescale=info.get("rescale", ""))
     info.update(size=list(image.GetSize()), spacing=list(image.GetSpacing()), origin=list(image.GetOrigin()),
                 direction=list(image.GetDirection()), pixel_type=image.GetPixelIDTypeAsString())
-    return CTVolume(image=image, array=array, source=case, info=info)
+    return CTVolume(image=image, array=array, source=case, info=info, read_seconds=time.perf_counter() - t0)
 
 
 def _format_name(path: Path) -> str:

@@ -1,8 +1,10 @@
 """One CT in, a findings report out: read -> segment (nnU-Net) -> postprocess -> lesions -> classify -> write.
 
 Each case's files are built in a temporary folder beside the output folder and moved into place when all are
-written, so a failed case leaves nothing behind; an existing output folder is replaced only with
-``overwrite``. Output folder::
+written, so a failed or interrupted case leaves nothing behind (a killed process leaves a hidden
+``.<case>.partial-*`` folder, removed when the case is run again); an existing output folder is replaced only
+with ``overwrite``. In batch mode a case whose folder holds ``findings.json`` (written last, moved into place
+with everything else) is finished: a rerun skips it when it was made with the same models. Output folder::
 
     segmentation.nii.gz   labels (0 background, 1 liver, 2 tumour as in the model's dataset.json) on the input's
                           exact grid (size, spacing, origin, direction)
@@ -27,7 +29,8 @@ import numpy as np
 
 from nnunet_liver.inference.inputs import CaseInput, CTVolume, InputError, read_case
 
-__all__ = ["BatchResult", "CaseAnalysis", "CasePredictor", "analyse_segmentation", "software_versions"]
+__all__ = ["BatchResult", "CaseAnalysis", "CasePredictor", "analyse_segmentation", "finished_findings",
+           "model_signature", "software_versions"]
 
 
 @dataclass
@@ -116,10 +119,46 @@ def software_versions() -> dict:
 
 @dataclass
 class BatchResult:
-    """Outcome of several cases: ``done`` {name: output folder}, ``failed`` {name: message}."""
+    """Outcome of several cases: ``done`` {name: output folder}, ``skipped`` {name: output folder finished by an
+    earlier run}, ``failed`` {name: message}."""
 
     done: dict[str, Path] = field(default_factory=dict)
+    skipped: dict[str, Path] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
+
+
+FINDINGS = "findings.json"
+
+
+def finished_findings(folder: str | os.PathLike) -> dict | None:
+    """The findings of a finished case folder (None if ``folder`` holds no ``findings.json``).
+
+    Raises:
+        ValueError: ``findings.json`` exists but is not readable JSON (edited or damaged by hand: the pipeline
+            moves it into place whole).
+    """
+    import json
+
+    path = Path(folder) / FINDINGS
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: unreadable ({e})") from None
+
+
+def model_signature(models: dict) -> dict:
+    """What identifies the models of a findings' ``models`` entry across machines (not the folders' paths):
+    data set, trainer, plans, configuration, folds, checkpoint, and the classifier's run and checkpoint."""
+    seg = models.get("segmentation") or {}
+    clf = models.get("classifier")
+    return {
+        "segmentation": {k: seg.get(k) for k in ("dataset", "trainer", "plans", "configuration", "folds",
+                                                   "checkpoint")},
+        "classifier": None if not clf else {"model": clf.get("model"), "preset": clf.get("preset"),
+                                            "checkpoint": "/".join(Path(str(clf.get("checkpoint"))).parts[-3:])},
+    }
 
 
 class CasePredictor:
@@ -152,8 +191,12 @@ class CasePredictor:
             spacing = [float(s) for s in model.configuration_manager.spacing]
             self.notes = classifier.check_model(model.normalization_schemes(), spacing)
 
-    def run(self, case: CaseInput, out_dir: str | os.PathLike, *, overwrite: bool = False) -> dict:
+    def run(self, case: CaseInput, out_dir: str | os.PathLike, *, overwrite: bool = False,
+            volume: CTVolume | None = None) -> dict:
         """Predict one case and write its folder; returns the findings.
+
+        Args:
+            volume: the case already read with ``read_case`` (read here if None).
 
         Raises:
             InputError: the case is not a readable CT (nothing written).
@@ -164,9 +207,10 @@ class CasePredictor:
         out_dir = Path(out_dir)
         if out_dir.exists() and not overwrite:
             raise OutputExistsError(f"{out_dir} exists (use --overwrite to replace it)")
-        t_start = time.perf_counter()
-        volume = read_case(case)
-        timings = {"read": time.perf_counter() - t_start}
+        # total time counts the read also when the caller read the case
+        t_start = time.perf_counter() - (volume.read_seconds if volume is not None else 0.0)
+        volume = read_case(case) if volume is None else volume
+        timings = {"read": volume.read_seconds}
         geometry = {"spacing": volume.image.GetSpacing(), "origin": volume.image.GetOrigin(),
                     "direction": volume.image.GetDirection()}
         result = self.model.segment(volume.array, geometry)
@@ -260,14 +304,24 @@ class CasePredictor:
             findings["timings_s"]["total"] = round(time.perf_counter() - t_start, 3)
             write_findings(tmp / "findings.json", findings)
 
+    def signature(self) -> dict:
+        """:func:`model_signature` of the loaded models."""
+        return model_signature({"segmentation": self.model.describe(),
+                                "classifier": self.classifier.describe() if self.classifier is not None else None})
+
     def run_many(self, cases: Sequence[CaseInput], out_root: str | os.PathLike, *, overwrite: bool = False,
                  progress: bool = True) -> BatchResult:
-        """Batch mode: each case into ``out_root/<name>``; a failing case is reported and skipped."""
+        """Batch mode: each case into ``out_root/<name>``; a failing case is reported and skipped.
+
+        Without ``overwrite`` a case already finished (see :func:`finished_findings`) with the same models is
+        skipped; one finished with other models, or a folder that is not a finished case, fails.
+        """
         from tqdm import tqdm
 
         out_root = Path(out_root)
         result = BatchResult()
         seen: dict[str, CaseInput] = {}
+        mine = self.signature()
         bar = tqdm(cases, desc="predict", unit="case", disable=not progress)
         say = tqdm.write if progress else self.log  # one line per case, above the bar
         for case in bar:
@@ -277,9 +331,26 @@ class CasePredictor:
                     f"{case.path}: same case name as {seen[case.name].path}; rename one of them")
                 continue
             seen[case.name] = case
+            target = out_root / case.name
+            if not overwrite and target.exists():
+                try:
+                    previous = finished_findings(target)
+                except ValueError as e:
+                    result.failed[case.name] = f"{e}; use --overwrite to predict the case again"
+                    say(f"FAILED {case.name}: {result.failed[case.name]}")
+                    continue
+                if previous is not None and model_signature(previous.get("models", {})) == mine:
+                    result.skipped[case.name] = target
+                    continue
+                why = ("was predicted with other models" if previous is not None
+                       else "exists but is not a finished case (no findings.json)")
+                result.failed[case.name] = f"{target} {why} (use --overwrite to replace it)"
+                say(f"FAILED {case.name}: {result.failed[case.name]}")
+                continue
+            _remove_partials(out_root, case.name)
             t0 = time.perf_counter()
             try:
-                findings = self.run(case, out_root / case.name, overwrite=overwrite)
+                findings = self.run(case, target, overwrite=overwrite)
             except InputError as e:
                 result.failed[case.name] = str(e)
             except FileExistsError as e:
@@ -293,6 +364,16 @@ class CasePredictor:
             say(f"FAILED {case.name}: {result.failed[case.name]}")
         bar.close()
         return result
+
+
+def _remove_partials(out_root: Path, name: str) -> None:
+    """Staging folders of ``name`` left by a killed run (``staged_dir`` removes its own on any exception)."""
+    import glob
+    import shutil
+
+    if out_root.is_dir():
+        for p in out_root.glob(f".{glob.escape(name)}.partial-*"):
+            shutil.rmtree(p, ignore_errors=True)
 
 
 def summary_line(findings: dict, out_dir: Path, seconds: float) -> str:

@@ -138,10 +138,12 @@ def test_batch_with_a_broken_case(env, tmp_path, capsys):
     assert sorted(p.name for p in out.iterdir()) == ["liver_005", "liver_006"]
     for name in ("liver_005", "liver_006"):
         assert {p.name for p in (out / name).iterdir()} == {"segmentation.nii.gz", "lesions.csv", "findings.json"}
-    # a rerun without --overwrite fails for the finished cases and changes nothing
+    # a rerun without --overwrite skips the finished cases (changing nothing) and tries the broken one again
     before = (out / "liver_005" / "findings.json").read_text(encoding="utf-8")
     assert predict(env, "-i", cases, "-o", out, "--no-figures") == 1
-    assert "exists (use --overwrite" in capsys.readouterr().err
+    captured = capsys.readouterr()
+    assert "0 of 3 case(s) written" in captured.out and "2 finished before (skipped)" in captured.out
+    assert "broken_0000.nii.gz" in captured.err
     assert (out / "liver_005" / "findings.json").read_text(encoding="utf-8") == before
 
 

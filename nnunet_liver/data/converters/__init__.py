@@ -154,8 +154,9 @@ def label_array(image, path) -> np.ndarray:
     if arr.size and (arr.min() < 0 or arr.max() > 2):
         bad = np.unique(arr[(arr < 0) | (arr > 2)])
         shown = ", ".join(str(int(v)) if np.isfinite(v) else str(v) for v in bad[:8])
+        hint = "; a CT given as a label map?" if bad.min() < -255 or bad.max() > 255 else ""
         raise ConversionError(f"{path}: unknown label value(s) {shown} (expected 0 background, 1 liver, "
-                              f"2 tumour)")
+                              f"2 tumour{hint})")
     return arr.astype(np.uint8)
 
 
