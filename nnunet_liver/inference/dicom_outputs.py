@@ -213,8 +213,8 @@ def build_report(seg, sources: Sequence, findings: dict, tracking_uids: Sequence
     source_series = hd.sr.SourceSeriesForSegmentation(sources[0].SeriesInstanceUID)
 
     def measurement(name, value, unit, derivation=None):
-        return hd.sr.Measurement(name=name, value=float(value), unit=unit, derivation=derivation,
-                                 algorithm_id=algorithm)
+        # the algorithm is named once per group (TID 1411/1501), not again in each measurement
+        return hd.sr.Measurement(name=name, value=float(value), unit=unit, derivation=derivation)
 
     groups = [
         hd.sr.MeasurementsAndQualitativeEvaluations(
