@@ -20,6 +20,7 @@ COMMANDS = (
     "nnunet_liver.cli.preprocess",
     "nnunet_liver.cli.convert",
     "nnunet_liver.cli.merge",
+    "nnunet_liver.cli.splits",
     "nnunet_liver.cli.submit",
     "nnunet_liver.cli.classify",
     "nnunet_liver.cli.predict",

@@ -1,26 +1,33 @@
-"""Merge nnU-Net raw liver data sets into one, without exact duplicates.
+"""Merge nnU-Net raw liver data sets into one, without the same scan twice, with folds that keep patients whole.
 
-Case ids become ``<source name>_<case id>`` (``LiTS_lits_003``, ``3DIRCADb_ircadb_001``). Two cases are
-duplicates when their images hold the same voxel values on the same grid size and spacing (a digest of the
-values, whatever the stored type, plus shape and spacing); the first one met, in the order the sources are
-given, is kept, and every dropped case is reported with the case it duplicates and whether their labels
-agree (``duplicates.csv``, and the ``duplicates`` entry of ``case_mapping.json``). Files are copied byte for
-byte; ``lesions.csv`` tables of the sources are concatenated (ids renamed, a ``source_dataset`` column
-added, the union of the columns kept). Writing, re-runs and ``overwrite`` as the converters
-(:func:`nnunet_liver.data.converters.write_cases`).
+Case ids become ``<source name>_<case id>`` (``LiTS_lits_003``, ``3DIRCADb_ircadb_001``). Near-duplicates
+(the same scan re-exported: flipped or permuted axes, another data type, a constant HU offset, a few
+slices cropped or padded, resampled or noisy; :mod:`nnunet_liver.data.duplicates`) are found across and
+within the sources. By default the first copy met, in the order the sources are given, is kept and every
+later copy is dropped; with ``keep_duplicates`` all copies stay, grouped. Each copy after the first is
+listed in ``duplicates.csv`` (and the ``duplicates`` entry of ``case_mapping.json``) with its evidence: the
+similarity score, the transform found, the HU offset, and whether the labels agree (Dice after alignment).
+
+Folds: ``splits_final.json`` (nnU-Net's format, 5 folds) is written into the merged data set, where
+nnU-Net's planner picks it up, and into ``<preprocessed_root>/DatasetXXX_<name>/`` when given; every group
+of copies of one scan, and every group of cases of one patient where a source records a ``patient_id``
+(:func:`nnunet_liver.data.splits.patient_ids`), lies in one fold.
+
+Files are copied byte for byte; ``lesions.csv`` tables of the sources are concatenated (ids renamed, a
+``source_dataset`` column added, the union of the columns kept). Writing, re-runs and ``overwrite`` as the
+converters (:func:`nnunet_liver.data.converters.write_cases`); fingerprints and verifications are cached in
+the merged data set (``merge_fingerprints.npz``, ``case_mapping.json``), so a re-run only reads new files.
 """
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
+from nnunet_liver.data import fingerprint as fpr
 from nnunet_liver.data.converters import (
     CaseJob,
     ConversionError,
@@ -33,11 +40,30 @@ from nnunet_liver.data.converters import (
     read_image,
     write_cases,
 )
+from nnunet_liver.data.duplicates import (
+    EVIDENCE_COLUMNS,
+    Item,
+    Pair,
+    evidence_against,
+    find_duplicates,
+    fingerprint_all,
+)
 from nnunet_liver.data.io import DATASET_RE, datasets_with_id, staged_file
+from nnunet_liver.data.splits import (
+    SPLITS_FILE,
+    SplitsError,
+    check_splits_writable,
+    grouped_folds,
+    patient_ids,
+    union_groups,
+    write_splits,
+)
 
 KIND = "merge"
-DUPLICATE_COLUMNS = ("case_id", "source_dataset", "source_case", "duplicate_of", "same_label")
+DUPLICATE_COLUMNS = ("case_id", "source_dataset", "source_case", "duplicate_of", "same_label", "action",
+                     *EVIDENCE_COLUMNS)
 FILE_ENDING = ".nii.gz"
+FINGERPRINT_CACHE = "merge_fingerprints.npz"
 
 
 @dataclass(frozen=True)
@@ -56,10 +82,17 @@ class SourceCase:
     def new_id(self) -> str:
         return f"{self.name}_{self.case}"
 
+    @property
+    def key(self) -> str:
+        return f"{self.dataset.name}/{self.image.relative_to(self.dataset).as_posix()}"
+
 
 @dataclass
 class MergeResult(ConversionResult):
     duplicates: list[dict]
+    splits: list[dict] | None = None
+    split_files: list[Path] | None = None  # where splits_final.json now is
+    notes: list[str] | None = None
 
 
 def dataset_name(folder: Path) -> str:
@@ -116,28 +149,11 @@ def list_cases(dataset: Path) -> list[SourceCase]:
 
 def image_digest(path: str | os.PathLike) -> str:
     """sha256 of an image's voxel values (integers compared as integers, whatever the stored type), shape
-    and spacing (rounded to 1e-5 mm). Reads in slabs, so memory stays near one copy of the image."""
+    and spacing (:func:`nnunet_liver.data.fingerprint.array_digest`)."""
     import SimpleITK as sitk
 
     image = read_image(path)
-    arr = sitk.GetArrayViewFromImage(image)
-    h = hashlib.sha256(json.dumps({"shape": arr.shape, "spacing": [round(s, 5) for s in image.GetSpacing()]}
-                                  ).encode())
-    integral = arr.dtype.kind in "iub" or bool(np.all([np.array_equal(arr[i:i + 16], np.round(arr[i:i + 16]))
-                                                       for i in range(0, arr.shape[0], 16)]))
-    for i in range(0, arr.shape[0], 16):
-        slab = arr[i:i + 16]
-        h.update(np.ascontiguousarray(slab, dtype=np.int64 if integral else np.float64).tobytes())
-    return h.hexdigest()
-
-
-def _labels_equal(a: Path | None, b: Path | None) -> str:
-    if a is None or b is None:
-        return ""
-    import SimpleITK as sitk
-
-    return str(bool(np.array_equal(sitk.GetArrayFromImage(read_image(a, "label")),
-                                   sitk.GetArrayFromImage(read_image(b, "label")))))
+    return fpr.array_digest(sitk.GetArrayViewFromImage(image), image.GetSpacing())
 
 
 def copy_case_files(job: CaseJob, staging: Path) -> dict:
@@ -176,19 +192,62 @@ def merge_lesion_tables(sources: list[Path], kept: dict[tuple[str, str], str]) -
     return columns, rows
 
 
+def _lesion_rows_of(sources: list[Path], cases: set[tuple[str, str]]) -> int:
+    """How many rows the sources' lesions.csv tables hold for ``cases`` ((source name, case id))."""
+    count = 0
+    for src in sources:
+        table = src / "lesions.csv"
+        if cases and table.is_file():
+            with open(table, encoding="utf-8", newline="") as f:
+                count += sum((dataset_name(src), row.get("case_id", "")) in cases for row in csv.DictReader(f))
+    return count
+
+
+def _source_patients(folders: list[Path]) -> dict[tuple[str, str], str]:
+    """(source name, case id) -> ``<source folder>:<patient id>`` where a source records one."""
+    out = {}
+    for f in folders:
+        try:
+            ids = patient_ids(f)
+        except SplitsError as e:
+            raise ConversionError(str(e)) from None
+        out.update({(dataset_name(f), case): f"{f.name}:{pid}" for case, pid in ids.items()})
+    return out
+
+
+def _cached_state(final: Path, overwrite: bool) -> tuple[dict, dict, dict]:
+    """What an earlier merge into ``final`` computed: fingerprints (key -> (image version, Fingerprint)),
+    verified pairs ((a, b) -> (versions of a and b, Pair)) and its mapping."""
+    if overwrite or not final.exists():
+        return {}, {}, {}
+    previous = load_mapping(final) or {}
+    if previous.get("written_by") != KIND:
+        return {}, {}, previous
+    verified = {}
+    for d in previous.get("verified", []):
+        try:
+            verified[(d["a"], d["b"])] = (d["versions"], Pair.from_json(d))
+        except (KeyError, TypeError, ValueError):
+            continue  # written by another version: verified again
+    return fpr.load_cache(final / FINGERPRINT_CACHE), verified, previous
+
+
 def merge_datasets(raw_root: str | os.PathLike, sources: list[str], *, dataset_id: int, name: str | None = None,
+                   keep_duplicates: bool = False, preprocessed_root: str | os.PathLike | None = None,
                    overwrite: bool = False, num_processes: int = 1, progress: bool = True) -> MergeResult:
     """Merge the raw data sets ``sources`` (ids, folder names or paths) into ``<raw_root>/DatasetXXX_<name>``.
 
     Args:
         name: default: the source names joined by "_".
+        keep_duplicates: keep every copy of a scan (grouped in one fold) instead of the first only.
+        preprocessed_root: also write ``splits_final.json`` into ``<preprocessed_root>/DatasetXXX_<name>/``
+            (an existing file with other folds is refused unless ``overwrite``).
 
     Raises:
-        ConversionError: a source that is missing, not a liver data set, or named like another source.
-        OutputExistsError: as the converters.
+        ConversionError: a source that is missing, not a liver data set, named like another source, or with
+            an unreadable image (the message names the file).
+        OutputExistsError: as the converters; or a different splits file in ``preprocessed_root``.
     """
-    from tqdm import tqdm
-
     raw_root = Path(raw_root)
     folders = [resolve_source(raw_root, s) for s in sources]
     names = [dataset_name(f) for f in folders]
@@ -202,55 +261,119 @@ def merge_datasets(raw_root: str | os.PathLike, sources: list[str], *, dataset_i
             raise ConversionError(f"{f}: the output cannot be one of the sources")
         check_not_inside(final, f)
     cases = [c for f in folders for c in list_cases(f)]
+    patients = _source_patients(folders)
 
-    previous = (load_mapping(final) or {}) if final.exists() and not overwrite else {}
-    cache = previous.get("digests", {}) if previous.get("written_by") == KIND else {}
-    digests, jobs_info = {}, []
-    for c in tqdm(cases, desc="merge: image digests", unit="case", disable=not progress):
-        key = f"{c.dataset.name}/{c.image.relative_to(c.dataset).as_posix()}"
-        fp = fingerprint([c.image], c.dataset)
-        digest = cache[key]["digest"] if cache.get(key, {}).get("fingerprint") == fp else image_digest(c.image)
-        digests[key] = {"fingerprint": fp, "digest": digest}
-        jobs_info.append((c, digest))
+    # near-duplicates
+    cache, verified, _ = _cached_state(final, overwrite)
+    versions = {c.key: fingerprint([c.image] + ([c.label] if c.label else []), c.dataset) for c in cases}
+    image_versions = {c.key: fingerprint([c.image], c.dataset) for c in cases}
+    items = [Item(c.key, c.image, c.label, image_versions[c.key]) for c in cases]
+    fingerprints = fingerprint_all(items, cache, num_processes=num_processes, progress=progress)
+    verified = {k: p for k, (v, p) in verified.items() if v == [versions.get(k[0]), versions.get(k[1])]}
+    search = find_duplicates(items, fingerprints, verified=verified, progress=progress)
+    by_key = {c.key: c for c in cases}
+    item_by_key = {it.key: it for it in items}
+    first_of = {m: g[0] for g in search.groups for m in g[1:]}
 
-    first: dict[str, SourceCase] = {}
-    duplicates, jobs = [], []
-    for c, digest in jobs_info:
-        if digest in first:
-            kept = first[digest]
+    duplicates, evidence_pairs = [], []
+    for g in search.groups:
+        for member in g[1:]:
+            pair = evidence_against(search, g[0], member, item_by_key, fingerprints)
+            evidence_pairs.append(pair)
+            c, kept = by_key[member], by_key[g[0]]
+            same = "" if pair.evidence.same_label is None else str(pair.evidence.same_label)
             duplicates.append({"case_id": c.new_id, "source_dataset": c.dataset.name, "source_case": c.case,
-                               "duplicate_of": kept.new_id, "same_label": _labels_equal(c.label, kept.label)})
-            continue
-        first[digest] = c
+                               "duplicate_of": kept.new_id, "same_label": same,
+                               "action": "kept" if keep_duplicates else "dropped", **pair.evidence_row()})
+
+    kept_cases = [c for c in cases if keep_duplicates or c.key not in first_of]
+    new_ids = {c.key: c.new_id for c in cases}
+    links = [[new_ids[k] for k in g] for g in search.groups]
+    by_patient: dict[str, list[str]] = {}
+    for c in cases:
+        pid = patients.get((c.name, c.case))
+        if pid is not None:
+            by_patient.setdefault(pid, []).append(c.new_id)
+    links += [v for v in by_patient.values() if len(v) > 1]
+    kept_ids = [c.new_id for c in kept_cases]
+    split_groups = [g for g in union_groups(kept_ids, links) if len(g) > 1]
+    group_of = {cid: g[0] for g in split_groups for cid in g}
+    train_ids = [c.new_id for c in kept_cases if c.split == "train"]
+    notes = []
+    try:
+        splits = grouped_folds(train_ids, split_groups)
+    except SplitsError as e:
+        splits = None
+        notes.append(f"{SPLITS_FILE} not written: {e}")
+    pre_splits = None
+    if preprocessed_root is not None and splits is not None:
+        pre_splits = Path(preprocessed_root) / final.name / SPLITS_FILE
+        check_splits_writable(pre_splits, splits, overwrite=overwrite)  # before the long copy
+
+    jobs = []
+    for c in kept_cases:
         img_dir, lbl_dir = ("imagesTr", "labelsTr") if c.split == "train" else ("imagesTs", "labelsTs")
         files = [(c.image, f"{img_dir}/{c.new_id}_0000{FILE_ENDING}")]
         if c.label is not None:
             files.append((c.label, f"{lbl_dir}/{c.new_id}{FILE_ENDING}"))
         src_record = ((load_mapping(c.dataset) or {}).get("cases", {}).get(c.case, {})
                       if (c.dataset / MAPPING_FILE).is_file() else {})
-        record = {"source_dataset": c.dataset.name, "source_case": c.case, "image_digest": digest}
+        record = {"source_dataset": c.dataset.name, "source_case": c.case,
+                  "image_digest": fingerprints[c.key].digest}
         if "lits_name" in src_record:
             record["lits_name"] = src_record["lits_name"]
+        if (c.name, c.case) in patients:
+            record["patient_id"] = patients[(c.name, c.case)]
+        if c.new_id in group_of:
+            record["group"] = group_of[c.new_id]
         jobs.append(CaseJob(case_id=c.new_id, split=c.split,
                             fingerprint=fingerprint([f for f, _ in files], c.dataset),
                             record=record, payload=[(str(f), rel) for f, rel in files]))
-    kept_ids = {(dataset_name(c.dataset), c.case): c.new_id for c in first.values()}
+    kept_names = {(c.name, c.case): c.new_id for c in kept_cases}
+    dropped_rows = _lesion_rows_of(folders, {(c.name, c.case) for c in cases} - set(kept_names))
+    if dropped_rows:
+        notes.append(f"{dropped_rows} lesions.csv row(s) of dropped copies left out (their lesion ids and voxel "
+                     f"centroids refer to the dropped copy's label); give that source first to keep them")
+    search_summary = {
+        "pairs_scored": search.compared, "pairs_without_alignment": search.skipped,
+        "candidate_score": fpr.CANDIDATE_SCORE, "duplicate_voxel_ncc": fpr.DUPLICATE_VOXEL_NCC,
+        "highest_other": (None if search.highest_other is None else
+                          {"score": search.highest_other[0], "a": new_ids[search.highest_other[1]],
+                           "b": new_ids[search.highest_other[2]]}),
+    }
 
     def finish(folder: Path, records: dict) -> None:
         _write_csv(folder / "duplicates.csv", DUPLICATE_COLUMNS, duplicates)
-        columns, rows = merge_lesion_tables(folders, kept_ids)
+        columns, rows = merge_lesion_tables(folders, kept_names)
         if columns:
             _write_csv(folder / "lesions.csv", columns, rows)
+        if splits is not None:
+            write_splits(folder / SPLITS_FILE, splits, overwrite=True)
+        else:
+            (folder / SPLITS_FILE).unlink(missing_ok=True)
+        fpr.save_cache(folder / FINGERPRINT_CACHE, {k: (image_versions[k], fingerprints[k]) for k in fingerprints})
 
+    verified_pairs = list({(p.a, p.b): p for p in search.pairs + evidence_pairs}.values())
+    action = "kept, grouped in one fold" if keep_duplicates else "dropped"
     result = write_cases(
         final, jobs, copy_case_files, kind=KIND,
-        header={"sources": [str(f.resolve()) for f in folders], "duplicates": duplicates, "digests": digests},
+        header={"sources": [str(f.resolve()) for f in folders], "keep_duplicates": keep_duplicates,
+                "duplicates": duplicates, "split_groups": split_groups, "near_duplicate_search": search_summary,
+                "verified": [p.to_json(versions) for p in verified_pairs]},
         dataset_json=dict(
             name=final.name.split("_", 1)[1],
             description=(f"Merged by nnunet-liver from {', '.join(f.name for f in folders)}: case ids prefixed "
-                         f"with the source name; {len(duplicates)} exact duplicate image(s) dropped (see "
-                         f"duplicates.csv). Licenses: those of the sources."),
+                         f"with the source name; {len(duplicates)} near-duplicate image(s) {action} (see "
+                         f"duplicates.csv); splits_final.json keeps copies of a scan and cases of a patient in "
+                         f"one fold. Licenses: those of the sources."),
             extra={"nnunet_liver": {"merged_from": [f.name for f in folders]}},
         ),
         finish=finish, overwrite=overwrite, num_processes=num_processes, progress=progress)
-    return MergeResult(result.folder, result.converted, result.skipped, result.records, duplicates)
+    split_files = []
+    if splits is not None:
+        split_files.append(result.folder / SPLITS_FILE)
+        if pre_splits is not None:
+            write_splits(pre_splits, splits, overwrite=overwrite)
+            split_files.append(pre_splits)
+    return MergeResult(result.folder, result.converted, result.skipped, result.records, duplicates, splits,
+                       split_files, notes)
