@@ -111,9 +111,6 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(str(e)) from None
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
-    dicom_note = None if args.no_dicom else console_note(cases)
-    if dicom_note:
-        print(f"note: {dicom_note}", file=sys.stderr)
 
     import torch
 
@@ -141,6 +138,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"postprocessing: nnU-Net's {postprocessing.source}", file=sys.stderr)
     if args.mirror and model.predictor.allowed_mirroring_axes is None:
         print("note: --mirror: the checkpoint allows no mirroring axes; predicting without mirroring", file=sys.stderr)
+    dicom_note = None if args.no_dicom else console_note(cases)  # after the checks: an error stays one line
+    if dicom_note:
+        print(f"note: {dicom_note}", file=sys.stderr)
 
     if not batch:
         t1 = time.perf_counter()

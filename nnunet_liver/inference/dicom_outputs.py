@@ -2,13 +2,13 @@
 
 Both join the source series' study and are written with highdicom:
 
-``segmentation.dcm``  DICOM-SEG (BINARY) on the source series' frame geometry: one frame per source slice
-                      that holds a segment, each frame referencing its source instance. Segments:
+``segmentation.dcm``  DICOM-SEG (BINARY) on the source series' frame geometry: a frame per segment and source
+                      slice it is on, each frame referencing that slice's instance. Segments:
 
                       1        "Liver": the liver without its tumours (every label >= 1 except the tumour
                                label), SCT Anatomical Structure / Liver;
-                      1 + k    "Lesion <id>": lesion <id> of findings.json (one 3D connected component of the
-                               tumour label), SCT Morphologically Abnormal Structure / Neoplasm, site Liver,
+                      1 + k    "Lesion <id>": the k-th lesion of findings.json (one 3D connected component of
+                               the tumour label), SCT Morphologically Abnormal Structure / Neoplasm, site Liver,
                                with the lesion's tracking identifier and tracking UID.
 
                       The segments do not overlap (the segmentation is passed as one label map, so memory stays
@@ -41,7 +41,7 @@ __all__ = ["NOT_DICOM_NOTE", "SEG_FILE", "SR_FILE", "DicomOutputError", "build_r
 
 SEG_FILE = "segmentation.dcm"
 SR_FILE = "findings_sr.dcm"
-NOT_DICOM_NOTE = ("no DICOM SEG/SR: the input is not a DICOM series, so there is no study/series to reference")
+NOT_DICOM_NOTE = "no DICOM SEG/SR: the input is not a DICOM series, so there is no study/series to reference"
 SEG_SERIES_NUMBER, SR_SERIES_NUMBER = 901, 902
 POSITION_TOL = 0.01  # in voxels: DICOM positions are decimal strings (up to 16 characters)
 ORIENTATION_TOL = 1e-4
