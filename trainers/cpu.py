@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 
 from nnunet_liver.trainers import _plans
-from nnunet_liver.trainers._mixins import NoInferenceMirroringMixin
+from nnunet_liver.trainers._mixins import CPUBF16Mixin, NoInferenceMirroringMixin, ShortBudgetOptimizerMixin
 from nnunet_liver.trainers.segmentation import (
     DualStreamAblationBaseTrainer,
     DualStreamAblationRWAAttTrainer,
@@ -43,8 +43,9 @@ def cpu_budget_from_env(env=os.environ) -> dict:
     }
 
 
-class CPUBudgetMixin(NoInferenceMirroringMixin):
-    """Few epochs and iterations (see module doc), no test-time mirroring; put it first among the bases."""
+class CPUBudgetMixin(ShortBudgetOptimizerMixin, CPUBF16Mixin, NoInferenceMirroringMixin):
+    """Few epochs and iterations (see module doc), AdamW with a one-cycle schedule made for such budgets,
+    bf16 autocast where the CPU has native bf16, no test-time mirroring; put it first among the bases."""
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):

@@ -18,6 +18,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--num-train", type=int, default=24, help="training cases (default 24)")
     p.add_argument("--num-test", type=int, default=8, help="test cases (default 8)")
     p.add_argument("--size", type=int, default=128, help="in-plane voxels per side (default 128)")
+    p.add_argument("--fov", default="abdomen", choices=("abdomen", "liver"),
+                   help="field of view: the whole abdomen (default) or cropped around the liver (25 mm in-plane, "
+                   "30 mm in z), as liver pipelines crop; --size stays the whole abdomen's matrix")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("-np", dest="num_processes", type=int, default=min(2, os.cpu_count() or 1),
                    help="worker processes (default min(2, cores))")
@@ -32,7 +35,8 @@ def run(args: argparse.Namespace) -> int:
 
     root = raw_root(args)
     check_num_processes(args)
-    settings = SynthSettings(num_train=args.num_train, num_test=args.num_test, size=args.size, seed=args.seed)
+    settings = SynthSettings(num_train=args.num_train, num_test=args.num_test, size=args.size, seed=args.seed,
+                             fov=args.fov)
     try:
         folder = write_phantom_dataset(root, settings, dataset_id=args.dataset_id, name=args.name,
                                        overwrite=args.overwrite, num_processes=args.num_processes,

@@ -81,7 +81,7 @@ Typical use::
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from scipy import ndimage, special
@@ -1103,12 +1103,32 @@ def _lesion_table(grid: _Grid, instances: np.ndarray, models: list[LesionModel],
     return rows
 
 
-def sample_anatomy(rng: np.random.Generator, size: int = 128) -> Anatomy:
+def _liver_box(liver_region: np.ndarray, spacing: tuple[float, float, float],
+               margin_mm: tuple[float, float]) -> tuple[slice, slice, slice]:
+    """(z, y, x) slices of the liver's bounding box grown by ``margin_mm`` (in-plane, z), inside the grid."""
+    sx, sy, sz = spacing
+    m_xy, m_z = margin_mm
+    nz_idx, ny_idx, nx_idx = (np.flatnonzero(liver_region.any(axis=a)) for a in ((1, 2), (0, 2), (0, 1)))
+    out = []
+    for idx, margin, n in ((nz_idx, m_z / sz, liver_region.shape[0]), (ny_idx, m_xy / sy, liver_region.shape[1]),
+                           (nx_idx, m_xy / sx, liver_region.shape[2])):
+        pad = int(math.ceil(margin))
+        out.append(slice(max(int(idx[0]) - pad, 0), min(int(idx[-1]) + 1 + pad, n)))
+    return tuple(out)
+
+
+def sample_anatomy(rng: np.random.Generator, size: int = 128,
+                   liver_margin_mm: tuple[float, float] | None = None) -> Anatomy:
     """Draw one body with its liver, vessels and lesions.
 
     Args:
         rng: the anatomy's random generator (the only source of randomness).
-        size: in-plane matrix size (x and y); the number of slices follows from the drawn spacing.
+        size: in-plane matrix size (x and y) of the whole abdominal field of view; the number of slices
+            follows from the drawn spacing.
+        liver_margin_mm: crop the field of view to the liver's bounding box grown by (in-plane, z) mm, as
+            liver pipelines crop around the liver; None keeps the whole field of view. The body is drawn
+            exactly as without cropping (same random draws), then cut; the crop's voxel 0 becomes the
+            origin, so lesion centroids (voxel and mm) refer to the cropped grid.
 
     Returns:
         The anatomy; ``lesions[i]["contrast_hu"]`` is measured in the reference (portal) rendering.
@@ -1122,6 +1142,22 @@ def sample_anatomy(rng: np.random.Generator, size: int = 128) -> Anatomy:
     tex_low = _smooth_field(rng, coords, rng.uniform(45, 75))
     tex_mid = _smooth_field(rng, coords, max(12.0, 1.5 * grid.spacing[0]))
     instances, models = _place_lesions(rng, grid, liver_region, tissues)
+    if liver_margin_mm is not None:
+        box = _liver_box(liver_region, grid.spacing, liver_margin_mm)
+        # a lesion's rendering box (its rho field) may reach past the margin at the liver's edge
+        box = tuple(slice(min([c.start] + [m.box[a].start for m in models]),
+                          max([c.stop] + [m.box[a].stop for m in models])) for a, c in enumerate(box))
+        tissues, liver_region, instances = tissues[box], liver_region[box], instances[box]
+        tex_low, tex_mid = tex_low[box], tex_mid[box]
+        for m in models:
+            m.box = tuple(slice(b.start - c.start, b.stop - c.start) for b, c in zip(m.box, box))
+        meta["crop_offset_voxel"] = tuple(int(b.start) for b in box)
+        meta["uncropped_shape"] = tuple(int(n) for n in grid.shape)
+        sx, sy, _ = grid.spacing
+        grid = replace(grid, shape=tuple(int(b.stop - b.start) for b in box), zs=grid.zs[box[0]] - grid.zs[box[0]][0],
+                       ys=grid.ys[box[1]], xs=grid.xs[box[2]],
+                       origin_offset=(grid.origin_offset[0] - box[2].start * sx,
+                                      grid.origin_offset[1] - box[1].start * sy))
     label = np.zeros(grid.shape, dtype=np.uint8)
     label[liver_region] = 1
     label[instances > 0] = 2
@@ -1283,21 +1319,25 @@ def _case_generators(seed: int, case_index: int) -> list[np.random.Generator]:
     return np.random.default_rng([int(seed), int(case_index)]).spawn(4)
 
 
-def generate_case(seed: int, case_index: int, size: int = 128) -> tuple[Anatomy, ScanConditions, np.ndarray]:
-    """One phantom under normal scan conditions. Deterministic in (seed, case_index, size)."""
+def generate_case(seed: int, case_index: int, size: int = 128,
+                  liver_margin_mm: tuple[float, float] | None = None) -> tuple[Anatomy, ScanConditions, np.ndarray]:
+    """One phantom under normal scan conditions. Deterministic in (seed, case_index, size, liver_margin_mm)."""
     g_anat, g_cond, g_noise, _ = _case_generators(seed, case_index)
-    anatomy = sample_anatomy(g_anat, size)
+    anatomy = sample_anatomy(g_anat, size, liver_margin_mm)
     cond = sample_conditions(g_cond, shifted=False)
     return anatomy, cond, render(anatomy, cond, g_noise)
 
 
-def generate_shifted(seed: int, case_index: int, size: int = 128) -> tuple[Anatomy, ScanConditions, np.ndarray]:
-    """The anatomy of ``generate_case(seed, case_index, size)`` under shifted (out-of-distribution) conditions.
+def generate_shifted(seed: int, case_index: int, size: int = 128,
+                     liver_margin_mm: tuple[float, float] | None = None,
+                     ) -> tuple[Anatomy, ScanConditions, np.ndarray]:
+    """The anatomy of ``generate_case(seed, case_index, size, liver_margin_mm)`` under shifted
+    (out-of-distribution) conditions.
 
     The conditions start from the same draws as the normal scan (same phase and tissue values) and then
     apply the shifts documented in :func:`sample_conditions`; the noise is an independent realisation.
     """
     g_anat, g_cond, _, g_noise = _case_generators(seed, case_index)
-    anatomy = sample_anatomy(g_anat, size)
+    anatomy = sample_anatomy(g_anat, size, liver_margin_mm)
     cond = sample_conditions(g_cond, shifted=True)
     return anatomy, cond, render(anatomy, cond, g_noise)

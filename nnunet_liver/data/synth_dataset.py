@@ -34,14 +34,28 @@ CASE_COLUMNS = (
 )
 
 
+FOVS = ("abdomen", "liver")
+#: margin around the liver's bounding box of a "liver" field of view, (in-plane, z) mm: enough body wall,
+#: stomach, kidney, lung base and heart around the liver that the network learns where the liver ends
+LIVER_MARGIN_MM = (25.0, 30.0)
+
+
 @dataclass(frozen=True)
 class SynthSettings:
     num_train: int = 24
     num_test: int = 8
     size: int = 128
     seed: int = 0
+    #: "abdomen": the whole abdominal field of view; "liver": cropped to the liver's box + LIVER_MARGIN_MM
+    fov: str = "abdomen"
+
+    @property
+    def liver_margin_mm(self) -> tuple[float, float] | None:
+        return LIVER_MARGIN_MM if self.fov == "liver" else None
 
     def validate(self) -> None:
+        if self.fov not in FOVS:
+            raise ValueError(f"--fov must be one of {', '.join(FOVS)}, got {self.fov!r}")
         if self.num_train < 1:
             raise ValueError(f"--num-train must be positive, got {self.num_train}")
         if self.num_test < 0:
@@ -59,13 +73,13 @@ def _write_case(folder: Path, index: int, split: str, settings: SynthSettings) -
     from nnunet_liver.data.phantoms import generate_case, generate_shifted
 
     cid = case_id(index)
-    anatomy, cond, image = generate_case(settings.seed, index, settings.size)
+    anatomy, cond, image = generate_case(settings.seed, index, settings.size, settings.liver_margin_mm)
     img_dir, lbl_dir = ("imagesTr", "labelsTr") if split == "train" else ("imagesTs", "labelsTs")
     write_image(image, folder / img_dir / f"{cid}_0000.nii.gz", anatomy.spacing)
     write_image(anatomy.label, folder / lbl_dir / f"{cid}.nii.gz", anatomy.spacing)
     variants = [("normal", cond)]
     if split == "test":
-        _, shifted_cond, shifted = generate_shifted(settings.seed, index, settings.size)
+        _, shifted_cond, shifted = generate_shifted(settings.seed, index, settings.size, settings.liver_margin_mm)
         write_image(shifted, folder / "imagesTs_shifted" / f"{cid}_0000.nii.gz", anatomy.spacing)
         variants.append(("shifted", shifted_cond))
 
@@ -140,10 +154,10 @@ def write_phantom_dataset(raw_root: str | os.PathLike, settings: SynthSettings, 
         write_dataset_json(
             tmp, num_training=settings.num_train, name=name,
             description=(f"Synthetic liver-CT phantoms from nnunet-liver (seed {settings.seed}, size "
-                         f"{settings.size}). Raw HU. Labels: 0 background, 1 liver, 2 tumour; benign/malignant "
+                         f"{settings.size}, field of view {settings.fov}). Raw HU. Labels: 0 background, 1 liver, 2 tumour; benign/malignant "
                          f"per lesion in lesions.csv. imagesTs_shifted: the test anatomy under shifted "
                          f"contrast/window conditions (robustness split). Synthetic data: not for clinical use."),
             extra={"nnunet_liver": {"generator": "phantoms", "seed": settings.seed, "size": settings.size,
-                                    "num_test": settings.num_test}},
+                                    "fov": settings.fov, "num_test": settings.num_test}},
         )
     return final
