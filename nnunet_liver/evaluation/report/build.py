@@ -37,7 +37,7 @@ DATA_FORMAT = "nnunet_liver.report_data/1"
 OUTPUTS = ("report.html", "report.md", "report_data.json", "figures")
 FIGURE_FILES = dict(figure3="figure3_qualitative.png", figure4="figure4_segmentation_metrics.png",
                     figure5="figure5_attention.png", figure6="figure6_classification_metrics.png",
-                    figure7="figure7_roc.png")
+                    figure7="figure7_roc.png", real_ct="real_ct_contours.png")
 SEG_HEADERS = dict(dice="Dice", iou="IoU", sensitivity="Sensitivity", specificity="Specificity")
 CLS_HEADERS = dict(accuracy="Accuracy", sensitivity="Sensitivity", specificity="Specificity", auc="AUC", ppv="PPV",
                    f1="F1")
@@ -59,6 +59,10 @@ COMMANDS = dict(
     cost="set `segmentation.models[].cost` in results.json (`nnunet-liver demo` measures parameters, "
          "FLOPs per voxel and time per case)",
     provenance="`nnunet-liver demo` writes it; for your own runs add a `provenance` section to results.json",
+    real_ct="`nnunet-liver predict -i CT -o PRED -m MODEL_FOLDER -f 0` on a real CT with a reference mask, "
+            "`nnunet-liver evaluate REF_DIR PRED_DIR -o EVAL` (the label and the prediction under the same case "
+            "name), then set `real_ct` in results.json (`nnunet-liver demo` does it for the carried "
+            "crlm_liver_ct)",
 )
 
 
@@ -374,6 +378,103 @@ class _Builder:
                                                             "Seconds per case", "Training seconds", "Iterations",
                                                             "Patch size"], rows, notes=notes))
 
+    def real_ct(self) -> None:
+        self.heading(2, "Phantom to real: one real CT", "real-ct", "Real CT")
+        r = tables.real_ct(self.m)
+        self.data["real_ct"] = r
+        if r is None:
+            self.data["figures"]["real_ct"] = None
+            self.note_missing("real_ct", "No real CT in results.json: nothing here says whether the models "
+                              "segment a real CT's liver.", COMMANDS["real_ct"])
+            return
+        rct = self.m.real_ct
+        model = f"**{r['model']}**" if r["model"] else "The model"
+        folder = f" (`{self.rel(rct.model_folder)}`)" if rct.model_folder is not None else ""
+        name = r["label"] or r["case"]
+        self.blocks.append(Para(
+            f"**{name}**, case `{r['case']}`: {model}{folder} segmented it with `nnunet-liver predict`, and "
+            f"`nnunet-liver evaluate` compared that with the reference mask (`{self.rel(rct.evaluation)}`)."))
+        target, dice = r["target"], r["liver"]["dice"]
+        verdict = {True: "met", False: "not met", None: "not measured"}[target["met"]]
+        self.blocks.append(Para(f"**Target: liver Dice ≥ {target['threshold']:.2f}: {verdict}** (liver Dice "
+                                f"{fmt_num(dice)}).", css=f"verdict {verdict.replace(' ', '-')}"))
+
+        def ml(v):
+            return f"{v:,.1f}" if _finite(v) else "n/a"
+
+        def mm(v):
+            return f"{v:.1f}" if _finite(v) else "n/a"
+
+        rows = [[Cell(s.capitalize()), fmt_num(r[s]["dice"]), fmt_num(r[s]["iou"]), fmt_num(r[s]["sensitivity"]),
+                 fmt_num(r[s]["specificity"]), ml(r[s]["reference_ml"]), ml(r[s]["prediction_ml"]),
+                 f"{r[s]['rvd'] * 100:+.1f}%" if _finite(r[s]["rvd"]) else "n/a", mm(r[s]["assd"]),
+                 mm(r[s]["hd95"])] for s in tables.STRUCTURES]
+        voxel = f"{r['voxel_ml'] * 1000:.2f} mm³" if _finite(r["voxel_ml"]) else "unknown"
+        self.blocks.append(Table(
+            "real-ct-metrics", None, ["Structure", "Dice", "IoU", "Sensitivity", "Specificity",
+                                      "Reference volume (ml)", "Predicted volume (ml)", "Volume difference",
+                                      "ASSD (mm)", "HD95 (mm)"], rows,
+            notes=[f"From {self.rel(rct.evaluation)}: one case, so no mean, spread or test. Liver = every label "
+                   f">= 1 (tumour included). Volumes: voxels × the voxel volume ({voxel}); volume difference: "
+                   "(predicted - reference) / reference."]))
+        les = r["lesions"]
+        rows = []
+        for key, counts in les["detection"].items():
+            rows.append([Cell(key.replace("iou>", "IoU > ")), str(les["n_reference"]), str(les["n_prediction"]),
+                         str(counts["tp"]), str(counts["fn"]), str(counts["fp"])])
+        if rows:
+            self.blocks.append(Table(
+                "real-ct-lesions", "Lesion detection", ["Detected when", "Reference lesions", "Predicted lesions",
+                                                        "Detected", "Missed", "False positives"], rows,
+                notes=["Lesions: 3D connected components of the tumour label; overlapping lesions are merged "
+                       "and counted once, as the LiTS scorer does."]))
+
+        self.heading(3, "Figure: the real CT, reference and prediction", "real-ct-figure")
+        path = self.figure_dir / FIGURE_FILES["real_ct"]
+        try:
+            info = figs.real_ct_figure(rct, path, title=f"{r['case']}: liver Dice {fmt_num(dice)}, tumour Dice "
+                                       f"{fmt_num(r['tumour']['dice'])}" + (f" ({r['model']})" if r["model"] else ""))
+        except figs.FigureUnavailable as e:
+            self.data["figures"]["real_ct"] = None
+            self.note_missing("real_ct_figure", f"The real-CT figure is not drawn: {e}.", COMMANDS["real_ct"])
+        else:
+            self.data["figures"]["real_ct"] = dict(file=f"figures/{path.name}", **info)
+            level, width = figs.SOFT_TISSUE_WINDOW
+            axial = ", ".join(str(z) for z in info["axial"])
+            tumour = info["tumour_slice"] is not None
+            self.figure("real_ct", f"{r['case']}, CT in a soft-tissue window (level {level:g} HU, width {width:g} "
+                        f"HU): axial slices z = {axial} (superior first; a quarter and three quarters down the "
+                        "reference liver, and " + ("the largest reference tumour area" if tumour else "its middle")
+                        + ") in the radiological view (patient's right on the left, anterior up), and the coronal "
+                        f"slice through the reference {'tumour' if tumour else 'liver'}'s centre (y = "
+                        f"{info['coronal']}, superior up). Yellow: reference, blue: prediction; solid: liver, dashed: "
+                        "tumour.", "real CT slices with reference and predicted liver and tumour contours")
+
+        self.heading(3, "What this shows and what it does not", "real-ct-meaning")
+        synthetic = (self.m.provenance or {}).get("synthetic")
+        trained = ("The model was trained on synthetic phantoms only and was never trained or tuned on this CT: "
+                   "it is a check, not a training or validation case." if synthetic else
+                   "This check assumes that the model was never trained or tuned on this CT; results.json does not "
+                   "record it.")
+        if target["met"] is None:
+            outcome = "Its liver Dice is not defined, so this case says nothing either way."
+        elif synthetic:
+            outcome = (f"Its liver Dice ({fmt_num(dice)}) says whether what the phantoms teach carries over to the "
+                       "liver of a real contrast-enhanced CT: " +
+                       (f"here it does, at the {target['threshold']:.2f} target or above." if target["met"] else
+                        f"here it does not (target {target['threshold']:.2f}); training on phantoms alone did not "
+                        "produce a usable liver on this real CT."))
+        else:
+            outcome = (f"Its liver Dice ({fmt_num(dice)}) is {'at or above' if target['met'] else 'below'} the "
+                       f"{target['threshold']:.2f} target.")
+        self.blocks.append(Para(f"**What it shows.** One real contrast-enhanced CT with a radiologist's liver and "
+                                f"tumour mask. {trained} {outcome}"))
+        self.blocks.append(Para(
+            "**What it does not show.** One case gives no spread, no confidence interval and no comparison between "
+            "models: another CT could land elsewhere. One metastasis cannot estimate tumour performance; its "
+            "tumour Dice and detection are a single observation. This is not a LiTS result and must not be "
+            "compared with the paper's tables."))
+
     def classification(self) -> None:
         self.heading(2, "Lesion classification", "classification", "Classification")
         t2 = tables.table2(self.m)
@@ -503,6 +604,8 @@ class _Builder:
                         f"-tr {model.trainer or 'TRAINER'}")
                 items.append(f"`{self.rel(model.predictions)}`: predictions of {model.label}, by `{pcmd}`.")
                 inputs.append(dict(what=f"predictions of {model.label}", path=str(model.predictions), command=pcmd))
+        if m.real_ct is not None:
+            items += self._real_ct_inputs(inputs)
         if m.classification_dir is not None:
             preset = f" --preset {m.classification_preset}" if m.classification_preset else ""
             cmd = f"nnunet-liver classify evaluate{preset}"
@@ -516,6 +619,23 @@ class _Builder:
         self.blocks.append(Para(f"Rendered by `nnunet-liver report {self.rel(m.path)}` (nnunet-liver {_version()}) "
                                 f"on {now}. Every number of the tables is in report_data.json beside this page."))
         self.data["inputs"] = inputs
+
+
+    def _real_ct_inputs(self, inputs: list[dict]) -> list[str]:
+        rct, items = self.m.real_ct, []
+        model = f"-m {self.rel(rct.model_folder)}" if rct.model_folder is not None else "-m MODEL_FOLDER"
+        predict = f"nnunet-liver predict -i {self.rel(rct.image) if rct.image else 'CT'} -o PRED {model} -f 0"
+        s = rct.summary
+        evaluate = (f"nnunet-liver evaluate {self.rel(s.get('reference_dir', 'REF_DIR'))} "
+                    f"{self.rel(s.get('prediction_dir', 'PRED_DIR'))} -o {self.rel(rct.evaluation.parent)}")
+        for what, p, cmd in (("real CT", rct.image, None), ("real CT reference", rct.reference, None),
+                             ("real CT prediction (segmentation.nii.gz)", rct.prediction, predict),
+                             ("real CT evaluation", rct.evaluation, evaluate)):
+            if p is None:
+                continue
+            items.append(f"`{self.rel(p)}`: {what}" + (f", by `{cmd}`." if cmd else "."))
+            inputs.append(dict(what=what, path=str(p), command=cmd))
+        return items
 
 
 def _version() -> str:
@@ -533,6 +653,9 @@ def _check_out_dir(manifest: Manifest, out: Path) -> None:
     paths = [manifest.path, manifest.images, manifest.labels, manifest.classification_dir]
     for model in manifest.models:
         paths += [model.evaluation, model.predictions]
+    if manifest.real_ct is not None:
+        rct = manifest.real_ct
+        paths += [rct.evaluation, rct.image, rct.reference, rct.prediction, rct.model_folder]
     for p in paths:
         if p is None:
             continue
@@ -567,6 +690,7 @@ def build_report(results: str | os.PathLike, out_dir: str | os.PathLike | None =
         b.data.update(title=title, manifest=str(manifest.path))
         b.provenance()
         b.segmentation()
+        b.real_ct()
         b.classification()
         b.inputs()
         b.data["missing"] = b.missing

@@ -278,3 +278,122 @@ def roc_from_runs(table2: dict, path: Path) -> None:
     except ValueError as e:
         raise FigureUnavailable(str(e)) from None
     plot_roc(runs, table2, path)
+
+
+# --------------------------------------------------------------------------------------------------------
+# The real CT ("Phantom to real"): reference and predicted contours on three axial slices and one coronal
+
+
+REAL_CT_REFERENCE_COLOUR = "#ffd60a"  # yellow
+REAL_CT_PREDICTION_COLOUR = "#19c3ff"  # sky blue: apart from yellow for every common colour-vision deficiency
+
+
+def real_ct_slices(label: np.ndarray) -> dict:
+    """Slices of the LPS-oriented reference ``label`` (z, y, x) to show: three axial slices (at a quarter
+    and three quarters of the liver's z-extent and through the tumour's largest area; the middle of the liver
+    instead when there is no tumour), from superior to inferior, and the coronal row through the tumour's
+    centroid (else the liver's).
+
+    Raises:
+        FigureUnavailable: the reference has no liver.
+    """
+    liver = label > 0
+    if not liver.any():
+        raise FigureUnavailable("the reference label has no liver")
+    z = np.flatnonzero(liver.any(axis=(1, 2)))
+    z0, z1 = int(z[0]), int(z[-1])
+    tumour_area = (label == 2).sum(axis=(1, 2))
+    has_tumour = bool(tumour_area.any())
+    middle = int(np.argmax(tumour_area)) if has_tumour else (z0 + z1) // 2
+    axial = {int(round(z0 + 0.25 * (z1 - z0))), middle, int(round(z0 + 0.75 * (z1 - z0)))}
+    for extra in range(z0, z1 + 1):  # a liver of one or two slices: fewer distinct slices
+        if len(axial) >= 3:
+            break
+        axial.add(extra)
+    centre = np.argwhere(label == 2) if has_tumour else np.argwhere(liver)
+    return dict(axial=sorted(axial, reverse=True), tumour_slice=middle if has_tumour else None,
+                coronal=int(round(centre[:, 1].mean())), liver_slices=[z0, z1])
+
+
+def _contours(ax, label: np.ndarray, colour: str) -> None:
+    for value, style, width in ((1, "solid", 1.1), (2, (0, (2.5, 1.5)), 1.5)):
+        mask = label >= value
+        if mask.any() and not mask.all():
+            ax.contour(mask.astype(float), levels=[0.5], colors=colour, linewidths=width, linestyles=[style])
+
+
+def _orientation(ax, left: str, right: str, top: str) -> None:
+    from matplotlib import patheffects
+
+    style = dict(transform=ax.transAxes, color="white", fontsize=8, fontweight="bold",
+                 path_effects=[patheffects.withStroke(linewidth=2, foreground="black")])
+    ax.text(0.015, 0.5, left, ha="left", va="center", **style)
+    ax.text(0.985, 0.5, right, ha="right", va="center", **style)
+    ax.text(0.5, 0.985, top, ha="center", va="top", **style)
+
+
+def real_ct_figure(real_ct, path: Path, *, title: str | None = None) -> dict:
+    """CT in the soft-tissue window with the reference and predicted liver (solid) and tumour (dashed)
+    contours: three axial slices in the radiological view (patient's right on the left, anterior up) and one
+    coronal slice (superior up, patient's right on the left), at the slices of ``real_ct_slices``.
+
+    Args:
+        real_ct: the manifest's ``RealCT`` (its image, reference and prediction are read).
+
+    Returns:
+        What was drawn: ``axial`` (slice indices of the LPS-oriented volume, superior first),
+        ``tumour_slice``, ``coronal`` (row index), ``liver_slices`` and ``window``.
+
+    Raises:
+        FigureUnavailable: a file is not named or unreadable, or the three grids differ.
+    """
+    files = {k: getattr(real_ct, k) for k in ("image", "reference", "prediction")}
+    absent = [k for k, v in files.items() if v is None]
+    if absent:
+        raise FigureUnavailable(f"results.json names no real_ct.{' or real_ct.'.join(absent)}")
+    ct, spacing = _read_lps(files["image"])
+    label, _ = _read_lps(files["reference"])
+    pred, _ = _read_lps(files["prediction"])
+    for name, arr in (("reference", label), ("prediction", pred)):
+        if arr.shape != ct.shape:
+            raise FigureUnavailable(f"{files[name]}: shape {arr.shape[::-1]} differs from {files['image']} "
+                                    f"{ct.shape[::-1]}")
+    where = real_ct_slices(label)
+    level, width = SOFT_TISSUE_WINDOW
+    window = dict(cmap="gray", vmin=level - width / 2, vmax=level + width / 2, interpolation="nearest")
+    sx, sy, sz = spacing
+    panels = [(f"axial z = {z}" + (" (tumour)" if z == where["tumour_slice"] else ""), ct[z], label[z], pred[z],
+               sy / sx, ("R", "L", "A")) for z in where["axial"]]
+    y = where["coronal"]
+    # rows of the coronal slice: z runs inferior -> superior in LPS, flipped so that superior is up
+    panels.append((f"coronal y = {y}", ct[::-1, y, :], label[::-1, y, :], pred[::-1, y, :], sz / sx,
+                   ("R", "L", "S")))
+    heights = [p[1].shape[0] * p[4] for p in panels]
+    widths = [p[1].shape[1] for p in panels]
+    scale = 2.9 / max(widths)
+    height = max(heights) * scale / 0.7
+    fig = _figure(sum(widths) * scale + 0.4, height)
+    grid = fig.add_gridspec(1, len(panels), width_ratios=widths, left=0.01, right=0.99, top=0.83, bottom=0.13,
+                            wspace=0.04)
+    for i, (name, img, ref, prd, aspect, letters) in enumerate(panels):
+        ax = fig.add_subplot(grid[0, i])
+        ax.imshow(img, aspect=aspect, **window)
+        _contours(ax, ref, REAL_CT_REFERENCE_COLOUR)
+        _contours(ax, prd, REAL_CT_PREDICTION_COLOUR)
+        _orientation(ax, *letters)
+        ax.set_title(name, fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color=c, lw=w, ls=ls, label=f"{who} {what}")
+               for who, c in (("reference", REAL_CT_REFERENCE_COLOUR), ("predicted", REAL_CT_PREDICTION_COLOUR))
+               for what, ls, w in (("liver", "-", 1.4), ("tumour", "--", 1.6))]
+    legend = fig.legend(handles=handles, loc="lower center", ncol=4, fontsize=8, frameon=True, facecolor="#3a3a3a",
+                        edgecolor="none")
+    for text in legend.get_texts():
+        text.set_color("white")
+    if title:
+        fig.suptitle(title, fontsize=10, y=0.985)
+    _save(fig, path)
+    return dict(**where, window=dict(level=level, width=width))

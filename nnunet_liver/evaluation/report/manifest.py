@@ -18,7 +18,11 @@ whatever is there. Paths are relative to the manifest's folder (absolute paths a
                     "predictions": "folder of <case>.nii.gz", "evaluation": "summary.json of nnunet-liver evaluate",
                     "cost": {"params", "flops_per_voxel", "patch_size", "seconds_per_case", "train_seconds",
                              "iterations"}}, ...]},
-     "classification": {"evaluation": "folder of nnunet-liver classify evaluate", "preset": "cpu"}
+     "classification": {"evaluation": "folder of nnunet-liver classify evaluate", "preset": "cpu"},
+     "real_ct": {"label": "crlm_liver_ct (TCIA CRLM, radiologist mask)",  # one real CT outside every training set
+                 "model": "DualStream", "model_folder": "nnU-Net model folder given to nnunet-liver predict -m",
+                 "image": "the CT", "reference": "its label (0/1/2)", "prediction": "the predicted label map",
+                 "evaluation": "summary.json of nnunet-liver evaluate (exactly one case)"}
     }
 
 Unknown keys are errors (a misspelt key would otherwise drop a section silently). Every error names the
@@ -38,8 +42,9 @@ MANIFEST_NAME = "results.json"
 GROUPS = ("table1", "ablation")
 COST_KEYS = ("params", "flops_per_voxel", "patch_size", "seconds_per_case", "train_seconds", "iterations")
 PROVENANCE_KEYS = ("data", "budget", "device", "machine", "created", "synthetic", "command")
-TOP_KEYS = ("format", "title", "provenance", "dataset", "segmentation", "classification")
+TOP_KEYS = ("format", "title", "provenance", "dataset", "segmentation", "classification", "real_ct")
 MODEL_KEYS = ("label", "group", "trainer", "configuration", "predictions", "evaluation", "cost")
+REAL_CT_KEYS = ("label", "model", "model_folder", "image", "reference", "prediction", "evaluation")
 CLASSIFICATION_FILES = ("table2.json", "table2.md", "roc.png", "metrics.png", "attention.png")
 
 
@@ -62,6 +67,21 @@ class SegmentationModel:
 
 
 @dataclass
+class RealCT:
+    """One real CT predicted by a model that never saw it (the report's "Phantom to real" section)."""
+
+    evaluation: Path
+    summary: dict
+    case: str  # the one case of ``summary``
+    label: str | None = None
+    model: str | None = None
+    model_folder: Path | None = None
+    image: Path | None = None
+    reference: Path | None = None
+    prediction: Path | None = None
+
+
+@dataclass
 class Manifest:
     """A validated ``results.json`` with absolute paths and the loaded evaluation files."""
 
@@ -77,6 +97,7 @@ class Manifest:
     classification_dir: Path | None = None
     classification_preset: str | None = None
     table2: dict | None = None
+    real_ct: RealCT | None = None
 
     @property
     def folder(self) -> Path:
@@ -346,4 +367,32 @@ def load_manifest(results: str | os.PathLike) -> Manifest:
         m.classification_preset = c.string(cls.get("preset"), "classification.preset")
         m.table2 = _read_json(folder / "table2.json", "a table2.json", c, "classification.evaluation")
         _check_table2(m.table2, folder / "table2.json", c)
+
+    if data.get("real_ct") is not None:
+        m.real_ct = _real_ct(data["real_ct"], c)
     return m
+
+
+def _real_ct(entry: Any, c: _Checker) -> RealCT:
+    c.mapping(entry, "real_ct", REAL_CT_KEYS)
+    if entry.get("evaluation") is None:
+        raise c.fail("real_ct.evaluation", "missing: the summary.json written by nnunet-liver evaluate")
+    ev = c.path_(entry["evaluation"], "real_ct.evaluation", kind="any")
+    if ev.is_dir():
+        ev = ev / "summary.json"
+        if not ev.is_file():
+            raise c.fail("real_ct.evaluation", f"{entry['evaluation']} holds no summary.json")
+    summary = _read_json(ev, "a summary.json of nnunet-liver evaluate", c, "real_ct.evaluation")
+    _check_summary(summary, ev, c, "real_ct.evaluation")
+    if len(summary["cases"]) != 1:
+        raise ManifestError(f"{ev}: holds {len(summary['cases'])} cases ({', '.join(summary['cases'])}); the "
+                            f"real-CT section shows one; named by {c.path} real_ct.evaluation")
+
+    def path(key: str, kind: str) -> Path | None:
+        return c.path_(entry[key], f"real_ct.{key}", kind=kind) if entry.get(key) is not None else None
+
+    return RealCT(evaluation=ev, summary=summary, case=next(iter(summary["cases"])),
+                  label=c.string(entry.get("label"), "real_ct.label"),
+                  model=c.string(entry.get("model"), "real_ct.model"),
+                  model_folder=path("model_folder", "folder"), image=path("image", "file"),
+                  reference=path("reference", "file"), prediction=path("prediction", "file"))

@@ -93,6 +93,10 @@ nav.toc a { color: var(--accent); text-decoration: none; margin-right: 12px; whi
 .note.synthetic strong { color: var(--warn); }
 .note.missing { border-color: #b7791f; background: #fff8e6; }
 .note .cmd { display: block; margin-top: 4px; }
+.verdict { font-size: 15px; padding: 6px 12px; border-radius: 4px; display: inline-block; }
+.verdict.met { background: #e7f6ec; border-left: 5px solid #1a7f37; }
+.verdict.not-met { background: #fdecea; border-left: 5px solid var(--warn); }
+.verdict.not-measured { background: #f0f3f6; border-left: 5px solid var(--muted); }
 .provenance { border: 1px solid var(--line); border-radius: 6px; padding: 8px 14px; background: #fafbfc; }
 .scroll { overflow-x: auto; margin: 8px 0 4px; }
 table { border-collapse: collapse; font-size: 13px; font-variant-numeric: tabular-nums; }

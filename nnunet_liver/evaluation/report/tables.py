@@ -5,7 +5,7 @@ standard deviation over the cases where the metric is defined (population std, N
 rule as ``summary.json``'s ``aggregate``). Paired tests go through ``nnunet_liver.evaluation.compare``
 (paired t-test and Wilcoxon signed-rank on the cases both models hold). Classification (Table 2) is copied
 from ``table2.json`` (``nnunet-liver classify evaluate``), which already holds fold means, pooled values with
-bootstrap intervals and the paired tests.
+bootstrap intervals and the paired tests. The real CT (one case) is read from its own ``summary.json``.
 """
 from __future__ import annotations
 
@@ -14,13 +14,16 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from nnunet_liver.evaluation.report.manifest import Manifest, SegmentationModel
+from nnunet_liver.evaluation.report.manifest import Manifest, RealCT, SegmentationModel
 
 STRUCTURES = ("liver", "tumour")
 SEG_METRICS = ("dice", "iou", "sensitivity", "specificity")
 TEST_METRICS = ("tumour_dice", "liver_dice")
 CLS_METRICS = ("accuracy", "sensitivity", "specificity", "auc", "ppv", "f1")
 COST_RATIO_KEYS = ("params", "flops_per_voxel", "seconds_per_case", "train_seconds")
+REAL_CT_METRICS = ("dice", "iou", "sensitivity", "specificity", "rvd", "assd", "hd95")
+#: issue 11: phantom training transfers to a real contrast CT's liver if this one reaches it
+REAL_CT_LIVER_DICE_TARGET = 0.85
 
 
 def _float(x) -> float:
@@ -168,3 +171,30 @@ def cost(manifest: Manifest) -> dict | None:
                                                        "seconds_per_case", "train_seconds", "iterations")},
                          ratio=ratios if base is not None else None))
     return dict(baseline=base.label if base is not None else None, rows=rows)
+
+
+def real_ct(manifest: Manifest) -> dict | None:
+    """The real CT's numbers: per structure the metrics of its summary.json and the reference and predicted
+    volumes (voxels x the voxel volume of the case's spacing), lesion counts and detection, and the liver Dice
+    target with whether it is met."""
+    rct: RealCT | None = manifest.real_ct
+    if rct is None:
+        return None
+    case = rct.summary["cases"][rct.case]
+    spacing = case.get("spacing")
+    voxel_ml = float(np.prod(spacing)) / 1000.0 if spacing else None
+    structures = {}
+    for s in STRUCTURES:
+        v = case[s]
+        ml = {k: (v[f"{k}_voxels"] * voxel_ml if voxel_ml is not None and v.get(f"{k}_voxels") is not None
+                  else None) for k in ("reference", "prediction")}
+        structures[s] = dict({k: _none(v.get(k)) for k in REAL_CT_METRICS},
+                             reference_ml=ml["reference"], prediction_ml=ml["prediction"],
+                             reference_voxels=v.get("reference_voxels"), prediction_voxels=v.get("prediction_voxels"))
+    lesions = case.get("lesions") or {}
+    dice = structures["liver"]["dice"]
+    return dict(label=rct.label, model=rct.model, case=rct.case, spacing=spacing, voxel_ml=voxel_ml, **structures,
+                lesions=dict(n_reference=lesions.get("n_reference"), n_prediction=lesions.get("n_prediction"),
+                             detection=lesions.get("detection") or {}),
+                target=dict(metric="liver dice", threshold=REAL_CT_LIVER_DICE_TARGET,
+                            met=None if dice is None else bool(dice >= REAL_CT_LIVER_DICE_TARGET)))
