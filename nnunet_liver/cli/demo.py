@@ -4,7 +4,9 @@ Steps: synthesise phantoms -> plan and preprocess (raw HU kept; ``2d`` and ``3d_
 DualStream, the 3D U-Net and the 2D U-Net (CPU presets) with the stock ``nnUNetv2_train`` -> predict the test
 cases with the stock ``nnUNetv2_predict`` -> LiTS metrics and cost (parameters, FLOPs, seconds per case) ->
 lesion crops from the preprocessed data -> hybrid 3D CNN, its no-attention ablation, ResNet-50 2D and
-DenseNet-121 2D, cross-validated -> Table 2 -> ``results.json`` -> ``nnunet-liver report``.
+DenseNet-121 2D, cross-validated -> Table 2 -> ``nnunet-liver predict`` with DualStream on the real CT the
+repository carries (``crlm_liver_ct``, a radiologist's liver and tumour mask; never trained or tuned on) and
+``nnunet-liver evaluate`` of it -> ``results.json`` -> ``nnunet-liver report``.
 
 Everything lives under ``--out``; nnU-Net's environment variables are set for this run only; a rerun
 resumes finished steps (a step is redone when the preset or device changed).
@@ -63,6 +65,8 @@ SEG_MODELS = (
     SegModel("3D U-Net", "LiverUNetTrainer_CPU", "3d_fullres"),
     SegModel("2D U-Net", "LiverUNetTrainer_CPU", "2d"),
 )
+#: the model that segments the real CT (report section "Phantom to real")
+REAL_CT_MODEL = SEG_MODELS[0]
 
 
 def add_parser(subparsers) -> None:
@@ -115,6 +119,8 @@ def run(args: argparse.Namespace) -> int:
               ("extract lesion crops from the preprocessed data", demo.extract),
               ("train the lesion classifiers (cross-validation)", demo.train_classifiers),
               ("evaluate the classifiers (Table 2, ROC, attention)", demo.evaluate_classifiers),
+              (f"predict and evaluate the real CT crlm_liver_ct with nnunet-liver predict: {REAL_CT_MODEL.label}",
+               demo.real_ct),
               ("write results.json and the report", demo.report)]
     for i, (name, fn) in enumerate(steps, 1):
         try:
@@ -254,6 +260,32 @@ class _Demo:
                   str(self.cls_root), "-o", str(self.cls_root / "evaluation"), "--overwrite",
                   "--n-boot", "200", "--device", self.device)
 
+    # -- the real CT ---------------------------------------------------------------------------------
+    def _model_dir(self, m: SegModel) -> Path:
+        return Path(self.env["nnUNet_results"]) / DATASET / f"{m.trainer}__nnUNetPlans__{m.configuration}"
+
+    def real_ct(self) -> None:
+        """``nnunet-liver predict`` on the carried real CT, then ``nnunet-liver evaluate`` against its mask.
+
+        A check of whether phantom training transfers to real CT: nothing is trained or tuned on it. The
+        evaluator pairs files by case name, so the label and the prediction are staged under the CT's name.
+        """
+        import shutil
+
+        from nnunet_liver.data.io import staged_dir
+        from nnunet_liver.data.real_ct import CRLM_CT, CRLM_SEG
+
+        root = self.out / "real_ct"
+        root.mkdir(parents=True, exist_ok=True)
+        self._cli("predict", "-i", str(CRLM_CT), "-o", str(root / "predict"), "-m",
+                  str(self._model_dir(REAL_CT_MODEL)), "-f", "0", "--device", self.device, "--overwrite")
+        case = CRLM_CT.name
+        for folder, source in (("reference", CRLM_SEG), ("prediction", root / "predict" / "segmentation.nii.gz")):
+            with staged_dir(root / folder, overwrite=True) as tmp:
+                shutil.copyfile(source, tmp / case)
+        self._cli("evaluate", str(root / "reference"), str(root / "prediction"), "-o", str(root / "evaluation"),
+                  "-np", "1", "--overwrite")
+
     # -- results and report ----------------------------------------------------------------------------
     def manifest(self) -> dict:
         from nnunet_liver.cli.bench import machine
@@ -285,7 +317,19 @@ class _Demo:
             "dataset": {"images": rel(self.raw / "imagesTs"), "labels": rel(self.raw / "labelsTs")},
             "segmentation": {"reference": "DualStream", "models": models},
             "classification": {"evaluation": rel(self.cls_root / "evaluation"), "preset": "cpu"},
+            "real_ct": self._real_ct_manifest(rel),
         }
+
+    def _real_ct_manifest(self, rel) -> dict:
+        from nnunet_liver.data.real_ct import CRLM_CT
+
+        root = self.out / "real_ct"
+        return {"label": "crlm_liver_ct (TCIA CRLM, radiologist mask)", "model": REAL_CT_MODEL.label,
+                "model_folder": rel(self._model_dir(REAL_CT_MODEL)),
+                "image": str(CRLM_CT),  # in the installed package, outside --out: absolute
+                "reference": rel(root / "reference" / CRLM_CT.name),
+                "prediction": rel(root / "prediction" / CRLM_CT.name),
+                "evaluation": rel(root / "evaluation" / "summary.json")}
 
     def report(self) -> None:
         from nnunet_liver.data.io import staged_file
