@@ -14,8 +14,8 @@ or permuted axes (read from the direction matrix, and also tried on the array in
 another data type, a constant HU offset, a few slices cropped or padded, resampling or noise. Each image
 is fingerprinted once (cached in the merged data set), every pair is scored from the fingerprints, and
 pairs scoring at least 0.9 are compared voxel by voxel (NCC >= 0.95 makes a duplicate). The first copy,
-in the order given, is kept and the others dropped (--keep-duplicates keeps them, grouped); every later
-copy is printed and listed in duplicates.csv with its evidence: score, voxel NCC, header and array flips,
+in the order given, is kept (a labelled training copy before an unlabelled test copy) and the others
+dropped (--keep-duplicates keeps them, grouped); every other copy is printed and listed in duplicates.csv with its evidence: score, voxel NCC, header and array flips,
 z shift, HU offset, label Dice after alignment (labels that differ tell you to check which to trust).
 
 Folds: splits_final.json (nnU-Net's format, 5 folds) is written into the merged data set (nnU-Net's

@@ -3,8 +3,9 @@
 Case ids become ``<source name>_<case id>`` (``LiTS_lits_003``, ``3DIRCADb_ircadb_001``). Near-duplicates
 (the same scan re-exported: flipped or permuted axes, another data type, a constant HU offset, a few
 slices cropped or padded, resampled or noisy; :mod:`nnunet_liver.data.duplicates`) are found across and
-within the sources. By default the first copy met, in the order the sources are given, is kept and every
-later copy is dropped; with ``keep_duplicates`` all copies stay, grouped. Each copy after the first is
+within the sources. By default the first copy met, in the order the sources are given, is kept (a labelled
+training copy before an unlabelled test copy) and every other copy is dropped; with ``keep_duplicates``
+all copies stay, grouped. Each copy after the first is
 listed in ``duplicates.csv`` (and the ``duplicates`` entry of ``case_mapping.json``) with its evidence: the
 similarity score, the transform found, the HU offset, and whether the labels agree (Dice after alignment).
 
@@ -273,10 +274,13 @@ def merge_datasets(raw_root: str | os.PathLike, sources: list[str], *, dataset_i
     search = find_duplicates(items, fingerprints, verified=verified, progress=progress)
     by_key = {c.key: c for c in cases}
     item_by_key = {it.key: it for it in items}
-    first_of = {m: g[0] for g in search.groups for m in g[1:]}
+    # the first copy in source order is kept, but a labelled training copy before an unlabelled test copy
+    position = {c.key: i for i, c in enumerate(cases)}
+    groups = [sorted(g, key=lambda k: (by_key[k].label is None, position[k])) for g in search.groups]
+    first_of = {m: g[0] for g in groups for m in g[1:]}
 
     duplicates, evidence_pairs = [], []
-    for g in search.groups:
+    for g in groups:
         for member in g[1:]:
             pair = evidence_against(search, g[0], member, item_by_key, fingerprints)
             evidence_pairs.append(pair)
@@ -288,7 +292,7 @@ def merge_datasets(raw_root: str | os.PathLike, sources: list[str], *, dataset_i
 
     kept_cases = [c for c in cases if keep_duplicates or c.key not in first_of]
     new_ids = {c.key: c.new_id for c in cases}
-    links = [[new_ids[k] for k in g] for g in search.groups]
+    links = [[new_ids[k] for k in g] for g in groups]
     by_patient: dict[str, list[str]] = {}
     for c in cases:
         pid = patients.get((c.name, c.case))

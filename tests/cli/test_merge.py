@@ -323,3 +323,20 @@ def test_converted_and_merged_datasets_pass_nnunet_verification(tmp_path, capsys
     verify_dataset_integrity(str(raw / "Dataset510_LiTS_3DIRCADb"), num_processes=1)  # raises on a problem
     lesions = read_csv(raw / "Dataset510_LiTS_3DIRCADb" / "lesions.csv")
     assert {r["case_id"] for r in lesions} == {"3DIRCADb_ircadb_001"} and len(lesions) == 5
+
+
+def test_labelled_copy_is_kept_before_an_unlabelled_test_copy(tmp_path, capsys):
+    """A's test volume is B's training volume: the labelled copy stays although B comes second."""
+    raw = tmp_path / "raw"
+    a = make_lits(tmp_path / "a", batches=False, tests=1)
+    b = tmp_path / "b"
+    write_nifti(lits_volume(100), b / "volume-0.nii")  # make_lits' test-volume-0
+    write_nifti(lits_label(0), b / "segmentation-0.nii")
+    for src, n, name in ((a, 601, "A"), (b, 602, "B")):
+        assert run_cli(["convert", "lits", src, "-o", raw, "-d", n, "--name", name, *ARGS], capsys)[0] == 0
+    code, out, err = run_cli(["merge", "601", "602", "-d", 610, "-o", raw, *ARGS], capsys)
+    assert code == 0, err
+    assert "duplicate: Dataset601_A/lits_test_000 = B_lits_000 (dropped): score 1.000; voxel NCC 1.000" in out
+    ds = raw / "Dataset610_A_B"
+    assert not (ds / "imagesTs").exists() and (ds / "labelsTr" / "B_lits_000.nii.gz").is_file()
+    assert read_csv(ds / "duplicates.csv")[0]["same_label"] == ""  # no label to compare with
