@@ -1,7 +1,8 @@
 """The README's main job: ``nnunet-liver demo --quick`` end to end on a fresh folder, then resumed.
 
-Asserts that every step ran, every model predicted every test case with the input geometry, and that every
-table and figure of the report exists and shows the numbers of the results files it was made from.
+Asserts that every step ran, every model predicted every test case with the input geometry, that DualStream
+segmented the carried real CT on its grid, and that every table and figure of the report exists and shows the
+numbers of the results files it was made from.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from tests.conftest import subprocess_env
 
 pytestmark = pytest.mark.slow
 
-N_STEPS = 13
+N_STEPS = 14
 
 
 def run_demo(out):
@@ -71,12 +72,12 @@ def test_report_has_every_table_and_figure_with_the_numbers_of_the_results_files
     html = (report / "report.html").read_text(encoding="utf-8")
     md = (report / "report.md").read_text(encoding="utf-8")
     for title in ("Table 1", "Table 2", "Ablation", "Figure 3", "Figure 4", "Figure 5", "Figure 6", "Figure 7",
-                  "Cost"):
+                  "Cost", "Phantom to real: one real CT"):
         assert title in html and title in md, title
     assert "not LiTS results" in html  # the provenance statement
     # self-contained: every image is an embedded PNG that decodes, nothing is fetched
     images = re.findall(r'<img[^>]+src="([^"]+)"', html)
-    assert len(images) >= 5
+    assert len(images) >= 6
     for src in images:
         assert src.startswith("data:image/png;base64,")
         assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
@@ -121,3 +122,29 @@ def test_rerun_skips_every_finished_step(demo):
     second = run_demo(out)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert second.stdout.count("done in an earlier run, skipped") == N_STEPS
+
+
+def test_real_ct_predicted_on_its_grid_and_reported_with_the_dice_of_its_summary(demo):
+    from nnunet_liver.data.real_ct import CRLM_CT
+
+    out, _ = demo
+    root = out / "real_ct"
+    seg = root / "predict" / "segmentation.nii.gz"
+    a, b = sitk.ReadImage(str(CRLM_CT)), sitk.ReadImage(str(seg))
+    assert a.GetSize() == b.GetSize() and np.allclose(a.GetSpacing(), b.GetSpacing())
+    assert np.allclose(a.GetOrigin(), b.GetOrigin()) and np.allclose(a.GetDirection(), b.GetDirection())
+    assert set(np.unique(sitk.GetArrayFromImage(b))) <= {0, 1, 2}
+    assert (root / "prediction" / "crlm_liver_ct.nii.gz").read_bytes() == seg.read_bytes()
+    manifest = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    assert manifest["real_ct"]["model"] == "DualStream"
+    assert manifest["real_ct"]["model_folder"].endswith("DualStreamTrainer_CPU__nnUNetPlans__3d_fullres")
+    case = json.loads((root / "evaluation" / "summary.json").read_text(encoding="utf-8"))["cases"]["crlm_liver_ct"]
+    data = json.loads((out / "report" / "report_data.json").read_text(encoding="utf-8"))
+    html = (out / "report" / "report.html").read_text(encoding="utf-8")
+    for structure in ("liver", "tumour"):
+        assert _close(data["real_ct"][structure]["dice"], case[structure]["dice"]), structure
+    dice = case["liver"]["dice"]
+    verdict = "met" if dice >= 0.85 else "not met"
+    assert f"Target: liver Dice ≥ 0.85: {verdict}</strong> (liver Dice {dice:.3f})" in html
+    assert data["figures"]["real_ct"]["file"] == "figures/real_ct_contours.png"
+    assert (out / "report" / "figures" / "real_ct_contours.png").read_bytes()[:4] == b"\x89PNG"

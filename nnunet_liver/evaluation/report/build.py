@@ -462,8 +462,9 @@ class _Builder:
             outcome = (f"Its liver Dice ({fmt_num(dice)}) says whether what the phantoms teach carries over to the "
                        "liver of a real contrast-enhanced CT: " +
                        (f"here it does, at the {target['threshold']:.2f} target or above." if target["met"] else
-                        f"here it does not (target {target['threshold']:.2f}); training on phantoms alone did not "
-                        "produce a usable liver on this real CT."))
+                        f"here it does not (target {target['threshold']:.2f}): this model, trained on phantoms with "
+                        "the budget stated at the top, did not give a usable liver on this CT. That alone does not "
+                        "separate what phantoms cannot teach from what a short training did not learn."))
         else:
             outcome = (f"Its liver Dice ({fmt_num(dice)}) is {'at or above' if target['met'] else 'below'} the "
                        f"{target['threshold']:.2f} target.")

@@ -5,6 +5,8 @@ perturbations of the reference labels (no training: the report only reads files)
 ``nnunet-liver evaluate``. Classification: the tiny fake preprocessed data set of the classification tests,
 ``classify extract`` + ``classify train -m hybrid3d`` (1 epoch per fold, for a real attention figure), two
 baselines whose ``predictions.csv`` are written here for the same lesions, then ``classify evaluate``.
+Real CT: the carried ``crlm_liver_ct`` with a perturbation of its radiologist mask as the prediction, evaluated
+with ``nnunet-liver evaluate`` (staged under the CT's case name, as the demo does).
 """
 from __future__ import annotations
 
@@ -91,6 +93,29 @@ def _segmentation(root: Path) -> list[dict]:
     return models
 
 
+REAL_CASE = "crlm_liver_ct"
+
+
+def _real_ct(root: Path) -> dict:
+    import SimpleITK as sitk
+
+    from nnunet_liver.data.real_ct import CRLM_CT, CRLM_SEG
+
+    rct = root / "real_ct"
+    (rct / "reference").mkdir(parents=True)
+    (rct / "prediction").mkdir()
+    shutil.copyfile(CRLM_SEG, rct / "reference" / f"{REAL_CASE}.nii.gz")
+    img = sitk.ReadImage(str(CRLM_SEG))
+    pred = sitk.GetImageFromArray(_perturb(sitk.GetArrayFromImage(img), 2, 1, 0.0, np.random.default_rng(0)))
+    pred.CopyInformation(img)
+    sitk.WriteImage(pred, str(rct / "prediction" / f"{REAL_CASE}.nii.gz"), useCompression=True)
+    assert cli_main.main(["evaluate", str(rct / "reference"), str(rct / "prediction"), "-o", str(rct / "evaluation"),
+                          "-np", "1", "--no-progress"]) == 0
+    return {"label": "crlm_liver_ct (TCIA CRLM, radiologist mask)", "model": "DualStream", "image": str(CRLM_CT),
+            "reference": f"real_ct/reference/{REAL_CASE}.nii.gz", "prediction": f"real_ct/prediction/{REAL_CASE}.nii.gz",
+            "evaluation": "real_ct/evaluation/summary.json"}
+
+
 def _classification(root: Path) -> Path:
     from nnunet_liver.classification.training import PREDICTION_COLUMNS
 
@@ -127,7 +152,8 @@ def _classification(root: Path) -> Path:
     return cls / "evaluation"
 
 
-def manifest(models: list[dict], classification: str | None = "cls/classification/evaluation") -> dict:
+def manifest(models: list[dict], classification: str | None = "cls/classification/evaluation",
+             real_ct: dict | None = None) -> dict:
     out = {
         "format": "nnunet_liver.results/1",
         "title": "report test",
@@ -141,6 +167,8 @@ def manifest(models: list[dict], classification: str | None = "cls/classificatio
     }
     if classification:
         out["classification"] = {"evaluation": classification, "preset": "cpu"}
+    if real_ct:
+        out["real_ct"] = real_ct
     return out
 
 
@@ -155,7 +183,9 @@ def results_source(tmp_path_factory) -> Path:
         root = tmp_path_factory.mktemp("results")
         models = _segmentation(root)
         _classification(root)
-        (root / "results.json").write_text(json.dumps(manifest(models), indent=1), encoding="utf-8")
+        real_ct = _real_ct(root)
+        (root / "results.json").write_text(json.dumps(manifest(models, real_ct=real_ct), indent=1),
+                                           encoding="utf-8")
     finally:
         torch.set_num_threads(threads)
     return root

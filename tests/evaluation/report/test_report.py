@@ -20,6 +20,7 @@ from nnunet_liver.evaluation.report.build import (
     fmt_delta,
     fmt_int,
     fmt_mean_std,
+    fmt_num,
     fmt_p,
     fmt_ratio,
     fmt_seconds,
@@ -27,10 +28,10 @@ from nnunet_liver.evaluation.report.build import (
 )
 
 TABLES = ("table1-metrics", "table1-tests", "ablation-metrics", "ablation-tests", "cost-table", "table2-folds",
-          "table2-pooled", "table2-tests")
+          "table2-pooled", "table2-tests", "real-ct-metrics", "real-ct-lesions")
 FIGURES = {"figure3": "figure3_qualitative.png", "figure4": "figure4_segmentation_metrics.png",
            "figure5": "figure5_attention.png", "figure6": "figure6_classification_metrics.png",
-           "figure7": "figure7_roc.png"}
+           "figure7": "figure7_roc.png", "real_ct": "real_ct_contours.png"}
 SEG = [(s, k) for s in ("liver", "tumour") for k in ("dice", "iou", "sensitivity", "specificity")]
 CLS = ("accuracy", "sensitivity", "specificity", "auc", "ppv", "f1")
 
@@ -146,6 +147,7 @@ def test_every_table_and_figure_in_html_and_markdown(report, results_source):
     for heading in ("Table 1: Segmentation performance", "Ablation study", "Figure 3: Qualitative comparison",
                     "Figure 4: Segmentation metrics", "Cost table", "Table 2: Classification performance",
                     "Figure 5: Attention", "Figure 6: Classification metrics", "Figure 7: ROC curves",
+                    "Phantom to real: one real CT", "What this shows and what it does not",
                     "Inputs and the commands that produced them"):
         assert heading in report["html"] and f" {heading}" in md, heading
     # every figure: embedded in the page, beside the markdown, and the same PNG in both
@@ -347,16 +349,17 @@ def test_missing_sections_say_what_is_missing_and_which_command_makes_it(results
     md = (report / "report.md").read_text(encoding="utf-8")
     page = Page(html)
     missing = {m["section"]: m for m in data["missing"]}
-    assert sorted(missing) == ["ablation", "classification", "cost", "figure3", "provenance"]
+    assert sorted(missing) == ["ablation", "classification", "cost", "figure3", "provenance", "real_ct"]
     commands = {"classification": "nnunet-liver classify evaluate", "ablation": "DualStreamAblationBaseTrainer",
-                "figure3": "dataset.images", "cost": "segmentation.models[].cost", "provenance": "nnunet-liver demo"}
+                "figure3": "dataset.images", "cost": "segmentation.models[].cost", "provenance": "nnunet-liver demo",
+                "real_ct": "nnunet-liver predict -i CT"}
     for section, m in missing.items():
         assert commands[section] in m["command"]
         assert m["message"] in out
         assert any(m["message"].split("`")[0] in n and "Produce it with" in n for n in page.notes), section
         assert m["message"].split("`")[0] in md
     assert "Demo numbers on synthetic phantoms" not in html
-    assert data["table2"] is None and data["ablation"] is None and data["cost"] is None
+    assert data["table2"] is None and data["ablation"] is None and data["cost"] is None and data["real_ct"] is None
     assert {k for k, v in data["figures"].items() if v} == {"figure4"}
     # what is there is still rendered: Table 1 with its only model as the reference, Figure 4
     assert data["table1"]["reference"] == "DualStream" and not data["table1"]["reference_given"]
@@ -369,7 +372,7 @@ def test_missing_sections_say_what_is_missing_and_which_command_makes_it(results
                                            encoding="utf-8")
     assert run(tmp_path, "--overwrite") == 0
     data = json.loads((report / "report_data.json").read_text(encoding="utf-8"))
-    assert {m["section"] for m in data["missing"]} == {"provenance", "segmentation", "classification"}
+    assert {m["section"] for m in data["missing"]} == {"provenance", "segmentation", "real_ct", "classification"}
     assert "nnunet-liver evaluate LABELS PRED" in (report / "report.html").read_text(encoding="utf-8")
 
 
@@ -439,3 +442,125 @@ def test_a_corrupt_image_leaves_figure3_out_with_the_file_named(results, tmp_pat
     data = json.loads((tmp_path / "out" / "report_data.json").read_text(encoding="utf-8"))
     assert any(bad.name in json.dumps(m) for m in data["missing"]), data["missing"]
     assert "Table 1" in (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
+
+
+# --------------------------------------------------------------------------------------------------------
+# Phantom to real: the real CT section
+
+
+def real_ct_summary(root: Path) -> dict:
+    return json.loads((root / "real_ct/evaluation/summary.json").read_text(encoding="utf-8"))
+
+
+def section(text: str, start: str, end: str) -> str:
+    return text[text.index(start):text.index(end, text.index(start))]
+
+
+def test_real_ct_section_shows_the_numbers_of_its_summary(report, results_source):
+    import SimpleITK as sitk
+
+    from nnunet_liver.data.real_ct import CRLM_SEG
+
+    data, page = report["data"], report["page"]
+    case = real_ct_summary(results_source)["cases"]["crlm_liver_ct"]
+    r = data["real_ct"]
+    assert r["case"] == "crlm_liver_ct" and r["model"] == "DualStream"
+    rows = page.body("real-ct-metrics")
+    assert list(rows) == ["Liver", "Tumour"]
+    # volumes checked against the radiologist's mask itself, not only against summary.json
+    seg = sitk.ReadImage(str(CRLM_SEG))
+    arr, voxel_ml = sitk.GetArrayFromImage(seg), float(np.prod(seg.GetSpacing())) / 1000
+    for s, mask in (("liver", arr > 0), ("tumour", arr == 2)):
+        for i, k in enumerate(("dice", "iou", "sensitivity", "specificity")):
+            assert r[s][k] == case[s][k]
+            assert rows[s.capitalize()][1 + i][0] == fmt_num(case[s][k])
+        assert r[s]["reference_ml"] == pytest.approx(int(mask.sum()) * voxel_ml, rel=1e-12)
+        assert r[s]["prediction_ml"] == pytest.approx(case[s]["prediction_voxels"] * voxel_ml, rel=1e-12)
+        assert rows[s.capitalize()][5][0] == f"{int(mask.sum()) * voxel_ml:,.1f}"
+        assert rows[s.capitalize()][7][0] == f"{case[s]['rvd'] * 100:+.1f}%"
+    # the radiologist's mask: about 3,400 ml of liver and one metastasis of about 45 ml
+    assert 2000 < r["liver"]["reference_ml"] < 5000 and 30 < r["tumour"]["reference_ml"] < 60
+    dice = case["liver"]["dice"]
+    assert r["target"] == {"metric": "liver dice", "threshold": 0.85, "met": dice >= 0.85}
+    verdict = "met" if dice >= 0.85 else "not met"
+    for text in (report["html"], report["md"]):
+        part = section(text, "Phantom to real: one real CT", "Lesion classification")
+        assert f"Target: liver Dice ≥ 0.85: {verdict}" in part and f"(liver Dice {fmt_num(dice)})" in part
+        for words in ("trained on synthetic phantoms only", "never trained or tuned on this CT",
+                      "One metastasis cannot estimate tumour performance", "This is not a LiTS result"):
+            assert words in part, words
+    # lesion detection: the counts of summary.json per threshold
+    lesions = page.body("real-ct-lesions")
+    assert list(lesions) == ["IoU > 0", "IoU > 0.5"]
+    for key, row in zip(("iou>0", "iou>0.5"), lesions.values(), strict=True):
+        c = case["lesions"]["detection"][key]
+        assert [x[0] for x in row[1:]] == [str(case["lesions"]["n_reference"]), str(case["lesions"]["n_prediction"]),
+                                           str(c["tp"]), str(c["fn"]), str(c["fp"])]
+    assert case["lesions"]["n_reference"] == 1
+    # the section sits between segmentation and classification, and is in the table of contents
+    html = report["html"]
+    assert html.index('id="cost"') < html.index('id="real-ct"') < html.index('id="classification"')
+    assert '<a href="#real-ct">Real CT</a>' in html
+    assert any(i["what"] == "real CT evaluation" for i in data["inputs"])
+
+
+def test_real_ct_figure_slices_and_orientation(report, results_source, tmp_path):
+    """Slices chosen from the reference (tumour's largest axial area, its centroid row for the coronal), in the
+    radiological view; the same CT stored with a flipped direction matrix gives the same figure."""
+    import SimpleITK as sitk
+
+    from nnunet_liver.data.real_ct import CRLM_CT, CRLM_SEG
+    from nnunet_liver.evaluation.report import figures, load_manifest
+
+    info = report["data"]["figures"]["real_ct"]
+    lab = sitk.GetArrayFromImage(sitk.DICOMOrient(sitk.ReadImage(str(CRLM_SEG)), "LPS"))
+    tumour = np.argwhere(lab == 2)
+    assert info["tumour_slice"] == int(np.argmax((lab == 2).sum(axis=(1, 2)))) and info["tumour_slice"] in info["axial"]
+    assert len(info["axial"]) == 3 and info["axial"] == sorted(info["axial"], reverse=True)  # superior first
+    assert info["coronal"] == int(round(tumour[:, 1].mean()))
+    # radiological view: the liver (patient's right) fills the left half of the axial slices
+    liver_columns = np.argwhere(lab > 0)[:, 2]
+    assert liver_columns.mean() < lab.shape[2] / 2
+
+    # every file of the section stored under direction diag(-1, -1, 1) (arrays flipped to match)
+    def flipped(src, dst):
+        img = sitk.ReadImage(str(src))
+        out = sitk.GetImageFromArray(sitk.GetArrayFromImage(img)[:, ::-1, ::-1].copy())
+        out.SetSpacing(img.GetSpacing())
+        out.SetDirection((-1, 0, 0, 0, -1, 0, 0, 0, 1))
+        size = np.array(img.GetSize()) - 1
+        out.SetOrigin(tuple(np.array(img.GetOrigin()) + np.array(img.GetSpacing()) * size * [1, 1, 0]))
+        sitk.WriteImage(out, str(dst), useCompression=True)
+        return dst
+
+    rct = load_manifest(results_source).real_ct
+    rct.image = flipped(CRLM_CT, tmp_path / "ct.nii.gz")
+    rct.reference = flipped(rct.reference, tmp_path / "ref.nii.gz")
+    rct.prediction = flipped(rct.prediction, tmp_path / "pred.nii.gz")
+    again = figures.real_ct_figure(rct, tmp_path / "fig.png", title="crlm_liver_ct")
+    assert {k: again[k] for k in ("axial", "coronal", "tumour_slice")} == {
+        k: info[k] for k in ("axial", "coronal", "tumour_slice")}
+    original = load_manifest(results_source).real_ct
+    figures.real_ct_figure(original, tmp_path / "fig0.png", title="crlm_liver_ct")
+    assert (tmp_path / "fig.png").read_bytes() == (tmp_path / "fig0.png").read_bytes()
+
+
+def test_real_ct_target_not_met_and_figure_without_image(results, tmp_path):
+    """A liver Dice under 0.85 says so; without the image the numbers stay and the figure is named missing."""
+    path = results / "real_ct/evaluation/summary.json"
+    summary = json.loads(path.read_text(encoding="utf-8"))
+    summary["cases"]["crlm_liver_ct"]["liver"]["dice"] = 0.612
+    path.write_text(json.dumps(summary), encoding="utf-8")
+    manifest = json.loads((results / "results.json").read_text(encoding="utf-8"))
+    del manifest["real_ct"]["image"]
+    (results / "results.json").write_text(json.dumps(manifest), encoding="utf-8")
+    assert run(results, "-o", tmp_path / "out") == 0
+    data = json.loads((tmp_path / "out" / "report_data.json").read_text(encoding="utf-8"))
+    html = (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
+    assert data["real_ct"]["target"]["met"] is False and data["real_ct"]["liver"]["dice"] == 0.612
+    assert "Target: liver Dice ≥ 0.85: not met</strong> (liver Dice 0.612)" in html
+    assert "here it does not" in html
+    assert data["figures"]["real_ct"] is None
+    missing = {m["section"]: m for m in data["missing"]}
+    assert "results.json names no real_ct.image" in missing["real_ct_figure"]["message"]
+    assert not (tmp_path / "out" / "figures" / "real_ct_contours.png").exists()

@@ -19,6 +19,8 @@ def good(results_source) -> dict:
                 entry[key] = str(results_source / entry[key])
     m["dataset"] = {k: str(results_source / v) for k, v in m["dataset"].items()}
     m["classification"]["evaluation"] = str(results_source / m["classification"]["evaluation"])
+    for key in ("reference", "prediction", "evaluation"):
+        m["real_ct"][key] = str(results_source / m["real_ct"][key])
     return m
 
 
@@ -34,6 +36,8 @@ def test_good_manifest_loads_from_file_or_folder(good, tmp_path, results_source)
     assert [x.label for x in m.group("ablation")] == ["Spatial stream", "+ RWA", "+ attention gates", "DualStream"]
     assert m.reference == "DualStream" and m.reference_given and m.cost_baseline == "3D U-Net"
     assert m.table2["reference"] == "hybrid3d" and m.provenance["synthetic"] is True
+    assert m.real_ct.case == "crlm_liver_ct" and m.real_ct.model == "DualStream"
+    assert m.real_ct.reference == results_source / "real_ct/reference/crlm_liver_ct.nii.gz"
     # relative paths resolve against the manifest's folder
     rel = load_manifest(results_source)
     assert rel.path == (results_source / "results.json").resolve()
@@ -82,6 +86,15 @@ CASES = [
     (("segmentation", "cost_baseline"), "UNet", "segmentation.cost_baseline: 'UNet' is not the label of a model"),
     (("classification", "evaluation"), KeyError, "classification.evaluation: missing"),
     (("classification", "preset"), 1, "classification.preset: must be a non-empty string"),
+    (("real_ct",), [], "real_ct: must be an object, got a list"),
+    (("real_ct", "imgae"), "ct.nii.gz", "real_ct: unknown key 'imgae'"),
+    (("real_ct", "evaluation"), KeyError, "real_ct.evaluation: missing"),
+    (("real_ct", "evaluation"), "nothing/summary.json", "real_ct.evaluation: nothing/summary.json does not exist"),
+    (("real_ct", "image"), "nothing/ct.nii.gz", "real_ct.image: nothing/ct.nii.gz does not exist"),
+    (("real_ct", "reference"), "nothing/seg.nii.gz", "real_ct.reference: nothing/seg.nii.gz does not exist"),
+    (("real_ct", "prediction"), "nothing/seg.nii.gz", "real_ct.prediction: nothing/seg.nii.gz does not exist"),
+    (("real_ct", "model_folder"), "nothing", "real_ct.model_folder: nothing is not a folder"),
+    (("real_ct", "label"), 3, "real_ct.label: must be a non-empty string"),
 ]
 
 
@@ -118,6 +131,24 @@ def test_errors_in_the_files_it_names(good, tmp_path, results_source):
     with pytest.raises(ManifestError, match=r"table2.json: not a table2.json of nnunet-liver classify evaluate "
                                             r"\(model 'hybrid3d' lacks mean/std/pooled\)"):
         load_manifest(write(tmp_path, bad))
+
+
+def test_real_ct_evaluation_must_be_a_one_case_summary(good, tmp_path):
+    bad = copy.deepcopy(good)
+    bad["real_ct"]["evaluation"] = good["segmentation"]["models"][0]["evaluation"]  # 3 phantom cases
+    with pytest.raises(ManifestError, match=r"summary.json: holds 3 cases \(liver_.*\); the real-CT section shows "
+                                            r"one; named by .*results.json real_ct.evaluation"):
+        load_manifest(write(tmp_path, bad))
+    bad["real_ct"]["evaluation"] = good["classification"]["evaluation"] + "/table2.json"
+    with pytest.raises(ManifestError, match=r"table2.json: not a summary.json of nnunet-liver evaluate .*"
+                                            r"real_ct.evaluation"):
+        load_manifest(write(tmp_path, bad))
+    # an evaluation folder instead of its summary.json; no real_ct: none
+    bad["real_ct"]["evaluation"] = str(tmp_path)
+    with pytest.raises(ManifestError, match="real_ct.evaluation: .* holds no summary.json"):
+        load_manifest(write(tmp_path, bad))
+    del bad["real_ct"]
+    assert load_manifest(write(tmp_path, bad)).real_ct is None
 
 
 def test_not_a_manifest(tmp_path):
