@@ -108,7 +108,8 @@ def _has_dicom_series(folder: Path) -> list[str]:
     import SimpleITK as sitk
 
     try:
-        return list(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
+        with quiet_itk():  # "No Series were found" on stderr for every folder of files
+            return list(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
     except RuntimeError:
         return []
 
