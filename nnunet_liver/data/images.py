@@ -73,9 +73,9 @@ def check_file(path: str | os.PathLike, what: str = "image", *, dims: tuple[int,
     if not path.exists():
         raise ImageError(f"{path}: no such file")
     if path.is_dir():
-        raise ImageError(f"{path}: a folder, not a {what} file")
+        raise ImageError(f"{path}: a folder, not {_a(what)} file")
     if path.stat().st_size == 0:
-        raise ImageError(f"{path}: empty file (0 bytes), not a {what}")
+        raise ImageError(f"{path}: empty file (0 bytes), not {_a(what)}")
     if _nifti(path):
         _check_nifti(path, what, dims, scan)
 
@@ -99,7 +99,7 @@ def _check_nifti(path: Path, what: str, dims: tuple[int, ...], scan: bool) -> No
     while effective > 3 and shape[effective - 1] == 1:
         effective -= 1
     if effective > max(dims):  # fewer axes: SimpleITK's structure check names them
-        raise ImageError(f"{path}: a {effective}D image (size {_shape_text(shape)}); a {what} is "
+        raise ImageError(f"{path}: a {effective}D image (size {_shape_text(shape)}); {_a(what)} is "
                          f"{' or '.join(f'{d}D' for d in dims)}")
     expected = offset + math.prod(shape) * dtype.itemsize
     compressed = path.name.lower().endswith(".gz")
@@ -143,7 +143,12 @@ def _check_nifti(path: Path, what: str, dims: tuple[int, ...], scan: bool) -> No
         raise ImageError(f"{path}: truncated: {n_bytes} of the {expected} bytes its header announces")
     if n_nan or n_inf:
         parts = [f"{n} {kind}" for n, kind in ((n_nan, "NaN"), (n_inf, "infinite")) if n]
-        raise ImageError(f"{path}: holds {' and '.join(parts)} voxel value(s); a {what} needs finite values")
+        raise ImageError(f"{path}: holds {' and '.join(parts)} voxel value(s); {_a(what)} needs finite values")
+
+
+def _a(what: str) -> str:
+    """``what`` with its indefinite article: "a CT", "an image"."""
+    return f"{'an' if what[:1].lower() in 'aeio' else 'a'} {what}"
 
 
 def _first_line(error: Exception) -> str:
@@ -179,11 +184,11 @@ class quiet_itk:
 
 def _check_structure(where: str, dimension: int, components: int, size, what: str, dims: tuple[int, ...]) -> None:
     if components != 1:
-        raise ImageError(f"{where}: {components} values per voxel (colour or vector image), not a {what}")
+        raise ImageError(f"{where}: {components} values per voxel (colour or vector image), not {_a(what)}")
     if 0 in tuple(size):
         raise ImageError(f"{where}: a zero-length axis (size {_shape_text(size)}): the {what} holds no voxels")
     if dimension not in dims:
-        raise ImageError(f"{where}: a {dimension}D image (size {_shape_text(size)}); a {what} is "
+        raise ImageError(f"{where}: a {dimension}D image (size {_shape_text(size)}); {_a(what)} is "
                          f"{' or '.join(f'{d}D' for d in dims)}")
 
 
@@ -292,7 +297,10 @@ def label_array_checked(image_or_array, where: str, *, what: str = "label image"
             raise ImageError(f"{where}: the {what} holds non-integer values")
     if arr.size:
         lo, hi = arr.min(), arr.max()
-        if lo < 0 or hi > max_value:
-            raise ImageError(f"{where}: the {what} holds values {lo:g}..{hi:g}, outside 0..{max_value} (a CT "
-                             f"given as a label map?)")
+        if lo < 0:
+            raise ImageError(f"{where}: the {what} holds values {lo:g}..{hi:g}; labels are non-negative integers "
+                             f"(a CT given as a label map?)")
+        if hi > max_value:
+            raise ImageError(f"{where}: the {what} holds values up to {hi:g}, above {max_value} (a CT given as a "
+                             f"label map?)")
     return arr

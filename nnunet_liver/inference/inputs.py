@@ -335,8 +335,7 @@ def read_case(case: CaseInput) -> CTVolume:
         where = f"{case.path} (series {info['series_uid']})"
     else:
         try:
-            # 2D files pass here so that check_ct names them "a single slice (2D image)"
-            image = read_image(case.path, "CT", dims=(2, 3))
+            image = read_image(case.path, "CT")
         except ImageError as e:
             raise InputError(str(e)) from None
         info = {"format": _format_name(case.path)}
