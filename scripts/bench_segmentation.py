@@ -40,15 +40,35 @@ MODELS = [
     ("Ablation 2: + attention gates", "DualStreamAblationRWAAttTrainer_CPU", "3d_fullres"),
     ("DualStream (ablation 3: + context stream)", "DualStreamTrainer_CPU", "3d_fullres"),
     ("DualStream without RWA", "DualStreamNoRWATrainer_CPU", "3d_fullres"),
+    # RWA controls: RWA's own evaluation window (71/213.5 HU) and normalisation, never randomised
+    ("3D U-Net, RWA control (fixed 71/213.5)", "LiverUNetRWAControlTrainer_CPU", "3d_fullres"),
+    ("DualStream, RWA control (fixed 71/213.5)", "DualStreamRWAControlTrainer_CPU", "3d_fullres"),
 ]
+DUALSTREAM = "DualStream (ablation 3: + context stream)"
+# (RWA model, its fixed-window control at RWA's evaluation window, its twin at the paper's fixed window)
+RWA_CONTROLS = [("3D U-Net + RWA", "3D U-Net, RWA control (fixed 71/213.5)", "3D U-Net"),
+                (DUALSTREAM, "DualStream, RWA control (fixed 71/213.5)", "DualStream without RWA")]
 # (RWA model, its non-RWA twin)
 TWINS = [("3D U-Net + RWA", "3D U-Net"), ("Ablation 1: + RWA", "Ablation 0: spatial stream, fixed window"),
-         ("DualStream (ablation 3: + context stream)", "DualStream without RWA")]
+         (DUALSTREAM, "DualStream without RWA")]
 METRICS = ("dice", "iou", "sensitivity", "specificity")
 EVAL_WINDOWS = {"centre of the RWA ranges (71/213.5, default)": (71.0, 213.5),
                 "Ostmo base (62.5/198.8)": (62.5, 198.8),
                 "paper fixed (-100..400 HU)": (150.0, 500.0),
                 "narrow liver (60/150)": (60.0, 150.0)}
+
+
+PRESETS = {
+    # smoke run: minutes, learns nothing
+    "quick": dict(size=48, fov="abdomen", num_train=5, num_test=2, seeds=[0], epochs=1, iters=2, cpu_seconds=None),
+    # the earlier default: whole-abdomen phantoms of 96^2 (~4.7 mm in-plane), 200 iterations per model
+    "default": dict(size=96, fov="abdomen", num_train=16, num_test=6, seeds=[0, 1, 2], epochs=8, iters=25,
+                    cpu_seconds=None),
+    # issue 11: the learnable regime (liver field of view, ~2 mm in-plane) and one equal CPU budget per model,
+    # long enough that validation Dice has flattened (see curves.png); hours on 2 cores, resumes run by run
+    "converged": dict(size=224, fov="liver", num_train=20, num_test=6, seeds=[0, 1, 2], epochs=10_000, iters=50,
+                      cpu_seconds=900.0),
+}
 
 
 def main() -> None:
@@ -58,18 +78,28 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True)
     p.add_argument("--parts", default="cost,accuracy,robustness,speed")
-    p.add_argument("--size", type=int, default=96)
-    p.add_argument("--num-train", type=int, default=16)
-    p.add_argument("--num-test", type=int, default=6)
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--epochs", type=int, default=8)
-    p.add_argument("--iters", type=int, default=25)
-    p.add_argument("--quick", action="store_true", help="tiny settings for a smoke run")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="default",
+                   help="data and budget (other options override it): quick, default, converged")
+    p.add_argument("--size", type=int, help="phantom in-plane matrix of the whole abdomen")
+    p.add_argument("--fov", choices=("abdomen", "liver"), help="phantom field of view")
+    p.add_argument("--num-train", type=int)
+    p.add_argument("--num-test", type=int)
+    p.add_argument("--seeds", type=int, nargs="+")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--iters", type=int)
+    p.add_argument("--cpu-seconds", type=float, help="train every model for this many process CPU seconds "
+                   "(instead of --epochs; --iters is then the epoch length)")
+    p.add_argument("--models", help="comma-separated subset of the model labels' trainers (default: all)")
+    p.add_argument("--quick", action="store_true", help="= --preset quick")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="training and prediction device")
     args = p.parse_args()
     if args.quick:
-        args.size, args.num_train, args.num_test, args.seeds, args.epochs, args.iters = 48, 5, 2, [0], 1, 2
+        args.preset = "quick"
+    for key, value in PRESETS[args.preset].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
     parts = set(args.parts.split(","))
+    models = [m for m in MODELS if not args.models or m[1] in args.models.split(",")]
 
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -80,7 +110,8 @@ def main() -> None:
     from nnunet_liver.env import activate
 
     activate(out / "work")
-    report = {"machine": machine(args.device), "settings": {k: v for k, v in vars(args).items() if k != "out"}}
+    settings = {k: v for k, v in vars(args).items() if k not in ("out", "quick", "parts", "models")}
+    report = {"machine": machine(args.device), "settings": settings}
 
     def save() -> None:
         (out / "results.json").write_text(json.dumps(report, indent=2, default=float), encoding="utf-8")
@@ -91,20 +122,41 @@ def main() -> None:
         save()
     if parts & {"accuracy", "robustness", "speed"}:
         prepare_dataset(args)
-        runs = {}
-        for label, trainer, config in MODELS:
-            runs[label] = [train_and_predict(label, trainer, config, seed, args, out) for seed in args.seeds]
-            report["runs"] = runs
-            save()
+        runs: dict[str, list[dict]] = {}
+        # seed-major, so that an interrupted run has every model for the first seeds
+        for seed in args.seeds:
+            for label, trainer, config in models:
+                runs.setdefault(label, []).append(cached_run(label, trainer, config, seed, args, out, settings))
+                report["runs"] = runs
+                save()
         report["accuracy"] = summarise(runs, "normal")
         report["robustness"] = robustness(runs)
-        report["window_sweep"] = {k: v for k, v in runs["DualStream (ablation 3: + context stream)"][0]
-                                  .get("window_sweep", {}).items()}
+        report["rwa_control"] = rwa_control(runs)
+        report["window_sweep"] = dict(runs.get(DUALSTREAM, [{}])[0].get("window_sweep", {}))
         report["speed"] = speed(runs)
+        report["curves"] = plot_curves(runs, out / "curves.png")
         if "speed" in parts:
             report["speed"]["rwa_overhead"] = bench_rwa_overhead(torch, args.device)
         save()
     print(markdown(report))
+
+
+def cached_run(label: str, trainer: str, config: str, seed: int, args, out: Path, settings: dict) -> dict:
+    """One model and seed: trained, predicted and evaluated once; a rerun with the same settings reads the
+    saved result (runs/<trainer>__<config>__seed<k>.json), so a long benchmark resumes run by run."""
+    path = out / "runs" / f"{trainer}__{config}__seed{seed}.json"
+    if path.is_file():
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        if saved.get("settings") == settings:
+            print(f"== {label}, seed {seed}: done earlier ({path.name})", flush=True)
+            return saved
+    run = train_and_predict(label, trainer, config, seed, args, out)
+    run["settings"] = settings
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(run, indent=1, default=float), encoding="utf-8")
+    tmp.replace(path)
+    return run
 
 
 def machine(device: str = "cpu") -> dict:
@@ -174,7 +226,7 @@ def prepare_dataset(args) -> None:
 
     raw = Path(os.environ["nnUNet_raw"])
     marker = Path(os.environ["nnUNet_preprocessed"]) / "Dataset990_LiverPhantom" / ".bench_ready"
-    settings = SynthSettings(args.num_train, args.num_test, args.size, seed=0)
+    settings = SynthSettings(args.num_train, args.num_test, args.size, seed=0, fov=args.fov)
     if marker.is_file() and json.loads(marker.read_text(encoding="utf-8")) == dataclasses.asdict(settings):
         return
     write_phantom_dataset(raw, settings, overwrite=True, num_processes=2, progress=False)
@@ -189,20 +241,25 @@ def train_and_predict(label: str, trainer_name: str, config: str, seed: int, arg
     # augmentation in this process, so a seed repeats (set here: nnU-Net's planner cannot run with 0)
     os.environ["nnUNet_n_proc_DA"] = "0"
     os.environ.update(NNUNET_LIVER_EPOCHS=str(args.epochs), NNUNET_LIVER_ITERS=str(args.iters),
-                      NNUNET_LIVER_VAL_ITERS="1", NNUNET_LIVER_SEED=str(seed))
+                      NNUNET_LIVER_VAL_ITERS="2", NNUNET_LIVER_SEED=str(seed),
+                      NNUNET_LIVER_CPU_SECONDS=str(args.cpu_seconds or ""))
     os.environ["nnUNet_results"] = str(out / "work" / f"results_seed{seed}")
     device = torch.device(args.device)
     print(f"== {label} ({trainer_name}, {config}), seed {seed}", flush=True)
-    trainer = get_trainer_from_args("990", config, "all", trainer_name, "nnUNetPlans", device=device)
+    # fold 0: the validation cases give the learning curve (pseudo Dice per epoch against CPU seconds)
+    trainer = get_trainer_from_args("990", config, 0, trainer_name, "nnUNetPlans", device=device)
     t = time.perf_counter()
+    cpu = time.process_time()
     trainer.run_training()
-    train_s = time.perf_counter() - t
+    train_s, train_cpu_s = time.perf_counter() - t, time.process_time() - cpu
     log = trainer.logger.local_logger.my_fantastic_logging
     epoch_s = [e - s for s, e in zip(log["epoch_start_timestamps"], log["epoch_end_timestamps"])]
     iters_per_epoch = trainer.num_iterations_per_epoch + trainer.num_val_iterations_per_epoch
+    curve = list(getattr(trainer, "learning_curve", []))
     run = {"trainer": trainer_name, "configuration": config, "seed": seed, "train_s": train_s,
+           "train_cpu_s": train_cpu_s, "iterations": curve[-1]["iterations"] if curve else None,
            "train_iter_per_s": iters_per_epoch / float(np.median(epoch_s[1:] or epoch_s)),
-           "params": sum(q.numel() for q in trainer.network.parameters())}
+           "params": sum(q.numel() for q in trainer.network.parameters()), "curve": curve}
     model_dir = Path(trainer.output_folder_base)
     del trainer
 
@@ -216,7 +273,7 @@ def train_and_predict(label: str, trainer_name: str, config: str, seed: int, arg
         original = window.config
         for name, (level, width) in EVAL_WINDOWS.items():
             window.config = dataclasses.replace(original, eval_level=level, eval_width=width)
-            sweep[name] = evaluate_split(predictor, raw / "imagesTs", raw / "labelsTs")[0]["tumour"]["dice"]
+            sweep[name] = evaluate_split(predictor, raw / "imagesTs", raw / "labelsTs")[0]["tumour"]["dice_global"]
         window.config = original
         run["window_sweep"] = sweep
     return run
@@ -228,53 +285,66 @@ def load_predictor(model_dir: Path, device: str = "cpu"):
 
     predictor = nnUNetPredictor(tile_step_size=0.5, use_mirroring=False, device=torch.device(device),
                                 verbose=False, verbose_preprocessing=False, allow_tqdm=False)
-    predictor.initialize_from_trained_model_folder(str(model_dir), use_folds=("all",),
+    predictor.initialize_from_trained_model_folder(str(model_dir), use_folds=(0,),
                                                    checkpoint_name="checkpoint_final.pth")
     return predictor
 
 
 def evaluate_split(predictor, images: Path, labels: Path) -> tuple[dict, float]:
-    """Per-case metrics (mean over cases, NaN-aware) for liver (labels >= 1) and tumour (label 2)."""
+    """LiTS metrics of every case (``nnunet_liver.evaluation.lits``): per structure the per-case means of
+    METRICS plus the global Dice, lesion recall for lesions of 10 mm or more, the largest liver overshoot in
+    slices; and the mean prediction seconds per case."""
     import SimpleITK as sitk
     from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
 
-    from nnunet_liver.evaluation.lits import overlap_metrics
+    from nnunet_liver.evaluation.lits import aggregate, evaluate_case
 
     io = SimpleITKIO()
-    per_case = {"liver": [], "tumour": []}
-    seconds = []
+    cases, seconds = {}, []
     for img in sorted(images.glob("*_0000.nii.gz")):
         data, props = io.read_images([str(img)])
         t = time.perf_counter()
         seg = predictor.predict_single_npy_array(data, props)
         seconds.append(time.perf_counter() - t)
-        ref = sitk.GetArrayFromImage(sitk.ReadImage(str(labels / img.name.replace("_0000", ""))))
-        for name, r, q in (("liver", ref >= 1, seg >= 1), ("tumour", ref == 2, seg == 2)):
-            i = int(np.count_nonzero(r & q))
-            per_case[name].append(overlap_metrics(int(r.sum()), int(q.sum()), i, r.size))
-    summary = {name: {m: float(np.nanmean([c[m] for c in cases])) for m in METRICS}
-               for name, cases in per_case.items()}
+        ref_img = sitk.ReadImage(str(labels / img.name.replace("_0000", "")))
+        ref = sitk.GetArrayFromImage(ref_img)
+        cases[img.name] = evaluate_case(ref, seg.astype(np.uint8), ref_img.GetSpacing()[::-1])
+    agg = aggregate(cases)
+    summary = {name: {**{m: agg[name]["metrics"][m]["mean"] for m in METRICS},
+                      "dice": agg[name]["dice_per_case"], "dice_global": agg[name]["dice_global"]}
+               for name in ("liver", "tumour")}
+    summary["lesion_recall_10mm"] = agg["lesion_recall_by_size"]["large"]["recall"]
+    summary["liver_max_slices_beyond"] = agg["liver_extent"]["max_slices_beyond"]
     return summary, float(np.mean(seconds))
 
 
 # ---- summaries ----------------------------------------------------------------------------------------------
 
+TABLE_COLUMNS = ("liver_dice", "liver_iou", "liver_sensitivity", "liver_specificity", "tumour_dice_global",
+                 "tumour_dice", "tumour_sensitivity", "lesion_recall_10mm", "liver_max_slices_beyond")
+
+
+def _value(split: dict, column: str) -> float:
+    if column in ("lesion_recall_10mm", "liver_max_slices_beyond"):
+        return split[column]
+    structure, metric = column.split("_", 1)
+    return split[structure][metric]
+
+
 def summarise(runs: dict, split: str) -> dict:
-    table = {}
-    for label, seeds in runs.items():
-        table[label] = {}
-        for structure in ("tumour", "liver"):
-            for m in METRICS:
-                values = [r[split][structure][m] for r in seeds]
-                table[label][f"{structure}_{m}"] = (float(np.mean(values)), float(np.std(values)))
-    return table
+    """Per model, mean and std over seeds of each TABLE_COLUMNS figure (liver: per-case means; tumour: global
+    Dice over all voxels, as LiTS ranks, and the per-case mean, where tumour-free cases count 1 when empty)."""
+    return {label: {c: (float(np.nanmean(v)), float(np.nanstd(v)))
+                    for c in TABLE_COLUMNS for v in [[_value(r[split], c) for r in seeds]]}
+            for label, seeds in runs.items()}
 
 
 def robustness(runs: dict) -> dict:
-    drops = {label: float(np.mean([r["normal"]["tumour"]["dice"] - r["shifted"]["tumour"]["dice"] for r in seeds]))
-             for label, seeds in runs.items()}
-    liver = {label: float(np.mean([r["normal"]["liver"]["dice"] - r["shifted"]["liver"]["dice"] for r in seeds]))
-             for label, seeds in runs.items()}
+    def drop(seeds, structure, metric):
+        return float(np.mean([r["normal"][structure][metric] - r["shifted"][structure][metric] for r in seeds]))
+
+    drops = {label: drop(seeds, "tumour", "dice_global") for label, seeds in runs.items()}
+    liver = {label: drop(seeds, "liver", "dice") for label, seeds in runs.items()}
     pairs = []
     for rwa, twin in TWINS:
         if rwa in drops and twin in drops:
@@ -286,6 +356,56 @@ def robustness(runs: dict) -> dict:
     return {"tumour_dice_drop": drops, "liver_dice_drop": liver, "pairs": pairs}
 
 
+def rwa_control(runs: dict) -> list[dict]:
+    """Random windows against the same window held fixed (the control) and against the paper's wider fixed
+    window (the twin), on the normal and the shifted test scans: tumour global Dice and liver Dice, mean over
+    seeds. RWA minus control is the effect of randomising alone; control minus twin that of the narrower window."""
+    rows = []
+    for rwa, control, twin in RWA_CONTROLS:
+        if not all(k in runs for k in (rwa, control, twin)):
+            continue
+        row = {"rwa": rwa, "control": control, "twin": twin}
+        for split in ("normal", "shifted"):
+            for structure, metric in (("tumour", "dice_global"), ("liver", "dice")):
+                for role, label in (("rwa", rwa), ("control", control), ("twin", twin)):
+                    row[f"{split}_{structure}_{role}"] = float(np.mean([r[split][structure][metric]
+                                                                        for r in runs[label]]))
+        rows.append(row)
+    return rows
+
+
+def plot_curves(runs: dict, path: Path) -> dict:
+    """Validation pseudo Dice (liver, tumour) against training CPU seconds for every model (mean over seeds
+    at each epoch the seeds share); writes ``path`` and returns the plotted series."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series = {}
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8), sharex=True)
+    for label, seeds in runs.items():
+        curves = [r.get("curve") or [] for r in seeds]
+        n = min((len(c) for c in curves), default=0)
+        if not n:
+            continue
+        cpu = [float(np.mean([c[i]["cpu_seconds"] for c in curves])) for i in range(n)]
+        dice = np.array([[c[i]["pseudo_dice"] for i in range(n)] for c in curves]).mean(axis=0)
+        series[label] = {"cpu_seconds": cpu, "liver": dice[:, 0].tolist(), "tumour": dice[:, 1].tolist()}
+        for ax, k in zip(axes, (0, 1)):
+            ax.plot(cpu, dice[:, k], label=label, lw=1.4)
+    for ax, title in zip(axes, ("liver (labels 1+2)", "tumour (label 2)")):
+        ax.set_title(f"validation pseudo Dice, {title}")
+        ax.set_xlabel("training CPU seconds")
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return series
+
+
 def speed(runs: dict) -> dict:
     base = runs["3D U-Net"]
     base_it = np.mean([r["train_iter_per_s"] for r in base])
@@ -294,6 +414,7 @@ def speed(runs: dict) -> dict:
                     "train_speed_vs_3d_unet": float(np.mean([r["train_iter_per_s"] for r in seeds]) / base_it),
                     "predict_s_per_case": float(np.mean([r["predict_s_per_case"] for r in seeds])),
                     "predict_time_vs_3d_unet": float(np.mean([r["predict_s_per_case"] for r in seeds]) / base_pred),
+                    "iterations": float(np.mean([r.get("iterations") or 0 for r in seeds])),
                     "params": seeds[0]["params"]}
             for label, seeds in runs.items()}
 
@@ -341,10 +462,12 @@ def fmt(v) -> str:
 
 def markdown(report: dict) -> str:
     s = report.get("settings", {})
+    budget = (f"{s.get('cpu_seconds'):g} CPU seconds of training (epochs of {s.get('iters')} iterations)"
+              if s.get("cpu_seconds") else f"{s.get('epochs')} epochs x {s.get('iters')} iterations")
     lines = [f"# Segmentation benchmarks (synthetic phantoms, {report['machine'].get('device', 'cpu').upper()})", "",
              f"Machine: {report['machine']}. Data: {s.get('num_train')} training / {s.get('num_test')} test phantoms "
-             f"of {s.get('size')} voxels; budget per model: {s.get('epochs')} epochs x {s.get('iters')} iterations, "
-             f"seeds {s.get('seeds')}. Synthetic data and a tiny CPU budget: not LiTS results.", ""]
+             f"(whole-abdomen matrix {s.get('size')}, field of view: {s.get('fov')}); budget per model: {budget}, "
+             f"fold 0, seeds {s.get('seeds')}. Synthetic data on a CPU: not LiTS results.", ""]
     if "cost" in report:
         lines += ["## Cost at the planned patch (real-size networks)", "",
                   "| model | patch | params | FLOPs / output voxel | vs 3D U-Net |", "|---|---|---|---|---|"]
@@ -354,11 +477,26 @@ def markdown(report: dict) -> str:
         lines.append("")
     for key, title in (("accuracy", "Accuracy (test phantoms, mean ± std over seeds)"),):
         if key in report:
-            cols = [f"tumour_{m}" for m in METRICS] + [f"liver_{m}" for m in METRICS]
+            cols = list(TABLE_COLUMNS)
             lines += [f"## {title}", "", "| model | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
             for label, row in report[key].items():
                 lines.append(f"| {label} | " + " | ".join(fmt(row[c]) for c in cols) + " |")
             lines.append("")
+    if report.get("rwa_control"):
+        lines += ["## RWA control: random windows vs the same window held fixed (mean over seeds)", "",
+                  "RWA models evaluate at 71/213.5 HU (-36..178 HU); the twin trains and evaluates at the paper's "
+                  "-100..400 HU. The control holds RWA's evaluation window fixed in training: RWA - control is "
+                  "the effect of randomising alone.", "",
+                  "| model | split | tumour Dice (global) RWA / control / twin | liver Dice RWA / control / twin |",
+                  "|---|---|---|---|"]
+        for r in report["rwa_control"]:
+            for split in ("normal", "shifted"):
+                t = " / ".join(f"{r[f'{split}_tumour_{k}']:.3f}" for k in ("rwa", "control", "twin"))
+                v = " / ".join(f"{r[f'{split}_liver_{k}']:.3f}" for k in ("rwa", "control", "twin"))
+                lines.append(f"| {r['rwa']} | {split} | {t} | {v} |")
+        lines.append("")
+    if report.get("curves"):
+        lines += ["Learning curves (validation pseudo Dice against training CPU seconds): `curves.png`.", ""]
     if "robustness" in report:
         lines += ["## Robustness (imagesTs_shifted): Dice drop normal - shifted", "",
                   "| RWA model | non-RWA twin | tumour drop RWA | tumour drop twin | ratio | target <= 0.5 met |"
@@ -369,16 +507,17 @@ def markdown(report: dict) -> str:
                          f"{r['liver_dice_drop_rwa']:.3f} | {r['liver_dice_drop_twin']:.3f} |")
         lines.append("")
     if report.get("window_sweep"):
-        lines += ["## Fixed evaluation window of the RWA-trained DualStream (seed 0, tumour Dice)", "",
+        lines += ["## Fixed evaluation window of the RWA-trained DualStream (seed 0, tumour global Dice)", "",
                   "| window | tumour Dice |", "|---|---|"]
         lines += [f"| {k} | {v:.3f} |" for k, v in report["window_sweep"].items()] + [""]
     if "speed" in report:
-        lines += ["## Speed (CPU)", "", "| model | params | train it/s | vs 3D U-Net | predict s/case | vs 3D U-Net |",
-                  "|---|---|---|---|---|---|"]
+        lines += ["## Speed (CPU)", "", "| model | params | iterations in budget | train it/s | vs 3D U-Net | "
+                  "predict s/case | vs 3D U-Net |", "|---|---|---|---|---|---|---|"]
         for label, r in report["speed"].items():
             if label == "rwa_overhead":
                 continue
-            lines.append(f"| {label} | {r['params']:,} | {r['train_iter_per_s']:.2f} | {r['train_speed_vs_3d_unet']:.2f}x "
+            lines.append(f"| {label} | {r['params']:,} | {r.get('iterations', 0):.0f} | {r['train_iter_per_s']:.2f} | "
+                         f"{r['train_speed_vs_3d_unet']:.2f}x "
                          f"| {r['predict_s_per_case']:.2f} | {r['predict_time_vs_3d_unet']:.2f}x |")
         if "rwa_overhead" in report["speed"]:
             o = report["speed"]["rwa_overhead"]

@@ -1,6 +1,11 @@
 """Small behaviour mixins shared by the CPU-sized trainers."""
 from __future__ import annotations
 
+import json
+import math
+import os
+import time
+
 
 class NoInferenceMirroringMixin:
     """Test-time mirroring off for final validation and ``nnUNetv2_predict`` (stored in the checkpoint).
@@ -15,33 +20,48 @@ class NoInferenceMirroringMixin:
         return result
 
 
-class OneCycleSchedule:
-    """Learning rate per iteration for short budgets: linear warm-up to ``peak`` over ``warmup`` of the run,
-    then cosine decay to ``peak * final_ratio``.
+def one_cycle_lr(peak: float, progress: float, warmup: float = 0.1, final_ratio: float = 1e-2) -> float:
+    """Linear warm-up from ``0.04 * peak`` to ``peak`` over the first ``warmup`` of the run, then cosine decay
+    to ``final_ratio * peak``; ``progress`` in [0, 1] (clipped)."""
+    t = min(max(progress, 0.0), 1.0)
+    if t < warmup:
+        return peak * (0.04 + 0.96 * t / warmup)
+    u = (t - warmup) / max(1e-8, 1.0 - warmup)
+    return peak * (final_ratio + (1.0 - final_ratio) * 0.5 * (1.0 + math.cos(math.pi * u)))
 
-    nnU-Net calls ``step(epoch)`` at the start of every epoch (that also restores the position after
-    ``--c``); :meth:`step_iteration` advances it within the epoch.
+
+class OneCycleSchedule:
+    """:func:`one_cycle_lr` applied every iteration, over a budget of iterations or of process CPU seconds.
+
+    nnU-Net calls ``step(epoch)`` at the start of every epoch (which also restores the position after
+    ``--c``); :meth:`step_iteration` advances it within an epoch. With ``cpu_seconds`` the progress is the
+    share of the CPU budget spent since :meth:`start`, so models of different speed get the same schedule
+    shape over the same CPU time.
     """
 
-    def __init__(self, optimizer, peak: float, total_iterations: int, iterations_per_epoch: int,
-                 warmup: float = 0.1, final_ratio: float = 1e-2):
-        self.optimizer, self.peak, self.total = optimizer, peak, max(1, total_iterations)
-        self.per_epoch, self.warmup, self.final_ratio = iterations_per_epoch, warmup, final_ratio
+    def __init__(self, optimizer, peak: float, *, total_iterations: int, iterations_per_epoch: int,
+                 cpu_seconds: float | None = None):
+        self.optimizer, self.peak = optimizer, peak
+        self.total, self.per_epoch = max(1, total_iterations), iterations_per_epoch
+        self.cpu_seconds = cpu_seconds
         self.iteration = 0
+        self.cpu_start: float | None = None
         self._apply()
 
-    def lr_at(self, iteration: int) -> float:
-        import math
+    def start(self) -> None:
+        self.cpu_start = time.process_time()
 
-        t = min(iteration, self.total) / self.total
-        if t < self.warmup:
-            return self.peak * (0.04 + 0.96 * t / self.warmup)
-        u = (t - self.warmup) / max(1e-8, 1 - self.warmup)
-        return self.peak * (self.final_ratio + (1 - self.final_ratio) * 0.5 * (1 + math.cos(math.pi * u)))
+    def cpu_spent(self) -> float:
+        return 0.0 if self.cpu_start is None else time.process_time() - self.cpu_start
+
+    def progress(self) -> float:
+        if self.cpu_seconds:
+            return self.cpu_spent() / self.cpu_seconds
+        return self.iteration / self.total
 
     def _apply(self) -> None:
         for group in self.optimizer.param_groups:
-            group["lr"] = self.lr_at(self.iteration)
+            group["lr"] = one_cycle_lr(self.peak, self.progress())
 
     def step(self, current_step: int | None = None) -> None:
         self.iteration = self.iteration + self.per_epoch if current_step is None else current_step * self.per_epoch
@@ -51,21 +71,22 @@ class OneCycleSchedule:
         self.iteration += 1
         self._apply()
 
-    def state_dict(self) -> dict:
-        return {"iteration": self.iteration}
 
-    def load_state_dict(self, state: dict) -> None:
-        self.iteration = int(state["iteration"])
-        self._apply()
+class BudgetSpent(Exception):
+    """Raised at the start of an epoch once the CPU-seconds budget is spent; ends training normally."""
 
 
 class ShortBudgetOptimizerMixin:
     """AdamW with a per-iteration one-cycle schedule instead of nnU-Net's poly SGD (made for 250,000
-    iterations); on the CPU presets' budgets of a few thousand iterations it learns much more per iteration
-    (see the README's CPU recipe section for the measurements). Put it before the nnU-Net trainer."""
+    iterations), for budgets of a few thousand iterations; optionally a budget of process CPU seconds
+    (``cpu_seconds``), after which training ends at the next epoch boundary. Every epoch appends
+    (epoch, iterations, CPU seconds, wall seconds, pseudo Dice per region) to ``learning_curve.json`` in the
+    output folder. Put it before the nnU-Net trainer among the bases."""
 
     short_budget_lr = 3e-3
     short_budget_weight_decay = 1e-4
+    #: process CPU seconds of training (None: the epochs x iterations budget)
+    cpu_seconds: float | None = None
 
     def configure_optimizers(self):
         import torch
@@ -73,13 +94,46 @@ class ShortBudgetOptimizerMixin:
         optimizer = torch.optim.AdamW(self.network.parameters(), lr=self.short_budget_lr,
                                       weight_decay=self.short_budget_weight_decay)
         schedule = OneCycleSchedule(optimizer, self.short_budget_lr,
-                                    self.num_epochs * self.num_iterations_per_epoch, self.num_iterations_per_epoch)
+                                    total_iterations=self.num_epochs * self.num_iterations_per_epoch,
+                                    iterations_per_epoch=self.num_iterations_per_epoch, cpu_seconds=self.cpu_seconds)
         return optimizer, schedule
+
+    def on_train_start(self):
+        super().on_train_start()
+        self.learning_curve = []
+        self._wall_start = time.perf_counter()
+        self.lr_scheduler.start()
+
+    def on_epoch_start(self):
+        if self.cpu_seconds and self.lr_scheduler.cpu_spent() >= self.cpu_seconds:
+            raise BudgetSpent
+        super().on_epoch_start()
 
     def train_step(self, batch: dict) -> dict:
         result = super().train_step(batch)
         self.lr_scheduler.step_iteration()
         return result
+
+    def on_epoch_end(self):
+        self.learning_curve.append({
+            "epoch": int(self.current_epoch),
+            "iterations": int((self.current_epoch + 1) * self.num_iterations_per_epoch),
+            "cpu_seconds": round(self.lr_scheduler.cpu_spent(), 3),
+            "wall_seconds": round(time.perf_counter() - self._wall_start, 3),
+            "pseudo_dice": [float(d) for d in self.logger.get_value("dice_per_class_or_region", step=-1)],
+            "lr": float(self.optimizer.param_groups[0]["lr"]),
+        })
+        if self.local_rank == 0:
+            with open(os.path.join(self.output_folder, "learning_curve.json"), "w", encoding="utf-8") as f:
+                json.dump(self.learning_curve, f, indent=0)
+        super().on_epoch_end()
+
+    def run_training(self):
+        try:
+            super().run_training()
+        except BudgetSpent:
+            self.print_to_log_file(f"CPU budget of {self.cpu_seconds:g} s spent after {self.current_epoch} epochs")
+            self.on_train_end()
 
 
 def cpu_bf16_supported() -> bool:
@@ -100,8 +154,6 @@ class CPUBF16Mixin:
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        import os
-
         setting = os.environ.get("NNUNET_LIVER_BF16", "auto")
         self.cpu_bf16 = self.device.type == "cpu" and (setting == "1" or (setting == "auto" and cpu_bf16_supported()))
 

@@ -6,6 +6,9 @@ through environment variables read here, at the trainer's edge:
 
 - ``NNUNET_LIVER_EPOCHS``, ``NNUNET_LIVER_ITERS``, ``NNUNET_LIVER_VAL_ITERS``: epochs, training and
   validation iterations per epoch (defaults 2, 4, 2);
+- ``NNUNET_LIVER_CPU_SECONDS``: instead of a number of epochs, train until this many CPU seconds of the
+  training process are spent (the learning-rate schedule runs over the CPU budget; training ends at the
+  next epoch boundary), so models of different speed get equal compute;
 - ``NNUNET_LIVER_SEED``: seeds torch, numpy and random in the training process (with
   ``nnUNet_n_proc_DA=0`` the augmentation runs in that process too, so runs repeat). Under DDP each rank
   adds its rank, so the ranks draw different batches (DDP broadcasts rank 0's initial weights anyway).
@@ -26,7 +29,9 @@ from nnunet_liver.trainers.segmentation import (
     DualStreamAblationRWAAttTrainer,
     DualStreamAblationRWATrainer,
     DualStreamNoRWATrainer,
+    DualStreamRWAControlTrainer,
     DualStreamTrainer,
+    LiverUNetRWAControlTrainer,
     LiverUNetRWATrainer,
     LiverUNetTrainer,
 )
@@ -35,7 +40,9 @@ CPU_UNET = {"max_patch": (16, 64, 64), "base_features": 8, "max_features": 32, "
 
 
 def cpu_budget_from_env(env=os.environ) -> dict:
+    cpu_seconds = env.get("NNUNET_LIVER_CPU_SECONDS")
     return {
+        "cpu_seconds": float(cpu_seconds) if cpu_seconds else None,
         "num_epochs": int(env.get("NNUNET_LIVER_EPOCHS", 2)),
         "num_iterations_per_epoch": int(env.get("NNUNET_LIVER_ITERS", 4)),
         "num_val_iterations_per_epoch": int(env.get("NNUNET_LIVER_VAL_ITERS", 2)),
@@ -56,7 +63,9 @@ class CPUBudgetMixin(ShortBudgetOptimizerMixin, CPUBF16Mixin, NoInferenceMirrori
             np.random.seed(seed)
             torch.manual_seed(seed)
         super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = budget["num_epochs"]
+        self.cpu_seconds = budget["cpu_seconds"]
+        # with a CPU-seconds budget the epochs are an upper bound: training ends when the budget is spent
+        self.num_epochs = budget["num_epochs"] if self.cpu_seconds is None else max(budget["num_epochs"], 100_000)
         self.num_iterations_per_epoch = budget["num_iterations_per_epoch"]
         self.num_val_iterations_per_epoch = budget["num_val_iterations_per_epoch"]
         self.save_every = 1
@@ -90,6 +99,14 @@ class DualStreamTrainer_CPU(_CPUDualStream, DualStreamTrainer):
 
 
 class DualStreamNoRWATrainer_CPU(_CPUDualStream, DualStreamNoRWATrainer):
+    pass
+
+
+class DualStreamRWAControlTrainer_CPU(_CPUDualStream, DualStreamRWAControlTrainer):
+    pass
+
+
+class LiverUNetRWAControlTrainer_CPU(_CPUUNet, LiverUNetRWAControlTrainer):
     pass
 
 

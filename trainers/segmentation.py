@@ -83,8 +83,11 @@ def hu_training_transforms(composed):
 class LiverHUTrainerBase(nnUNetTrainer):
     """Shared behaviour; subclasses choose the network and window through class attributes."""
 
-    #: window preset name ("paper", "ostmo_best", "fixed_paper") applied inside the network
+    #: window preset name (``nnunet_liver.augment.window.PRESETS``) applied inside the network
     window = "paper"
+    #: a fixed window is followed by the data set's zero mean / unit variance (the paper's preprocessing);
+    #: False keeps the RWA models' fixed normalisation (window [0, 1] -> [-2, 2])
+    window_dataset_norm = True
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -97,7 +100,7 @@ class LiverHUTrainerBase(nnUNetTrainer):
     def window_kwargs(cls, plans: dict) -> dict:
         config = PRESETS[cls.window]
         kwargs = {"window": config.to_dict()}
-        if not config.is_random:  # the paper's fixed window, then zero mean / unit variance
+        if not config.is_random and cls.window_dataset_norm:  # the paper's fixed window, then z-score
             kwargs["window_mean"], kwargs["window_std"] = _plans.window_constants(plans, config.to_dict())
         return kwargs
 
@@ -125,6 +128,13 @@ class LiverUNetRWATrainer(LiverUNetTrainer):
     """The U-Net baselines' RWA twin: same network, random window augmentation (paper ranges)."""
 
     window = "paper"
+
+
+class LiverUNetRWAControlTrainer(LiverUNetTrainer):
+    """RWA control for the U-Net: RWA's evaluation window (71/213.5 HU) and normalisation, held fixed."""
+
+    window = "fixed_rwa_centre"
+    window_dataset_norm = False
 
 
 class DualStreamTrainer(LiverHUTrainerBase):
@@ -155,6 +165,14 @@ class DualStreamNoRWATrainer(DualStreamTrainer):
     """DualStream's non-RWA twin (robustness benchmark): the paper's fixed window instead of RWA."""
 
     window = "fixed_paper"
+
+
+class DualStreamRWAControlTrainer(DualStreamTrainer):
+    """RWA control: DualStream trained and evaluated at RWA's own evaluation window (71/213.5 HU) with RWA's
+    normalisation, never randomised; against DualStreamTrainer it measures the random windows alone."""
+
+    window = "fixed_rwa_centre"
+    window_dataset_norm = False
 
 
 # The paper's ablation chain: baseline -> + RWA -> + attention gates -> + dual-stream fusion (= DualStreamTrainer).

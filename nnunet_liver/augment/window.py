@@ -142,11 +142,16 @@ OSTMO_BEST = WindowConfig(level=62.5, width=198.8, level_range=(2.5, 122.5), wid
 # The paper's fixed preprocessing window -100..400 HU, for models trained without RWA.
 FIXED_PAPER = WindowConfig.fixed(level=150.0, width=500.0)
 
-PRESETS: dict[str, WindowConfig] = {"paper": PAPER, "ostmo_best": OSTMO_BEST, "fixed_paper": FIXED_PAPER}
+# RWA's own evaluation window held fixed in training too: the control that separates "random window" from
+# "narrower window" (an RWA model evaluates at 71/213.5 = -36..178 HU, the paper's fixed twin at -100..400 HU).
+FIXED_RWA_CENTRE = WindowConfig.fixed(level=PAPER.eval_level, width=PAPER.eval_width)
+
+PRESETS: dict[str, WindowConfig] = {"paper": PAPER, "ostmo_best": OSTMO_BEST, "fixed_paper": FIXED_PAPER,
+                                    "fixed_rwa_centre": FIXED_RWA_CENTRE}
 
 
 def as_window_config(value: WindowConfig | dict[str, Any] | str | None) -> WindowConfig:
-    """Accept a config, its `to_dict()` form, a preset name ("paper", "ostmo_best", "fixed_paper") or None (PAPER)."""
+    """Accept a config, its `to_dict()` form, a preset name (see `PRESETS`) or None (PAPER)."""
     if value is None:
         return PAPER
     if isinstance(value, WindowConfig):
