@@ -7,8 +7,9 @@ DESCRIPTION = """\
 Render the report of a results manifest (results.json, written by `nnunet-liver demo` or by hand): Table 1
 (liver and tumour Dice, IoU, sensitivity, specificity, mean +/- std over test cases, paired t-test and
 Wilcoxon p-values vs the reference model), the ablation table, Table 2 (lesion classification), Figures 3-7,
-the cost table, and a statement of the data and training budget behind the numbers. Sections whose inputs
-are missing are named in the report with the command that produces them.
+the cost table, "Phantom to real: one real CT" (liver and tumour Dice of one real CT against its reference
+mask, the liver Dice >= 0.85 target, contour figure), and a statement of the data and training budget behind
+the numbers. Sections whose inputs are missing are named in the report with the command that produces them.
 
 Writes OUT_DIR/report.html (self-contained: figures embedded, no external requests), OUT_DIR/report.md with
 OUT_DIR/figures/*.png, and OUT_DIR/report_data.json (every number of the tables). The folder is built
@@ -23,7 +24,9 @@ results.json (paths relative to its folder; every section but "format" optional)
                                 "predictions": "folder", "evaluation": "summary.json of nnunet-liver evaluate",
                                 "cost": {"params", "flops_per_voxel", "patch_size", "seconds_per_case",
                                          "train_seconds", "iterations"}}]},
-   "classification": {"evaluation": "folder of nnunet-liver classify evaluate", "preset": "cpu"}}
+   "classification": {"evaluation": "folder of nnunet-liver classify evaluate", "preset": "cpu"},
+   "real_ct": {"label", "model", "model_folder", "image": "CT", "reference": "label", "prediction": "label",
+               "evaluation": "summary.json of nnunet-liver evaluate, one case"}}
 """
 
 

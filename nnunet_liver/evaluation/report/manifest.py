@@ -25,6 +25,7 @@ whatever is there. Paths are relative to the manifest's folder (absolute paths a
                  "evaluation": "summary.json of nnunet-liver evaluate (exactly one case)"}
     }
 
+In ``real_ct`` only ``evaluation`` is required; the figure needs ``image``, ``reference`` and ``prediction``.
 Unknown keys are errors (a misspelt key would otherwise drop a section silently). Every error names the
 manifest file and the key.
 """
