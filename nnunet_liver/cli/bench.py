@@ -40,6 +40,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--only", nargs="+", choices=tuple(BENCHMARKS), default=None,
                    help="run these benchmarks only (default: all)")
     p.add_argument("--quick", action="store_true", help="each script's smoke-sized settings (minutes, not hours)")
+    p.add_argument("--converged", action="store_true",
+                   help="segmentation: the converged preset (learnable phantoms, one equal CPU budget per model, 3 "
+                   "seeds; hours on 2 cores; an interrupted run resumes model by model with the same -o)")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
                    help="device of the training/inference benchmarks (cuda: when a GPU is present)")
     p.add_argument("--overwrite", action="store_true",
@@ -53,7 +56,9 @@ def scripts_dir() -> Path:
     return Path(nnunet_liver.__file__).resolve().parents[1] / "scripts"
 
 
-def script_args(name: str, out: Path, quick: bool, device: str) -> list[str]:
+def script_args(name: str, out: Path, quick: bool, device: str, converged: bool = False) -> list[str]:
+    if name == "segmentation" and converged:
+        return ["--out", str(out), "--device", device, "--preset", "converged"]
     if name in ("segmentation", "classification"):
         return ["--out", str(out), "--device", device] + (["--quick"] if quick else [])
     if name == "evaluation":
@@ -67,6 +72,9 @@ def script_args(name: str, out: Path, quick: bool, device: str) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     from nnunet_liver.cli.main import UsageError
     from nnunet_liver.data.io import check_writable_dir, json_safe, staged_file
+
+    if args.quick and getattr(args, "converged", False):
+        raise UsageError("--quick and --converged contradict each other: choose one")
 
     names = args.only or list(BENCHMARKS)
     scripts = scripts_dir()
@@ -99,7 +107,8 @@ def run(args: argparse.Namespace) -> int:
     for i, name in enumerate(names, 1):
         script, result_file = BENCHMARKS[name]
         folder = out / name
-        argv = [sys.executable, str(scripts / script), *script_args(name, folder, args.quick, args.device)]
+        argv = [sys.executable, str(scripts / script),
+                *script_args(name, folder, args.quick, args.device, getattr(args, "converged", False))]
         print(f"[{i}/{len(names)}] {name}: {' '.join(argv[1:])}", flush=True)
         if args.overwrite and folder.exists():  # a fresh run: scripts refuse work folders made with other settings
             shutil.rmtree(folder)
@@ -181,10 +190,12 @@ def _seg_ratios(r: dict, device: str = "cpu") -> list[dict]:
         rows.append(_row(f"prediction s/case, {label}", s["predict_s_per_case"], "3D U-Net",
                          s["predict_time_vs_3d_unet"]))
     for label, row in r.get("accuracy", {}).items():
-        base = r["accuracy"].get("3D U-Net", {}).get("tumour_dice")
-        v = row.get("tumour_dice")
-        if v and base:
-            rows.append(_row(f"tumour Dice, {label}", v[0], "3D U-Net", v[0] / base[0] if base[0] else None))
+        for key, what in (("tumour_dice", "tumour Dice (per-case mean)"),
+                          ("tumour_dice_global", "tumour Dice (global)"), ("liver_dice", "liver Dice")):
+            base = r["accuracy"].get("3D U-Net", {}).get(key)
+            v = row.get(key)
+            if v and base:
+                rows.append(_row(f"{what}, {label}", v[0], "3D U-Net", v[0] / base[0] if base[0] else None))
     for pair in r.get("robustness", {}).get("pairs", []):
         rows.append(_row(f"tumour Dice drop on shifted scans, {pair['rwa']}", pair["tumour_dice_drop_rwa"],
                          pair["twin"], pair["ratio"], "<= 0.5"))

@@ -154,8 +154,8 @@ def write_phantom_dataset(raw_root: str | os.PathLike, settings: SynthSettings, 
         write_dataset_json(
             tmp, num_training=settings.num_train, name=name,
             description=(f"Synthetic liver-CT phantoms from nnunet-liver (seed {settings.seed}, size "
-                         f"{settings.size}, field of view {settings.fov}). Raw HU. Labels: 0 background, 1 liver, 2 tumour; benign/malignant "
-                         f"per lesion in lesions.csv. imagesTs_shifted: the test anatomy under shifted "
+                         f"{settings.size}, field of view {settings.fov}). Raw HU. Labels: 0 background, 1 liver, "
+                         f"2 tumour; benign/malignant per lesion in lesions.csv. imagesTs_shifted: the test anatomy under shifted "
                          f"contrast/window conditions (robustness split). Synthetic data: not for clinical use."),
             extra={"nnunet_liver": {"generator": "phantoms", "seed": settings.seed, "size": settings.size,
                                     "fov": settings.fov, "num_test": settings.num_test}},
