@@ -120,7 +120,7 @@ def main() -> None:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     results: dict = {"settings": vars(args) | {"out": str(args.out)}, "thresholds": {
-        "candidate_score": fp.CANDIDATE_SCORE, "duplicate_voxel_ncc": fp.DUPLICATE_VOXEL_NCC}}
+        "candidate_score": fp.CANDIDATE_SCORE, "duplicate_detail_ncc": fp.DUPLICATE_DETAIL_NCC}}
 
     # 1. LiTS size: write, fingerprint from the files, score, verify
     files: dict[str, Path] = {}
@@ -158,7 +158,7 @@ def main() -> None:
             c = time.process_time()
             ev = fp.verify(files[p["a"]], files[p["b"]], p["match"].alignment)
             verify_s.append(time.process_time() - c)
-            p.update(voxel_ncc=ev.voxel_ncc, hu_offset=ev.hu_offset, z_shift_slices=ev.z_shift_slices,
+            p.update(detail_ncc=ev.detail_ncc, voxel_ncc=ev.voxel_ncc, hu_offset=ev.hu_offset, z_shift_slices=ev.z_shift_slices,
                      header=ev.header, array_flips=p["match"].alignment.array_flips)
     results["lits_size"] = {
         "compare_ms_per_pair_cpu": round(compare_ms, 2), "verify_seconds_per_pair_cpu": summary(verify_s),
@@ -193,7 +193,7 @@ def main() -> None:
         sitk.WriteImage(images[nb], str(work / "b.nii.gz"))
         match = fp.compare(dict(family_prints)[na], dict(family_prints)[nb], check_fov=False)
         ev = fp.verify(work / "a.nii.gz", work / "b.nii.gz", match.alignment)
-        closest.append({"a": na, "b": nb, "score": score, "voxel_ncc": ev.voxel_ncc})
+        closest.append({"a": na, "b": nb, "score": score, "detail_ncc": ev.detail_ncc, "voxel_ncc": ev.voxel_ncc})
     real_dups = []
     for name, img in real:
         base = of(img)
@@ -223,17 +223,21 @@ def main() -> None:
     print("LiTS-size pairs:")
     for p in lits_pairs:
         if p["duplicate"] or (p["score"] or 0) >= 0.5:
-            extra = (f" voxel NCC {p['voxel_ncc']:.4f}, header {p['header']}, array flips {p['array_flips']}, "
+            extra = (f" detail NCC {p['detail_ncc']:.4f}, voxel NCC {p['voxel_ncc']:.4f}, header {p['header']}, array flips {p['array_flips']}, "
                      f"z shift {p['z_shift_slices']:+g}, HU offset {p['hu_offset']:+.1f}") if "voxel_ncc" in p else ""
             print(f"  {'DUP ' if p['duplicate'] else 'diff'} {p['score']:.4f}  {p['a']} ~ {p['b']}{extra}")
     d = results["distributions"]
     print(f"scores of duplicates        : {d['duplicates']}")
     print(f"scores of different patients: {d['different_patients']}")
-    print("  closest different pairs: " + "; ".join(f"{c['a']}~{c['b']} score {c['score']:.3f}, voxel NCC "
-                                                    f"{c['voxel_ncc']:.3f}" for c in closest))
-    dup_ncc = [p["voxel_ncc"] for p in lits_pairs if p["duplicate"]]
-    print(f"voxel NCC of duplicates: min {min(dup_ncc):.4f}" if dup_ncc else "no duplicates verified")
-    print(f"threshold: candidates from {fp.CANDIDATE_SCORE}, duplicates from voxel NCC {fp.DUPLICATE_VOXEL_NCC}")
+    print("  closest different pairs: " + "; ".join(f"{c['a']}~{c['b']} score {c['score']:.3f}, detail NCC "
+                                                    f"{c['detail_ncc']:.3f}, voxel NCC {c['voxel_ncc']:.3f}"
+                                                    for c in closest))
+    dup = [p for p in lits_pairs if p["duplicate"]]
+    if dup:
+        print(f"duplicates at LiTS size: detail NCC min {min(p['detail_ncc'] for p in dup):.4f}, voxel NCC min "
+              f"{min(p['voxel_ncc'] for p in dup):.4f}")
+    print(f"thresholds: candidates from score {fp.CANDIDATE_SCORE}, duplicates from detail NCC "
+          f"{fp.DUPLICATE_DETAIL_NCC}")
     print(f"results: {args.out / 'results.json'}")
 
 

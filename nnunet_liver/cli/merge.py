@@ -13,10 +13,11 @@ re-exported (LiTS holds the 3D-IRCADb patients, converted in its own orientation
 or permuted axes (read from the direction matrix, and also tried on the array in case a header lies),
 another data type, a constant HU offset, a few slices cropped or padded, resampling or noise. Each image
 is fingerprinted once (cached in the merged data set), every pair is scored from the fingerprints, and
-pairs scoring at least 0.9 are compared voxel by voxel (NCC >= 0.95 makes a duplicate). The first copy,
-in the order given, is kept (a labelled training copy before an unlabelled test copy) and the others
-dropped (--keep-duplicates keeps them, grouped); every other copy is printed and listed in duplicates.csv with its evidence: score, voxel NCC, header and array flips,
-z shift, HU offset, label Dice after alignment (labels that differ tell you to check which to trust).
+pairs scoring at least 0.9 are compared voxel by voxel after alignment (an NCC of at least 0.7 between
+their 8 mm detail makes a duplicate). The first copy, in the order given, is kept (a labelled training
+copy before an unlabelled test copy) and the others dropped (--keep-duplicates keeps them, grouped);
+each other copy is printed and listed in duplicates.csv with its evidence: scores, header and array
+flips, z shift, HU offset, label Dice after alignment (labels that differ: check which to trust).
 
 Folds: splits_final.json (nnU-Net's format, 5 folds) is written into the merged data set (nnU-Net's
 planner copies it) and into $nnUNet_preprocessed/Dataset<ID>_<name>/ (or --preprocessed), so that stock
@@ -52,7 +53,8 @@ def add_parser(subparsers) -> None:
 def describe(d: dict) -> str:
     """One line of evidence for a duplicates.csv row."""
     shift = float(d["z_shift_slices"])
-    parts = [f"score {float(d['score']):.3f}", f"voxel NCC {float(d['voxel_ncc']):.3f}", f"header: {d['header']}",
+    parts = [f"score {float(d['score']):.3f}", f"detail NCC {float(d['detail_ncc']):.3f}",
+             f"voxel NCC {float(d['voxel_ncc']):.3f}", f"header: {d['header']}",
              f"array flips: {d['array_flips']}",
              f"z shift {shift:+g} slice(s)" if shift else "no z shift"]
     if abs(float(d["hu_offset"])) >= 0.5:

@@ -18,7 +18,7 @@ from nnunet_liver.data.splits import union_groups
 
 #: the columns :meth:`Pair.evidence_row` gives, in duplicates.csv order
 EVIDENCE_COLUMNS = (
-    "score", "voxel_ncc", "header", "array_flips", "z_shift_mm", "z_shift_slices", "overlap_slices", "hu_offset",
+    "score", "detail_ncc", "voxel_ncc", "header", "array_flips", "z_shift_mm", "z_shift_slices", "overlap_slices", "hu_offset",
     "label_dice_liver", "label_dice_tumour", "liver_ml_kept", "liver_ml_duplicate", "tumour_ml_kept",
     "tumour_ml_duplicate",
 )
@@ -54,7 +54,8 @@ class Pair:
         def opt(v):
             return "" if v is None else v
 
-        return {"score": round(m.score, 4), "voxel_ncc": round(e.voxel_ncc, 4), "header": e.header,
+        return {"score": round(m.score, 4), "detail_ncc": round(e.detail_ncc, 4), "voxel_ncc": round(e.voxel_ncc, 4),
+                "header": e.header,
                 "array_flips": m.alignment.array_flips, "z_shift_mm": m.alignment.shift_mm,
                 "z_shift_slices": e.z_shift_slices, "overlap_slices": e.overlap_slices, "hu_offset": e.hu_offset,
                 "label_dice_liver": opt(e.label_dice_liver), "label_dice_tumour": opt(e.label_dice_tumour),

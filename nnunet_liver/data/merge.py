@@ -340,7 +340,7 @@ def merge_datasets(raw_root: str | os.PathLike, sources: list[str], *, dataset_i
                      f"centroids refer to the dropped copy's label); give that source first to keep them")
     search_summary = {
         "pairs_scored": search.compared, "pairs_without_alignment": search.skipped,
-        "candidate_score": fpr.CANDIDATE_SCORE, "duplicate_voxel_ncc": fpr.DUPLICATE_VOXEL_NCC,
+        "candidate_score": fpr.CANDIDATE_SCORE, "duplicate_detail_ncc": fpr.DUPLICATE_DETAIL_NCC,
         "highest_other": (None if search.highest_other is None else
                           {"score": search.highest_other[0], "a": new_ids[search.highest_other[1]],
                            "b": new_ids[search.highest_other[2]]}),

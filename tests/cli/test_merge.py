@@ -85,8 +85,9 @@ def test_merge_drops_duplicates_with_evidence(tmp_path, capsys):
                              capsys)
     assert code == 0, err
     ds = raw / "Dataset610_A_B"
-    assert ("duplicate: Dataset602_B/lits_000 = A_lits_001 (dropped): score 1.000; voxel NCC 1.000; header: same; "
-            "array flips: none; no z shift; LABELS DIFFER: liver Dice 1.000, tumour Dice 0.800") in out
+    assert ("duplicate: Dataset602_B/lits_000 = A_lits_001 (dropped): score 1.000; detail NCC 1.000; voxel NCC "
+            "1.000; header: same; array flips: none; no z shift; LABELS DIFFER: liver Dice 1.000, tumour Dice 0.800"
+            ) in out
     assert "check which annotation to trust: the merged data set uses A_lits_001's" in out
     assert "6 case(s)" in out and "1 duplicate(s) dropped" in out
     images = sorted(p.name for p in (ds / "imagesTr").iterdir())
@@ -107,7 +108,8 @@ def test_merge_drops_duplicates_with_evidence(tmp_path, capsys):
         "case_id": "B_lits_000", "source_dataset": "Dataset602_B", "source_case": "lits_000",
         "duplicate_of": "A_lits_001", "same_label": "False", "action": "dropped", "header": "same",
         "array_flips": "none", "z_shift_slices": "0.0", "overlap_slices": "8"}
-    assert float(row["score"]) == 1.0 and float(row["voxel_ncc"]) == 1.0 and float(row["hu_offset"]) == 0.0
+    assert float(row["score"]) == 1.0 and float(row["detail_ncc"]) == 1.0 and float(row["voxel_ncc"]) == 1.0
+    assert float(row["hu_offset"]) == 0.0
     assert float(row["label_dice_liver"]) == 1.0 and float(row["label_dice_tumour"]) == 0.8
     mapping = json.loads((ds / "case_mapping.json").read_text(encoding="utf-8"))
     assert mapping["cases"]["A_lits_test_000"]["lits_name"] == "test-volume-0"  # submit can map back
@@ -176,7 +178,8 @@ def test_ircadb_patient_inside_lits_is_found(lits_and_ircadb, capsys):
     assert code == 0, err
     line, = (ln for ln in out.splitlines() if ln.startswith("duplicate:"))
     assert line.startswith("duplicate: Dataset502_3DIRCADb/ircadb_001 = LiTS_lits_007 (dropped): score 0.99")
-    assert line.endswith("voxel NCC 1.000; header: flip x; array flips: none; no z shift; same label")
+    assert line.endswith("detail NCC 1.000; voxel NCC 1.000; header: flip x; array flips: none; no z shift; "
+                         "same label")
     ds = raw / "Dataset503_LiTS_3DIRCADb"
     train = sorted(p.name[:-len("_0000.nii.gz")] for p in (ds / "imagesTr").iterdir())
     assert train == ["3DIRCADb_ircadb_002", *(f"LiTS_lits_00{n}" for n in (0, 1, 2, 3, 7))]
@@ -336,7 +339,7 @@ def test_labelled_copy_is_kept_before_an_unlabelled_test_copy(tmp_path, capsys):
         assert run_cli(["convert", "lits", src, "-o", raw, "-d", n, "--name", name, *ARGS], capsys)[0] == 0
     code, out, err = run_cli(["merge", "601", "602", "-d", 610, "-o", raw, *ARGS], capsys)
     assert code == 0, err
-    assert "duplicate: Dataset601_A/lits_test_000 = B_lits_000 (dropped): score 1.000; voxel NCC 1.000" in out
+    assert "duplicate: Dataset601_A/lits_test_000 = B_lits_000 (dropped): score 1.000; detail NCC 1.000" in out
     ds = raw / "Dataset610_A_B"
     assert not (ds / "imagesTs").exists() and (ds / "labelsTr" / "B_lits_000.nii.gz").is_file()
     assert read_csv(ds / "duplicates.csv")[0]["same_label"] == ""  # no label to compare with
