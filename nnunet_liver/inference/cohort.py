@@ -130,12 +130,11 @@ def _cell(value):
 def _write_csv(path: Path, columns, rows, overwrite: bool) -> None:
     from nnunet_liver.data.io import staged_file
 
-    with staged_file(path, overwrite=overwrite) as tmp:
-        with open(tmp, "w", encoding="utf-8", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=list(columns), lineterminator="\n")
-            w.writeheader()
-            for r in rows:
-                w.writerow({k: _cell(r.get(k)) for k in columns})
+    with staged_file(path, overwrite=overwrite) as tmp, open(tmp, "w", encoding="utf-8", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(columns), lineterminator="\n")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: _cell(r.get(k)) for k in columns})
 
 
 def cases_path(lesion_csv: str | os.PathLike) -> Path:

@@ -15,20 +15,6 @@ import SimpleITK as sitk
 
 from nnunet_liver.data.real_ct import CRLM_CT, CRLM_SEG, TOTALSEG_CT, TOTALSEG_LIVER
 
-# what each damaged file is, in the README's words
-DESCRIPTIONS = {
-    "nan": "NaN voxels (ten slices, float NIfTI)",
-    "inf": "infinite voxels (one slice, float NIfTI)",
-    "truncated": "truncated `.nii.gz` (the first 5 kB of a real file)",
-    "truncated_nii": "truncated `.nii` (half the file)",
-    "corrupt_gz": "corrupt compressed data (64 bytes overwritten mid-stream)",
-    "empty": "empty file (0 bytes)",
-    "zero_axis": "zero-length axis (size 122 x 101 x 0)",
-    "4d": "4D image (two time points)",
-    "swapped": "label map given as the CT / CT given as the label map",
-    "mixed_series": "folder of mixed DICOM series, no `--series`",
-    "rescale_overflow": "DICOM RescaleSlope 1e30 (values overflow HU)",
-}
 FILE_KINDS = ("nan", "inf", "truncated", "truncated_nii", "corrupt_gz", "empty", "zero_axis", "4d", "swapped")
 
 

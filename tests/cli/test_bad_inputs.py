@@ -12,7 +12,13 @@ import pytest
 
 from nnunet_liver.cli import main as cli_main
 from nnunet_liver.data.real_ct import TOTALSEG_CT, TOTALSEG_LIVER
-from tests.cli.bad_inputs import FILE_KINDS, bad_file, ct_image, matching_label, set_rescale
+from tests.cli.bad_inputs import (
+    FILE_KINDS,
+    bad_file,
+    ct_image,
+    matching_label,
+    set_rescale,
+)
 
 HEADER_KINDS = ("truncated_nii", "empty", "zero_axis", "4d")  # what a header-only reader can see
 

@@ -74,9 +74,9 @@ def test_parts_rerun_interruption_and_cohort_table(env, tmp_path, capsys, monkey
     # part 0, first try: liver_007 fails while its files are written, then a Ctrl-C in the same place
     real_write = report.write_findings
 
-    def write_failing(path, findings, error=RuntimeError("disk full")):
+    def write_failing(path, findings, error: BaseException | None = None):
         if findings["case"] == "liver_007":
-            raise error
+            raise error or RuntimeError("disk full")
         real_write(path, findings)
 
     monkeypatch.setattr(report, "write_findings", write_failing)

@@ -26,7 +26,8 @@ BUDGET = {"NNUNET_LIVER_EPOCHS": "1", "NNUNET_LIVER_ITERS": "2", "NNUNET_LIVER_V
 
 def stock(command: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
     proc = subprocess.run([str(Path(sys.executable).parent / command[0]), *command[1:]], env=subprocess_env(env),
-                          cwd=cwd, capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=900)
+                          cwd=cwd, capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=900,
+                          check=False)
     assert proc.returncode == 0, f"{command[0]}: exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc
 
