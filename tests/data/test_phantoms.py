@@ -325,3 +325,30 @@ def test_generation_is_fast():
     t = time.perf_counter()
     P.generate_case(0, 0, 64)
     assert time.perf_counter() - t < 3.0  # ~0.1 s unloaded; loose for shared CI machines
+
+
+def test_liver_field_of_view_is_the_same_body_cropped_around_the_liver():
+    """--fov liver: the anatomy of the whole-abdomen draw, cut to the liver's box + margins; every lesion
+    inside, the lesion table consistent with the cropped labels, the crop deterministic."""
+    margin = (25.0, 30.0)
+    for index in (0, 4):
+        full = P.sample_anatomy(np.random.default_rng([5, index]), 96)
+        crop = P.sample_anatomy(np.random.default_rng([5, index]), 96, liver_margin_mm=margin)
+        off = crop.meta["crop_offset_voxel"]
+        box = tuple(slice(o, o + n) for o, n in zip(off, crop.label.shape))
+        assert crop.meta["uncropped_shape"] == full.label.shape
+        assert np.array_equal(crop.label, full.label[box]) and np.array_equal(crop.tissues, full.tissues[box])
+        assert (crop.label >= 1).sum() == (full.label >= 1).sum()  # the whole liver is inside
+        assert len(crop.lesions) == len(full.lesions)
+        # the margins: at least the requested mm around the liver, unless the whole field of view ends first
+        liver = np.argwhere(crop.label >= 1)
+        sx, sy, sz = crop.spacing
+        for axis, mm, s in ((0, margin[1], sz), (1, margin[0], sy), (2, margin[0], sx)):
+            lo, hi = liver[:, axis].min(), crop.label.shape[axis] - 1 - liver[:, axis].max()
+            assert lo * s >= mm - s or off[axis] == 0
+            assert hi * s >= mm - s or off[axis] + crop.label.shape[axis] == full.label.shape[axis]
+        assert crop.label.size < 0.6 * full.label.size
+        if crop.lesions:
+            check_lesion_table(crop)
+        again = P.sample_anatomy(np.random.default_rng([5, index]), 96, liver_margin_mm=margin)
+        assert np.array_equal(again.label, crop.label)

@@ -358,3 +358,38 @@ def test_match_cases_pairs_nii_with_nii_gz(tmp_path):
     assert [p[0] for p in pairs] == ["b", "segmentation-0"]
     assert pairs[1][2].endswith("segmentation-0.nii.gz")
     assert missing == ["segmentation-1"] and extra == ["extra"]
+
+
+# ---------------------------------------------------------------------------------- extent and size recall
+
+
+def test_liver_extent_counts_predicted_slices_beyond_the_reference():
+    ref = cube((20, 10, 10), (5, 2, 2), (12, 8, 8))  # slices 5..11
+    assert lits.liver_extent(ref, ref)["slices_beyond"] == 0
+    over = ref.copy()
+    over[2, 4, 4] = True  # 3 slices below
+    over[13, 4, 4] = True  # 2 slices above
+    e = lits.liver_extent(ref, over)
+    assert e == {"reference_slices": [5, 11], "prediction_slices": [2, 13], "slices_beyond": 3}
+    under = cube((20, 10, 10), (7, 2, 2), (10, 8, 8))  # a shorter prediction overshoots nothing
+    assert lits.liver_extent(ref, under)["slices_beyond"] == 0
+    assert lits.liver_extent(ref, np.zeros_like(ref))["slices_beyond"] == 0
+
+
+def test_recall_by_size_splits_lesions_at_10_mm():
+    spacing = (2.0, 1.0, 1.0)
+    shape = (30, 40, 40)
+    big = ball(shape, (8, 10, 10), 7.0, spacing)  # ~14 mm
+    small = ball(shape, (20, 30, 30), 3.0, spacing)  # ~6 mm
+    other_big = ball(shape, (20, 10, 30), 6.0, spacing)  # ~12 mm, missed
+    ref = np.zeros(shape, np.uint8)
+    ref[big | small | other_big] = 2
+    pred = np.zeros(shape, np.uint8)
+    pred[big | small] = 2
+    case = lits.evaluate_case(ref, pred, spacing)
+    diam = [lits.equivalent_diameter_mm(v, spacing) for v in case["lesions"]["reference_lesion_voxels"]]
+    assert sorted(d >= 10 for d in diam) == [False, True, True]
+    r = lits.aggregate({"a": case})["lesion_recall_by_size"]
+    assert r["large"] == {"found": 1, "n": 2, "recall": 0.5}
+    assert r["small"] == {"found": 1, "n": 1, "recall": 1.0}
+    assert lits.aggregate({"a": case})["liver_extent"]["max_slices_beyond"] == 0

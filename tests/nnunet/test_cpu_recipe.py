@@ -1,0 +1,80 @@
+"""The CPU presets' short-budget recipe: the one-cycle schedule, the CPU-seconds budget, bf16 detection and
+the RWA control's window."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import nnunet_liver.trainers as trainers
+from nnunet_liver.augment.window import PAPER
+from nnunet_liver.trainers import _mixins
+from nnunet_liver.trainers.cpu import cpu_budget_from_env
+
+
+def test_one_cycle_warms_up_then_decays():
+    lr = [_mixins.one_cycle_lr(1.0, t / 100) for t in range(101)]
+    peak = max(range(101), key=lr.__getitem__)
+    assert peak == 10 and lr[peak] == pytest.approx(1.0)
+    assert lr[0] == pytest.approx(0.04) and lr[100] == pytest.approx(0.01)
+    assert all(a <= b for a, b in zip(lr[:11], lr[1:11]))  # warm-up rises
+    assert all(a >= b for a, b in zip(lr[10:], lr[11:]))  # then falls
+    assert _mixins.one_cycle_lr(1.0, 7.0) == pytest.approx(0.01)  # past the end: the floor
+
+
+def test_schedule_follows_iterations_or_cpu_seconds(monkeypatch):
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    s = _mixins.OneCycleSchedule(opt, 1.0, total_iterations=100, iterations_per_epoch=10)
+    s.step(5)  # nnU-Net at the start of epoch 5 (also after --c)
+    assert s.iteration == 50 and opt.param_groups[0]["lr"] == pytest.approx(_mixins.one_cycle_lr(1.0, 0.5))
+    s.step_iteration()
+    assert opt.param_groups[0]["lr"] == pytest.approx(_mixins.one_cycle_lr(1.0, 0.51))
+
+    clock = [100.0]
+    monkeypatch.setattr(_mixins.time, "process_time", lambda: clock[0])
+    c = _mixins.OneCycleSchedule(opt, 1.0, total_iterations=10**9, iterations_per_epoch=10, cpu_seconds=60.0)
+    c.start()
+    clock[0] = 130.0  # half the CPU budget spent, whatever the iterations
+    c.step_iteration()
+    assert c.cpu_spent() == pytest.approx(30.0)
+    assert opt.param_groups[0]["lr"] == pytest.approx(_mixins.one_cycle_lr(1.0, 0.5))
+
+
+def test_cpu_seconds_budget_from_the_environment():
+    assert cpu_budget_from_env({})["cpu_seconds"] is None
+    b = cpu_budget_from_env({"NNUNET_LIVER_CPU_SECONDS": "90", "NNUNET_LIVER_ITERS": "50"})
+    assert b["cpu_seconds"] == 90.0 and b["num_iterations_per_epoch"] == 50
+    assert cpu_budget_from_env({"NNUNET_LIVER_CPU_SECONDS": ""})["cpu_seconds"] is None
+
+
+def test_bf16_detection_reads_cpu_flags(monkeypatch, tmp_path):
+    import builtins
+
+    real_open = builtins.open
+
+    def fake(flags):
+        def _open(path, *a, **k):
+            if path == "/proc/cpuinfo":
+                p = tmp_path / "cpuinfo"
+                p.write_text(f"processor\t: 0\nflags\t\t: {flags}\n", encoding="utf-8")
+                return real_open(p, *a, **k)
+            return real_open(path, *a, **k)
+        return _open
+
+    monkeypatch.setattr(builtins, "open", fake("fpu sse2 avx2 avx512f avx512_bf16"))
+    assert _mixins.cpu_bf16_supported()
+    monkeypatch.setattr(builtins, "open", fake("fpu sse2 avx2 avx512f"))
+    assert not _mixins.cpu_bf16_supported()
+
+
+@pytest.mark.parametrize("name", ["DualStreamRWAControlTrainer_CPU", "LiverUNetRWAControlTrainer_CPU"])
+def test_rwa_control_holds_rwa_evaluation_window_with_rwa_normalisation(name):
+    cls = getattr(trainers, name)
+    kwargs = cls.window_kwargs({"foreground_intensity_properties_per_channel": {"0": {"mean": 100.0, "std": 30.0}}})
+    w = kwargs["window"]
+    assert (w["level"], w["width"], w["eval_level"], w["eval_width"]) == (
+        PAPER.eval_level, PAPER.eval_width, PAPER.eval_level, PAPER.eval_width)
+    assert w["p_level"] == 0 and w["p_width"] == 0
+    assert "window_mean" not in kwargs  # RWA's fixed normalisation, not the data set's z-score
+    twin = trainers.DualStreamNoRWATrainer_CPU.window_kwargs(
+        {"foreground_intensity_properties_per_channel": {"0": {"mean": 100.0, "std": 30.0}}})
+    assert "window_mean" in twin
