@@ -29,8 +29,15 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from nnunet_liver.cli.main import UsageError
     from nnunet_liver.data.io import datasets_with_id
-    from nnunet_liver.data.splits import SPLITS_FILE, SplitsError, dataset_groups, grouped_folds, \
-        training_cases, write_splits
+    from nnunet_liver.data.splits import (
+        SPLITS_FILE,
+        SplitsError,
+        dataset_groups,
+        grouped_folds,
+        training_cases,
+        union_groups,
+        write_splits,
+    )
 
     raw = args.raw_root or os.environ.get("nnUNet_raw")
     pre = args.preprocessed or os.environ.get("nnUNet_preprocessed")
@@ -42,13 +49,14 @@ def run(args: argparse.Namespace) -> int:
     dataset = found[0]
     try:
         groups = dataset_groups(dataset)
-        splits = grouped_folds(training_cases(dataset), groups)
+        cases = training_cases(dataset)
+        splits = grouped_folds(cases, groups)
         path = os.path.join(pre, dataset.name, SPLITS_FILE)
         changed = write_splits(path, splits, overwrite=args.overwrite)
     except (SplitsError, FileExistsError, PermissionError) as e:
         raise UsageError(str(e)) from None
     sizes = ", ".join(str(len(f["val"])) for f in splits)
-    joined = sum(1 for g in groups if len(g) > 1)
+    joined = sum(1 for g in union_groups(cases, groups) if len(g) > 1)
     print(f"{path}: {'written' if changed else 'unchanged'}; {len(splits)} folds of {sizes} validation case(s); "
           f"{joined} group(s) of cases kept together")
     return 0

@@ -174,7 +174,8 @@ def _write_csv(path: Path, columns, rows) -> None:
 
 
 def merge_lesion_tables(sources: list[Path], kept: dict[tuple[str, str], str]) -> tuple[list[str], list[dict]]:
-    """Rows of every source's lesions.csv whose case is kept, with the merged case id."""
+    """Rows of every source's lesions.csv whose case is kept, with the merged case id (and a ``patient_id``
+    prefixed with the source folder, as in the case records)."""
     columns: list[str] = []
     rows = []
     for src in sources:
@@ -190,6 +191,8 @@ def merge_lesion_tables(sources: list[Path], kept: dict[tuple[str, str], str]) -
                 new_id = kept.get((dataset_name(src), row.get("case_id", "")))
                 if new_id is not None:
                     rows.append({**row, "case_id": new_id, "source_dataset": src.name})
+                    if (row.get("patient_id") or "").strip():  # patient ids are per source, as in the records
+                        rows[-1]["patient_id"] = f"{src.name}:{row['patient_id'].strip()}"
     return columns, rows
 
 

@@ -248,6 +248,11 @@ def test_patient_ids_of_a_source_keep_its_cases_in_one_fold(tmp_path, capsys):
     assert sorted(len(f["val"]) for f in splits) == [1, 1, 2, 2, 3]
     assert json.loads((ds / "case_mapping.json").read_text(encoding="utf-8"))["split_groups"] == [
         ["A_lits_000", "A_lits_003"], ["A_lits_006", "A_lits_007", "A_lits_008"]]  # B's p1 is not A's p1
+    assert {r["patient_id"] for r in read_csv(ds / "lesions.csv")} == {"Dataset601_A:p1", "Dataset601_A:p2", ""}
+    pre = tmp_path / "preprocessed"
+    code, out, err = run_cli(["splits", "-d", 610, "--raw", raw, "-o", pre], capsys)  # from the merged set alone
+    assert code == 0 and "2 group(s) of cases kept together" in out, err
+    assert json.loads((pre / ds.name / "splits_final.json").read_text(encoding="utf-8")) == splits
 
     # a case given two patient ids is refused, naming the file
     with open(raw / "Dataset601_A" / "lesions.csv", "a", encoding="utf-8", newline="") as f:
