@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from nnunet_liver.data import fingerprint as fp
@@ -91,7 +91,6 @@ class SearchResult:
     compared: int
     skipped: int
     highest_other: tuple[float, str, str] | None
-    scores: list[float] = field(default_factory=list)
 
     def pair(self, a: str, b: str) -> Pair | None:
         for p in self.pairs:
@@ -141,7 +140,7 @@ def find_duplicates(items: list[Item], fingerprints: dict[str, fp.Fingerprint], 
 
     verified = verified or {}
     by_key = {it.key: it for it in items}
-    pairs, scores, skipped, highest = [], [], 0, None
+    pairs, compared, skipped, highest = [], 0, 0, None
     total = len(items) * (len(items) - 1) // 2
     candidates = []
     for ia, ib in tqdm(itertools.combinations(range(len(items)), 2), total=total, desc="pairs", unit="pair",
@@ -151,7 +150,7 @@ def find_duplicates(items: list[Item], fingerprints: dict[str, fp.Fingerprint], 
         if match is None:
             skipped += 1
             continue
-        scores.append(match.score)
+        compared += 1
         if match.score >= fp.CANDIDATE_SCORE:
             candidates.append((a, b, match))
         elif highest is None or match.score > highest[0]:
@@ -171,7 +170,7 @@ def find_duplicates(items: list[Item], fingerprints: dict[str, fp.Fingerprint], 
               if len(g) > 1]
     order = {it.key: i for i, it in enumerate(items)}
     groups = [sorted(g, key=order.__getitem__) for g in groups]
-    return SearchResult(pairs, groups, len(scores), skipped, highest, scores)
+    return SearchResult(pairs, groups, compared, skipped, highest)
 
 
 def evidence_against(result: SearchResult, first: str, member: str, items: dict[str, Item],

@@ -337,6 +337,10 @@ def merge_datasets(raw_root: str | os.PathLike, sources: list[str], *, dataset_i
                             fingerprint=fingerprint([f for f, _ in files], c.dataset),
                             record=record, payload=[(str(f), rel) for f, rel in files]))
     kept_names = {(c.name, c.case): c.new_id for c in kept_cases}
+    if search.highest_other is not None:
+        score, a, b = search.highest_other
+        notes.append(f"closest pair that is not a duplicate: {new_ids[a]} ~ {new_ids[b]}, score {score:.3f} "
+                     f"(a duplicate needs {fpr.CANDIDATE_SCORE} and a detail NCC of {fpr.DUPLICATE_DETAIL_NCC})")
     dropped_rows = _lesion_rows_of(folders, {(c.name, c.case) for c in cases} - set(kept_names))
     if dropped_rows:
         notes.append(f"{dropped_rows} lesions.csv row(s) of dropped copies left out (their lesion ids and voxel "
