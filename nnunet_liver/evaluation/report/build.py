@@ -460,7 +460,7 @@ class _Builder:
             outcome = "Its liver Dice is not defined, so this case says nothing either way."
         elif synthetic:
             outcome = (f"Its liver Dice ({fmt_num(dice)}) says whether what the phantoms teach carries over to the "
-                       "liver of a real contrast-enhanced CT: " +
+                       "liver of a real CT: " +
                        (f"here it does, at the {target['threshold']:.2f} target or above." if target["met"] else
                         f"here it does not (target {target['threshold']:.2f}): this model, trained on phantoms with "
                         "the budget stated at the top, did not give a usable liver on this CT. That alone does not "
@@ -468,12 +468,15 @@ class _Builder:
         else:
             outcome = (f"Its liver Dice ({fmt_num(dice)}) is {'at or above' if target['met'] else 'below'} the "
                        f"{target['threshold']:.2f} target.")
-        self.blocks.append(Para(f"**What it shows.** One real contrast-enhanced CT with a radiologist's liver and "
-                                f"tumour mask. {trained} {outcome}"))
+        self.blocks.append(Para(f"**What it shows.** One real CT, {name}, with a reference liver and tumour mask. "
+                                f"{trained} {outcome}"))
+        n = les["n_reference"]
+        lesions = ("One lesion" if n == 1 else f"{n} lesions in one CT" if isinstance(n, int) and n > 1 else
+                   "One CT")
         self.blocks.append(Para(
             "**What it does not show.** One case gives no spread, no confidence interval and no comparison between "
-            "models: another CT could land elsewhere. One metastasis cannot estimate tumour performance; its "
-            "tumour Dice and detection are a single observation. This is not a LiTS result and must not be "
+            f"models: another CT could land elsewhere. {lesions} cannot estimate tumour performance; the tumour "
+            "Dice and detection above are a single observation. This is not a LiTS result and must not be "
             "compared with the paper's tables."))
 
     def classification(self) -> None:

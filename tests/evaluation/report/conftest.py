@@ -112,8 +112,8 @@ def _real_ct(root: Path) -> dict:
     assert cli_main.main(["evaluate", str(rct / "reference"), str(rct / "prediction"), "-o", str(rct / "evaluation"),
                           "-np", "1", "--no-progress"]) == 0
     return {"label": "crlm_liver_ct (TCIA CRLM, radiologist mask)", "model": "DualStream", "image": str(CRLM_CT),
-            "reference": f"real_ct/reference/{REAL_CASE}.nii.gz", "prediction": f"real_ct/prediction/{REAL_CASE}.nii.gz",
-            "evaluation": "real_ct/evaluation/summary.json"}
+            "reference": f"real_ct/reference/{REAL_CASE}.nii.gz",
+            "prediction": f"real_ct/prediction/{REAL_CASE}.nii.gz", "evaluation": "real_ct/evaluation/summary.json"}
 
 
 def _classification(root: Path) -> Path:

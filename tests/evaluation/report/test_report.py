@@ -486,8 +486,9 @@ def test_real_ct_section_shows_the_numbers_of_its_summary(report, results_source
     for text in (report["html"], report["md"]):
         part = section(text, "Phantom to real: one real CT", "Lesion classification")
         assert f"Target: liver Dice ≥ 0.85: {verdict}" in part and f"(liver Dice {fmt_num(dice)})" in part
-        for words in ("trained on synthetic phantoms only", "never trained or tuned on this CT",
-                      "One metastasis cannot estimate tumour performance", "This is not a LiTS result"):
+        for words in ("One real CT, crlm_liver_ct (TCIA CRLM, radiologist mask), with a reference liver",
+                      "trained on synthetic phantoms only", "never trained or tuned on this CT",
+                      "One lesion cannot estimate tumour performance", "This is not a LiTS result"):
             assert words in part, words
     # lesion detection: the counts of summary.json per threshold
     lesions = page.body("real-ct-lesions")
