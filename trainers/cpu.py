@@ -36,7 +36,8 @@ from nnunet_liver.trainers.segmentation import (
     LiverUNetTrainer,
 )
 
-CPU_UNET = {"max_patch": (16, 64, 64), "base_features": 8, "max_features": 32, "batch_size": 2}
+# in-plane 96: the whole liver field of view of the demo phantoms (98 x 134 at ~2 mm) in one or two tiles
+CPU_UNET = {"max_patch": (16, 96, 96), "base_features": 8, "max_features": 32, "batch_size": 2}
 
 
 def cpu_budget_from_env(env=os.environ) -> dict:
@@ -81,8 +82,8 @@ class _CPUUNet(CPUBudgetMixin):
 class _CPUDualStream(CPUBudgetMixin):
     features_per_stage = (8, 16, 16, 32, 32)
     context_features_per_stage = (8, 16, 16)
-    n_slices_patch = 8
-    max_inplane = 64
+    n_slices_patch = 8  # 16 slices bought fewer iterations and less Dice for the same CPU seconds
+    max_inplane = 96
     batch_size = 2
 
 
