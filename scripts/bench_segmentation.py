@@ -4,19 +4,25 @@ Parts (``--parts``, default all):
 
 - ``cost``: parameters and forward FLOPs per output voxel of the real-size networks at their planned
   patches (DualStream vs the 3D and 2D U-Nets), planned for a 256-voxel phantom data set.
-- ``accuracy``: every model trained with its CPU trainer under one equal budget (same epochs,
-  iterations and seeds, ``--seeds``), then tumour and liver Dice, IoU, sensitivity and specificity on the
-  test phantoms, mean +/- std over seeds; the fixed evaluation window of an RWA model swept.
+- ``accuracy``: every model (Table 1, the ablation chain, the RWA twins and controls) trained with its CPU
+  trainer on fold 0 under one equal budget (same epochs x iterations, or with ``--cpu-seconds`` the same
+  process CPU seconds; same seeds), then LiTS metrics on the test phantoms (liver Dice/IoU/sensitivity/
+  specificity per case, tumour global and per-case Dice, recall of lesions >= 10 mm, liver overshoot in
+  slices), mean +/- std over seeds; learning curves (validation pseudo Dice against CPU seconds,
+  ``curves.png``); the RWA control table; the fixed evaluation window of an RWA model swept.
 - ``robustness``: the same models on ``imagesTs_shifted`` (the test anatomy under shifted contrast and
   window); the Dice drop of each RWA model against its non-RWA twin (target: at most half).
 - ``speed``: CPU training iterations per second and full-volume prediction seconds per case relative to
   the 3D U-Net, and the cost of random windowing per training step (target < 5 %).
 
-Everything is measured in this one process; results go to ``--out`` as ``results.json`` and
-``results.md``. Trainers and predictions run through nnU-Net's own training loop and predictor.
+Models run one after the other in this one process; results go to ``--out`` as ``results.json`` and
+``results.md``, each finished run also to ``runs/<trainer>__<configuration>__seed<k>.json``: a rerun with
+the same settings and code skips it, so a long benchmark resumes run by run. Trainers and predictions run
+through nnU-Net's own training loop and predictor.
 
-    python scripts/bench_segmentation.py --out bench/segmentation            # ~30-40 min on 2 cores
-    python scripts/bench_segmentation.py --out /tmp/b --quick                # minutes: a smoke run
+    python scripts/bench_segmentation.py --out bench/segmentation                       # ~1 h on 2 cores
+    python scripts/bench_segmentation.py --out bench/converged --preset converged        # hours; resumable
+    python scripts/bench_segmentation.py --out /tmp/b --quick                           # minutes: a smoke run
 """
 from __future__ import annotations
 
@@ -141,17 +147,33 @@ def main() -> None:
     print(markdown(report))
 
 
+def code_fingerprint() -> str:
+    """SHA-256 of the trainers', networks' and window code: a saved run made by other code is not reused."""
+    import hashlib
+
+    import nnunet_liver
+    import nnunet_liver.trainers
+
+    roots = [Path(nnunet_liver.trainers.__file__).parent, Path(nnunet_liver.__file__).parent / "architectures",
+             Path(nnunet_liver.__file__).parent / "blocks", Path(nnunet_liver.__file__).parent / "augment"]
+    h = hashlib.sha256()
+    for f in sorted(p for r in roots for p in r.glob("*.py")):
+        h.update(f.name.encode() + f.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def cached_run(label: str, trainer: str, config: str, seed: int, args, out: Path, settings: dict) -> dict:
     """One model and seed: trained, predicted and evaluated once; a rerun with the same settings reads the
     saved result (runs/<trainer>__<config>__seed<k>.json), so a long benchmark resumes run by run."""
     path = out / "runs" / f"{trainer}__{config}__seed{seed}.json"
+    key = {**{k: v for k, v in settings.items() if k != "seeds"}, "code": code_fingerprint()}
     if path.is_file():
         saved = json.loads(path.read_text(encoding="utf-8"))
-        if saved.get("settings") == settings:
+        if saved.get("settings") == key:
             print(f"== {label}, seed {seed}: done earlier ({path.name})", flush=True)
             return saved
     run = train_and_predict(label, trainer, config, seed, args, out)
-    run["settings"] = settings
+    run["settings"] = key
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(run, indent=1, default=float), encoding="utf-8")
@@ -407,6 +429,8 @@ def plot_curves(runs: dict, path: Path) -> dict:
 
 
 def speed(runs: dict) -> dict:
+    if "3D U-Net" not in runs:  # --models without the baseline: no ratios
+        return {}
     base = runs["3D U-Net"]
     base_it = np.mean([r["train_iter_per_s"] for r in base])
     base_pred = np.mean([r["predict_s_per_case"] for r in base])
@@ -427,7 +451,7 @@ def bench_rwa_overhead(torch, device: str = "cpu", repeats: int = 20) -> dict:
 
     kwargs = dict(strides=[[1, 1, 1]] + [[1, 2, 2]] * 4, features_per_stage=(8, 16, 16, 32, 32),
                   n_blocks_per_stage=(1, 3, 4, 6, 3), context_features_per_stage=(8, 16, 16), deep_supervision=True)
-    x = torch.randn(2, 1, 8, 64, 64, device=device) * 200
+    x = torch.randn(2, 1, 8, 96, 96, device=device) * 200  # DualStreamTrainer_CPU's patch
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     result = {}
     for name, window in (("fixed", W.FIXED_PAPER.to_dict()), ("random", W.PAPER.to_dict())):

@@ -105,6 +105,10 @@ def main() -> None:
     if not os.environ.get("nnUNet_preprocessed"):
         raise SystemExit("set nnUNet_raw/nnUNet_preprocessed/nnUNet_results (eval \"$(nnunet-liver env --root DIR)\")")
     activate(None)
+    # on_train_start writes plans, logs and a progress plot into nnUNet_results: keep real models out of it
+    import tempfile
+
+    os.environ["nnUNet_results"] = tempfile.mkdtemp(prefix="profile_cpu_step_")
     if args.threads:
         torch.set_num_threads(args.threads)
     results = []

@@ -99,14 +99,33 @@ class ShortBudgetOptimizerMixin:
         return optimizer, schedule
 
     def on_train_start(self):
+        if self.cpu_seconds and self.is_ddp:
+            # each rank would measure its own CPU time and stop (and set its learning rate) on its own
+            raise RuntimeError("NNUNET_LIVER_CPU_SECONDS cannot be used with several ranks (-num_gpus > 1); "
+                               "use NNUNET_LIVER_EPOCHS/NNUNET_LIVER_ITERS")
         super().on_train_start()
         self.learning_curve = []
-        self._wall_start = time.perf_counter()
         self.lr_scheduler.start()
+        spent_before, wall_before = 0.0, 0.0
+        path = os.path.join(self.output_folder, "learning_curve.json")
+        if self.current_epoch > 0 and os.path.isfile(path):  # --c: continue the curve, the budget and the schedule
+            with open(path, encoding="utf-8") as f:
+                self.learning_curve = [e for e in json.load(f) if e["epoch"] < self.current_epoch]
+            if self.learning_curve:
+                spent_before = self.learning_curve[-1]["cpu_seconds"]
+                wall_before = self.learning_curve[-1]["wall_seconds"]
+        self.lr_scheduler.cpu_start -= spent_before
+        self._wall_start = time.perf_counter() - wall_before
 
     def on_epoch_start(self):
-        if self.cpu_seconds and self.lr_scheduler.cpu_spent() >= self.cpu_seconds:
-            raise BudgetSpent
+        if self.cpu_seconds:
+            spent = self.lr_scheduler.cpu_spent()
+            last = (self.learning_curve[-1]["cpu_seconds"] - (self.learning_curve[-2]["cpu_seconds"]
+                                                             if len(self.learning_curve) > 1 else 0.0)
+                    if self.learning_curve else 0.0)
+            # stop when the next epoch would end nearer past the budget than this one ends before it
+            if spent + 0.5 * last >= self.cpu_seconds:
+                raise BudgetSpent
         super().on_epoch_start()
 
     def train_step(self, batch: dict) -> dict:
@@ -123,9 +142,11 @@ class ShortBudgetOptimizerMixin:
             "pseudo_dice": [float(d) for d in self.logger.get_value("dice_per_class_or_region", step=-1)],
             "lr": float(self.optimizer.param_groups[0]["lr"]),
         })
-        if self.local_rank == 0:
-            with open(os.path.join(self.output_folder, "learning_curve.json"), "w", encoding="utf-8") as f:
+        if self.local_rank == 0:  # written beside and renamed: a killed run never leaves half a file
+            path = os.path.join(self.output_folder, "learning_curve.json")
+            with open(path + ".tmp", "w", encoding="utf-8") as f:
                 json.dump(self.learning_curve, f, indent=0)
+            os.replace(path + ".tmp", path)
         super().on_epoch_end()
 
     def run_training(self):

@@ -41,9 +41,11 @@ CPU_UNET = {"max_patch": (16, 96, 96), "base_features": 8, "max_features": 32, "
 
 
 def cpu_budget_from_env(env=os.environ) -> dict:
-    cpu_seconds = env.get("NNUNET_LIVER_CPU_SECONDS")
+    cpu_seconds = float(env["NNUNET_LIVER_CPU_SECONDS"]) if env.get("NNUNET_LIVER_CPU_SECONDS") else None
+    if cpu_seconds is not None and not cpu_seconds > 0:
+        raise ValueError(f"NNUNET_LIVER_CPU_SECONDS must be a positive number of seconds, got {cpu_seconds:g}")
     return {
-        "cpu_seconds": float(cpu_seconds) if cpu_seconds else None,
+        "cpu_seconds": cpu_seconds,
         "num_epochs": int(env.get("NNUNET_LIVER_EPOCHS", 2)),
         "num_iterations_per_epoch": int(env.get("NNUNET_LIVER_ITERS", 4)),
         "num_val_iterations_per_epoch": int(env.get("NNUNET_LIVER_VAL_ITERS", 2)),
@@ -65,8 +67,8 @@ class CPUBudgetMixin(ShortBudgetOptimizerMixin, CPUBF16Mixin, NoInferenceMirrori
             torch.manual_seed(seed)
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.cpu_seconds = budget["cpu_seconds"]
-        # with a CPU-seconds budget the epochs are an upper bound: training ends when the budget is spent
-        self.num_epochs = budget["num_epochs"] if self.cpu_seconds is None else max(budget["num_epochs"], 100_000)
+        # with a CPU-seconds budget NNUNET_LIVER_EPOCHS is an upper bound: training ends when the budget is spent
+        self.num_epochs = budget["num_epochs"]
         self.num_iterations_per_epoch = budget["num_iterations_per_epoch"]
         self.num_val_iterations_per_epoch = budget["num_val_iterations_per_epoch"]
         self.save_every = 1

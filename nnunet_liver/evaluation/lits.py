@@ -53,7 +53,8 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 
 STRUCTURES = ("liver", "tumour")
-#: lesions at or above this equivalent diameter are "large" in the size-stratified recall (as predict flags < 10 mm)
+#: lesions at or above this equivalent diameter (of a sphere of the lesion's volume) are "large" in the
+#: size-stratified recall; predict's `small` flag uses the longest axial diameter instead
 SIZE_SPLIT_MM = 10.0
 OVERLAP_METRICS = ("dice", "iou", "sensitivity", "specificity", "voe", "rvd")
 DISTANCE_METRICS = ("assd", "rmsd", "msd", "hd95")
@@ -454,7 +455,8 @@ def evaluate_case(
 
     Returns:
         {"liver": metrics, "tumour": metrics, "lesions": see ``lesion_evaluation``,
-        "tumour_burden": {"reference", "prediction", "error"}, "shape", "spacing"}.
+        "tumour_burden": {"reference", "prediction", "error"}, "liver_extent": see ``liver_extent``,
+        "shape", "spacing"}.
     """
     reference = np.asarray(reference)
     prediction = np.asarray(prediction)
@@ -505,6 +507,8 @@ def flatten_case(case: Mapping) -> dict[str, float]:
     row["tumour_burden_prediction"] = _number(tb["prediction"])
     row["tumour_burden_error"] = _number(tb["error"])
     row["tumour_burden_abs_error"] = abs(row["tumour_burden_error"])
+    if "liver_extent" in case:  # summary.json files written before it existed lack it
+        row["liver_slices_beyond"] = case["liver_extent"]["slices_beyond"]
     return row
 
 
@@ -562,7 +566,8 @@ def aggregate(cases: Mapping[str, Mapping]) -> dict:
         (2 * sum(intersection) / sum(|ref| + |pred|)) and mean/std/median/n/n_nan of every metric;
         ``lesion_detection`` (precision, recall, F1 and counts per IoU threshold, summed over cases);
         ``lesion_segmentation`` (metrics over all lesions detected at IoU > 0.5);
-        ``tumour_burden`` (RMSE, max absolute error, n, n_undefined).
+        ``tumour_burden`` (RMSE, max absolute error, n, n_undefined); ``lesion_recall_by_size`` (see
+        ``recall_by_size``); ``liver_extent`` (max and mean slices beyond, cases with 2 or more).
     """
     cases = list(cases.values())
     out: dict = {"n_cases": len(cases)}

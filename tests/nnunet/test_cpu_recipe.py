@@ -78,3 +78,35 @@ def test_rwa_control_holds_rwa_evaluation_window_with_rwa_normalisation(name):
     twin = trainers.DualStreamNoRWATrainer_CPU.window_kwargs(
         {"foreground_intensity_properties_per_channel": {"0": {"mean": 100.0, "std": 30.0}}})
     assert "window_mean" in twin
+
+
+def test_non_positive_cpu_seconds_are_refused():
+    with pytest.raises(ValueError, match="NNUNET_LIVER_CPU_SECONDS"):
+        cpu_budget_from_env({"NNUNET_LIVER_CPU_SECONDS": "0"})
+
+
+@pytest.mark.slow
+def test_cpu_seconds_budget_ends_training_with_a_final_checkpoint_and_curve(tiny_phantoms, tmp_path):
+    """Stock nnUNetv2_train with a CPU-seconds budget: training stops at an epoch boundary once the budget is
+    spent (long before the epoch cap), then nnU-Net writes the final checkpoint and validates as usual."""
+    import json
+    from pathlib import Path
+
+    from tests.nnunet.test_stock_commands import assert_ok, stock
+
+    env = dict(tiny_phantoms, NNUNET_LIVER_CPU_SECONDS="4", NNUNET_LIVER_EPOCHS="500", NNUNET_LIVER_ITERS="2",
+               NNUNET_LIVER_VAL_ITERS="1", NNUNET_LIVER_SEED="0", nnUNet_n_proc_DA="0",
+               nnUNet_results=str(tmp_path / "results"))
+    proc = stock(["nnUNetv2_train", "990", "3d_fullres", "0", "-tr", "LiverUNetTrainer_CPU", "-device", "cpu"],
+                 env, "fork", tmp_path)
+    assert_ok(proc)
+    model = Path(env["nnUNet_results"]) / "Dataset990_LiverPhantom" / "LiverUNetTrainer_CPU__nnUNetPlans__3d_fullres"
+    fold = model / "fold_0"
+    curve = json.loads((fold / "learning_curve.json").read_text(encoding="utf-8"))
+    assert 1 <= len(curve) < 500
+    assert [e["epoch"] for e in curve] == list(range(len(curve)))
+    assert curve[-1]["iterations"] == 2 * len(curve)
+    cpu = [e["cpu_seconds"] for e in curve]
+    assert cpu == sorted(cpu) and cpu[-1] >= 4 * 0.5  # stopped around the budget, not at the first epoch
+    assert "CPU budget of 4 s spent" in proc.stdout
+    assert (fold / "checkpoint_final.pth").is_file() and (fold / "validation" / "summary.json").is_file()

@@ -48,7 +48,8 @@ def test_training_learns_the_liver_of_its_training_phantoms(two_phantoms, tmp_pa
     env = dict(two_phantoms, NNUNET_LIVER_EPOCHS=str(EPOCHS), NNUNET_LIVER_ITERS=str(ITERS),
                NNUNET_LIVER_VAL_ITERS="1", NNUNET_LIVER_SEED="0", nnUNet_n_proc_DA="0",
                nnUNet_results=str(tmp_path / "results"))
-    proc = stock(["nnUNetv2_train", "990", "3d_fullres", "all", "-tr", TRAINER, "-device", "cpu"], env, "fork", tmp_path)
+    proc = stock(["nnUNetv2_train", "990", "3d_fullres", "all", "-tr", TRAINER, "-device", "cpu"], env, "fork",
+                 tmp_path)
     assert_ok(proc)
     # nnU-Net's final validation of fold "all" predicts every training case with the sliding-window predictor
     fold = Path(env["nnUNet_results"]) / "Dataset990_LiverPhantom" / f"{TRAINER}__nnUNetPlans__3d_fullres"
