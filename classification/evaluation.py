@@ -12,8 +12,9 @@ Comparisons with the reference model (``hybrid3d``): paired t-test across folds 
 accuracy (the paper's test), and DeLong's test of the pooled AUCs on the lesions both models scored.
 
 Figures: ``roc.png`` (pooled ROC of every model), ``metrics.png`` (bar chart of Table 2), and
-``attention.png`` (mean channel-attention weights of benign vs malignant test lesions, and Grad-CAM heat maps
-over axial slices of a malignant and a benign crop).
+``attention.png`` (at the hybrid network's attended layer: mean channel-attention weights of benign vs
+malignant test lesions, and attention-weighted feature maps and Grad-CAM heat maps over axial slices of a
+malignant and a benign crop).
 """
 
 from __future__ import annotations
@@ -312,20 +313,27 @@ def plot_metrics(result: dict, path: str | os.PathLike) -> None:
 
 def attention_figure(checkpoint: str | os.PathLike, crop_dir: str | os.PathLike, keys: Sequence[str],
                      path: str | os.PathLike, *, device: str = "cpu", n_slices: int = 3) -> dict:
-    """Channel-attention weights and Grad-CAM maps of a hybrid network on test lesions.
+    """Attention of a hybrid network on test lesions: channel weights, attention-weighted features, Grad-CAM.
+
+    All three are taken at the attended layer, ``model.gradcam_layer`` (the last stage's dense-block output
+    after its channel (and spatial) attention, entering the transition conv): the bar chart shows that stage's
+    mean channel weights for benign and malignant lesions; per shown lesion, one row of axial slices overlays
+    the attention-weighted feature map (mean over channels of the attended map, scaled to its maximum) and one
+    the Grad-CAM map of the malignancy logit at the same layer.
 
     Args:
-        checkpoint: a hybrid3d checkpoint.
+        checkpoint: a hybrid3d checkpoint (hybrid3d_noatt: no channel weights to show; the maps are drawn).
         crop_dir: crop cache.
         keys: lesions to summarise (the fold's test lesions); the malignant lesion with the highest and the
-            benign lesion with the lowest probability are shown with Grad-CAM.
+            benign lesion with the lowest probability are shown.
         path: PNG to write.
-        n_slices: axial slices per lesion (centred on the lesion).
+        n_slices: axial slices per lesion (across the lesion).
 
     Returns:
-        What was plotted: the lesions shown and the mean channel weights per class.
+        What was plotted: the lesions shown, the attended layer and the mean channel weights per class.
     """
     import torch
+    import torch.nn.functional as F
 
     from nnunet_liver.architectures.hybrid3d import gradcam_3d
     from nnunet_liver.augment.window import as_window_config
@@ -347,10 +355,18 @@ def attention_figure(checkpoint: str | os.PathLike, crop_dir: str | os.PathLike,
     if not entries:
         raise EvaluationError("no lesions for the attention figure")
     data = load_crop_data(crop_dir, config.input_size, entries)
-    with torch.no_grad():
-        x = model_input(data.images.to(device), data.masks.to(device), config, train=False)
-        out = model(x)
-    weights = out.channel_weights.cpu().numpy()
+    captured = []
+    handle = model.gradcam_layer.register_forward_hook(lambda _m, _i, o: captured.append(o.detach()))
+    try:
+        with torch.no_grad():
+            x = model_input(data.images.to(device), data.masks.to(device), config, train=False)
+            out = model(x)
+    finally:
+        handle.remove()
+    attended = captured[0].abs().mean(dim=1, keepdim=True)
+    attended = F.interpolate(attended, size=x.shape[2:], mode="trilinear", align_corners=False)[:, 0]
+    attended = (attended / attended.amax(dim=(1, 2, 3), keepdim=True).clamp_min(1e-12)).cpu().numpy()
+    weights = out.channel_weights[-1].cpu().numpy() if out.channel_weights else None
     prob = torch.sigmoid(out.logit).cpu().numpy()
     y = data.labels.numpy()
     show = []
@@ -361,23 +377,27 @@ def attention_figure(checkpoint: str | os.PathLike, crop_dir: str | os.PathLike,
     cams = gradcam_3d(model, x[show]).cpu().numpy() if show else np.zeros((0,))
 
     plt = _pyplot()
-    fig = plt.figure(figsize=(3 + 2.2 * n_slices, 2.6 * max(len(show), 1) + 0.4))
-    grid = fig.add_gridspec(max(len(show), 1), n_slices + 1, width_ratios=[2.2] + [1] * n_slices)
+    rows = 2 * max(len(show), 1)
+    fig = plt.figure(figsize=(3.4 + 2.0 * n_slices, 2.1 * rows + 0.5))
+    grid = fig.add_gridspec(rows, n_slices + 1, width_ratios=[2.6] + [1] * n_slices)
     ax = fig.add_subplot(grid[:, 0])
-    channels = np.arange(weights.shape[1])
-    for cls, name, colour in ((0, "benign", "tab:blue"), (1, "malignant", "tab:red")):
-        if (y == cls).any():
-            ax.bar(channels + (0.2 if cls else -0.2), weights[y == cls].mean(0), 0.4, color=colour,
-                   label=f"{name} (n={(y == cls).sum()})")
-    ax.set_xlabel("feature channel")
-    ax.set_ylabel("mean attention weight")
-    ax.set_ylim(0, 1)
-    ax.legend(fontsize=7)
-    ax.set_title("3D channel attention", fontsize=9)
+    if weights is not None:
+        channels = np.arange(weights.shape[1])
+        for cls, name, colour in ((0, "benign", "tab:blue"), (1, "malignant", "tab:red")):
+            if (y == cls).any():
+                ax.bar(channels + (0.2 if cls else -0.2), weights[y == cls].mean(0), 0.4, color=colour,
+                       label=f"{name} (n={(y == cls).sum()})")
+        ax.set_ylim(0, 1)
+        ax.legend(fontsize=7)
+    else:
+        ax.text(0.5, 0.5, "no attention\n(ablation)", ha="center", va="center", transform=ax.transAxes)
+    ax.set_xlabel("feature channel (last stage)")
+    ax.set_ylabel("mean channel-attention weight")
+    ax.set_title("3D channel attention, last stage", fontsize=9)
     win = as_window_config(config.window)
     lo, hi = win.eval_level - win.eval_width / 2, win.eval_level + win.eval_width / 2
     shown = []
-    for row, i in enumerate(show):
+    for k, i in enumerate(show):
         img = data.images[i, 0].numpy()
         msk = data.masks[i, 0].numpy()
         zs = np.flatnonzero(msk.any(axis=(1, 2)))
@@ -385,23 +405,25 @@ def attention_figure(checkpoint: str | os.PathLike, crop_dir: str | os.PathLike,
         half = max(1, (zs.max() - zs.min()) // 2) if zs.size > 1 else 2
         for col, z in enumerate(np.linspace(centre - half, centre + half, n_slices).round().astype(int)):
             z = int(np.clip(z, 0, img.shape[0] - 1))
-            a = fig.add_subplot(grid[row, col + 1])
-            a.imshow(img[z], cmap="gray", vmin=lo, vmax=hi)
-            a.imshow(cams[row][z], cmap="jet", alpha=0.4, vmin=0, vmax=1)
-            if msk[z].any():
-                a.contour(msk[z], levels=[0.5], colors="white", linewidths=0.7)
-            a.set_xticks([])
-            a.set_yticks([])
-            a.set_title(f"{data.entries[i].key}, z={z}\n{'malignant' if y[i] else 'benign'}, p={prob[i]:.2f}",
-                        fontsize=7)
+            for r, (overlay, what) in enumerate(((attended[i], "attended features"), (cams[k], "Grad-CAM"))):
+                a = fig.add_subplot(grid[2 * k + r, col + 1])
+                a.imshow(img[z], cmap="gray", vmin=lo, vmax=hi)
+                a.imshow(overlay[z], cmap="jet", alpha=0.4, vmin=0, vmax=1)
+                if msk[z].any():
+                    a.contour(msk[z], levels=[0.5], colors="white", linewidths=0.7)
+                a.set_xticks([])
+                a.set_yticks([])
+                a.set_title(f"{data.entries[i].key}, z={z}, {what}\n{'malignant' if y[i] else 'benign'}, "
+                            f"p={prob[i]:.2f}", fontsize=6)
         shown.append({"key": data.entries[i].key, "label": int(y[i]), "prob": float(prob[i])})
-    fig.suptitle("Grad-CAM (last feature map) over axial crop slices; white: lesion outline", fontsize=9)
+    fig.suptitle("Attended layer (last stage, after attention): attention-weighted features and Grad-CAM over "
+                 "axial crop slices; white: lesion outline", fontsize=8)
     fig.tight_layout()
     _savefig(fig, Path(path))
-    return {"lesions": shown,
-            "mean_weights": {name: weights[y == c].mean(0).round(4).tolist() for c, name in ((0, "benign"),
-                                                                                             (1, "malignant"))
-                             if (y == c).any()}}
+    return {"lesions": shown, "layer": "last stage, after its attention (input of the transition conv)",
+            "mean_weights": {} if weights is None else
+            {name: weights[y == c].mean(0).round(4).tolist() for c, name in ((0, "benign"), (1, "malignant"))
+             if (y == c).any()}}
 
 
 def evaluate_classification(run_dirs: Mapping[str, str | os.PathLike], crop_dir: str | os.PathLike,

@@ -66,6 +66,7 @@ __all__ = [
     "count_flops_per_lesion",
     "count_parameters",
     "is_2d",
+    "learning_rate",
     "load_checkpoint",
     "load_crop_data",
     "model_from_checkpoint",
@@ -120,11 +121,12 @@ def build_model(model_name: str, config: TrainConfig, pretrained: str | os.PathL
     if model_name.startswith("hybrid3d"):
         if pretrained is not None:
             raise ValueError("--pretrained loads 2D baselines only; the hybrid network is trained from scratch")
-        factor = 2 ** int(config.hybrid.get("n_blocks", 4))
-        if config.input_size % factor:
-            raise ValueError(f"input size {config.input_size} is not divisible by 2**n_blocks = {factor}")
         kwargs = {**config.hybrid, "use_attention": model_name == "hybrid3d"}
-        return HybridLesionNet3D(in_channels=config.in_channels, **kwargs)
+        model = HybridLesionNet3D(in_channels=config.in_channels, **kwargs)
+        if config.input_size % model.input_multiple:
+            raise ValueError(f"input size {config.input_size} is not divisible by stem_stride * 2**n_blocks = "
+                             f"{model.input_multiple}")
+        return model
     if model_name == "densenet121_2d" and config.input_size < 32:
         raise ValueError(f"densenet121_2d needs slices of at least 32 x 32 (five 2x reductions), got {config.input_size}")
     make = make_resnet50_2d if model_name == "resnet50_2d" else make_densenet121_2d
@@ -343,6 +345,26 @@ def training_step(model: nn.Module, optimizer: torch.optim.Optimizer, x_hu: torc
     return float(loss.detach())
 
 
+def learning_rate(config: TrainConfig, progress: float) -> float:
+    """The learning rate at ``progress`` in [0, 1] of a run (see ``TrainConfig.lr_schedule``)."""
+    if config.lr_schedule == "constant":
+        return config.lr
+    progress = min(max(progress, 0.0), 1.0)
+    if progress < config.warmup:
+        return config.lr * (progress + 1e-3) / config.warmup
+    t = (progress - config.warmup) / (1 - config.warmup)
+    return config.lr * 0.5 * (1 + math.cos(math.pi * t))
+
+
+def _progress(config: TrainConfig, epoch: int, fraction: float, elapsed: float, epoch_cost: float) -> float:
+    """Progress of a run at ``fraction`` of ``epoch``: the larger of the epoch fraction and the fraction of the
+    time budget spent (``elapsed`` before this epoch plus ``fraction`` of the last epoch's cost)."""
+    progress = (epoch + fraction) / config.epochs
+    if config.max_time_s:
+        progress = max(progress, (elapsed + fraction * epoch_cost) / config.max_time_s)
+    return progress
+
+
 def _weighted_bce(prob: np.ndarray, y: np.ndarray, pos_weight: float) -> float:
     p = np.clip(prob, 1e-7, 1 - 1e-7)
     return float(np.mean(-(pos_weight * y * np.log(p) + (1 - y) * np.log(1 - p))))
@@ -525,11 +547,15 @@ def train_fold(*, crop_dir: str | os.PathLike, out_dir: str | os.PathLike, model
 
     torch.manual_seed(seed * 1000 + fold)
     model = build_model(model_name, config, pretrained=None if ckpt else pretrained).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    opt_class = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+    optimizer = opt_class(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     generator = torch.Generator().manual_seed(seed * 1000 + fold + 1)
 
     data = load_crop_data(crop_dir, config.input_size, entries)
-    train, val, test = data.subset(parts["train"]), data.subset(parts["val"]), data.subset(parts["test"])
+    train_keys, val_keys = list(parts["train"]), list(parts["val"])
+    if config.train_on_val:
+        train_keys, val_keys = train_keys + val_keys, []
+    train, val, test = data.subset(train_keys), data.subset(val_keys), data.subset(parts["test"])
     if is_2d(model_name):
         tr_x, tr_m, owner = _slices(train)
         tr_y = train.labels[owner]
@@ -566,6 +592,7 @@ def train_fold(*, crop_dir: str | os.PathLike, out_dir: str | os.PathLike, model
     epoch = start_epoch - 1
     last_plot = time.perf_counter()
     clock = time.process_time if config.budget_clock == "cpu" else time.perf_counter
+    epoch_cost = 0.0  # budget units the last epoch took: the learning-rate schedule extrapolates within an epoch
     for epoch in bar:
         if config.max_time_s is not None and elapsed >= config.max_time_s:
             stop_reason = "time budget"
@@ -579,6 +606,8 @@ def train_fold(*, crop_dir: str | os.PathLike, out_dir: str | os.PathLike, model
             idx = order[a:a + batch]
             if idx.numel() < 2:  # batch norm needs two samples
                 continue
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(config, _progress(config, epoch, a / len(order), elapsed, epoch_cost))
             losses.append(training_step(model, optimizer, tr_x[idx], tr_m[idx], tr_y[idx], config=config,
                                         pos_weight=pw, generator=generator, device=device))
         train_loss = float(np.mean(losses)) if losses else float("nan")
@@ -590,15 +619,19 @@ def train_fold(*, crop_dir: str | os.PathLike, out_dir: str | os.PathLike, model
         else:
             val_loss, val_auc = float("nan"), float("nan")
             score = (-math.inf, -train_loss)
-        elapsed += clock() - c0
+        epoch_cost = clock() - c0
+        elapsed += epoch_cost
         history["train_loss"].append(train_loss)
         history["val_loss"].append(val_loss)
         history["val_auc"].append(val_auc)
         history["epoch_s"].append(time.perf_counter() - t0)
+        if config.select == "last":  # the validation lesions are reported, not used to choose weights
+            score = (float(epoch),)
         if best_score is None or score > tuple(best_score):
             best_score, stale = score, 0
             history["best_epoch"] = epoch
-            save_checkpoint(best_path, state(epoch))
+            if config.select == "best":  # "last": written once when training ends
+                save_checkpoint(best_path, state(epoch))
         else:
             stale += 1
         save_checkpoint(latest, state(epoch))
@@ -617,6 +650,8 @@ def train_fold(*, crop_dir: str | os.PathLike, out_dir: str | os.PathLike, model
         raise CheckpointError(f"{model_name} fold {fold}: no epoch was trained (epochs={config.epochs})")
 
     save_checkpoint(latest, state(epoch, finished=True))  # last-epoch weights: what --continue goes on from
+    if config.select == "last":
+        save_checkpoint(best_path, state(epoch))
     best = load_checkpoint(best_path, expected_model=model_name)
     model.load_state_dict(best["state_dict"])
     t0 = time.perf_counter()

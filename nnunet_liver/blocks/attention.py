@@ -1,9 +1,10 @@
-"""CBAM and attention gates, one implementation for 2D and 3D.
+"""Channel, spatial and CBAM attention and attention gates, one implementation for 2D and 3D.
 
 Pooling runs over every spatial axis (`dim=tuple(range(2, x.ndim))`); convolutions take their dimension from
 `conv_op`. `channels` is the first argument of every module.
 
 References:
+    Squeeze-and-excitation: Hu et al., CVPR 2018. w = sigmoid(MLP(avgpool F)), F' = w * F.
     CBAM: Woo et al., ECCV 2018. Mc = sigmoid(MLP(avgpool F) + MLP(maxpool F)), F' = Mc * F;
         Ms = sigmoid(conv7([mean_c F'; max_c F'])), F'' = Ms * F'.
     Attention gate: Oktay et al., MIDL 2018. alpha = sigmoid(psi(relu(Wx x + Wg g + b))).
@@ -29,23 +30,34 @@ def _spatial_dims(x: Tensor) -> tuple[int, ...]:
 
 
 class ChannelAttention(nn.Module):
-    """CBAM channel attention: one weight per (sample, channel), shared over all spatial positions.
+    """Channel attention: one weight per (sample, channel), shared over all spatial positions.
+
+    ``use_max=True`` is CBAM's (a shared MLP on the average- and the max-pooled features, summed);
+    ``use_max=False`` is squeeze-and-excitation (Hu et al., CVPR 2018: the average only), which the hybrid
+    lesion classifier uses. Both pool over every spatial axis, so a 3D map gets one weight per channel, not
+    one per slice.
 
     Args:
         channels: feature channels C of x.
         reduction: hidden width of the shared MLP is C // reduction ...
         min_hidden: ... but at least this many units, so narrow layers keep a usable bottleneck.
+        use_max: add the MLP of the max-pooled features (CBAM) to that of the average (SE).
     """
 
-    def __init__(self, channels: int, reduction: int = 16, min_hidden: int = 8) -> None:
+    def __init__(self, channels: int, reduction: int = 16, min_hidden: int = 8, use_max: bool = True) -> None:
         super().__init__()
+        if reduction < 1:
+            raise ValueError(f"reduction must be >= 1, got {reduction}")
         hidden = max(channels // reduction, min_hidden)
+        self.use_max = use_max
         self.mlp = nn.Sequential(nn.Linear(channels, hidden), nn.ReLU(), nn.Linear(hidden, channels))
 
     def attention(self, x: Tensor) -> Tensor:
         """x: (batch, channels, *spatial). Returns weights in (0, 1), (batch, channels, 1, ..., 1)."""
         dims = _spatial_dims(x)
-        logits = self.mlp(x.mean(dim=dims)) + self.mlp(x.amax(dim=dims))
+        logits = self.mlp(x.mean(dim=dims))
+        if self.use_max:
+            logits = logits + self.mlp(x.amax(dim=dims))
         return torch.sigmoid(logits).view(*logits.shape, *([1] * len(dims)))
 
     def forward(self, x: Tensor) -> Tensor:

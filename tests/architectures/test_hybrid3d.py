@@ -5,12 +5,12 @@ import torch
 import torch.nn.functional as F
 
 from nnunet_liver.architectures.hybrid3d import (
-    ChannelAttention,
     HybridLesionNet3D,
     class_balance_weights,
     gradcam_3d,
     hybrid_loss,
 )
+from nnunet_liver.blocks.attention import ChannelAttention, SpatialAttention
 
 # Small networks keep CPU tests fast; the default configuration is exercised once for parameter counts.
 TINY = dict(features=4, growth=2, n_blocks=2, layers_per_block=2, reduction=2, head_features=8)
@@ -28,91 +28,151 @@ def test_output_shapes(in_channels, size):
     out = net(torch.randn(2, in_channels, size, size, size))
     assert out.logit.shape == (2,)
     assert out.aux_logits.shape == (2, 2)
-    assert out.channel_weights.shape == (2, net.feature_channels) == (2, 16)
-    assert ((out.channel_weights > 0) & (out.channel_weights < 1)).all()
+    assert net.feature_channels == 16
+    # one weight vector per stage, over the dense block's output: 4 + 2 * 2 and 8 + 2 * 4 channels
+    assert [tuple(w.shape) for w in out.channel_weights] == [(2, 8), (2, 16)]
+    assert all(((w > 0) & (w < 1)).all() for w in out.channel_weights)
 
 
 def test_non_cubic_and_deeper_config():
     net = tiny(n_blocks=3)
     out = net(torch.randn(2, 1, 8, 16, 24))
-    assert out.logit.shape == (2,) and out.channel_weights.shape == (2, 32)
+    assert out.logit.shape == (2,) and [w.shape[1] for w in out.channel_weights] == [8, 16, 32]
 
 
-def test_batch_size_one_keeps_batch_axis():
-    net = tiny().eval()
+@pytest.mark.parametrize("stem_stride", [1, 2])
+def test_batch_size_one_keeps_batch_axis(stem_stride):
+    net = tiny(stem_stride=stem_stride).eval()
     out = net(torch.randn(1, 1, 16, 16, 16))
     assert out.logit.shape == (1,)
     assert out.aux_logits.shape == (1, 2)
-    assert out.channel_weights.shape == (1, 16)
+    assert out.channel_weights[-1].shape == (1, 16)
 
 
 def test_rejects_indivisible_size():
     with pytest.raises(ValueError, match="divisible by 4"):
         tiny()(torch.randn(1, 1, 18, 16, 16))
+    with pytest.raises(ValueError, match="divisible by 8"):
+        tiny(stem_stride=2)(torch.randn(1, 1, 12, 16, 16))
+
+
+def test_stem_stride_halves_the_resolution_of_every_stage():
+    seen = []
+    net = tiny(stem_stride=2)
+    hooks = [s.attended.register_forward_hook(lambda _m, _i, o: seen.append(o.shape[2:])) for s in net.stages]
+    net(torch.randn(2, 1, 32, 32, 32))
+    for h in hooks:
+        h.remove()
+    assert seen == [(16, 16, 16), (8, 8, 8)]
+    assert net.input_multiple == 8
 
 
 def test_default_config_parameter_counts():
     with_att = sum(p.numel() for p in HybridLesionNet3D().parameters())
     without = sum(p.numel() for p in HybridLesionNet3D(use_attention=False).parameters())
-    assert with_att == 873_459
-    # SE MLP 256 -> 64 -> 256 with biases.
-    assert with_att - without == 256 * 64 + 64 + 64 * 256 + 256
+    assert without == 873_459 - (256 * 64 + 64 + 64 * 256 + 256)  # the old network less its head-side SE MLP
+    # one SE MLP per stage on the dense-block outputs (32, 64, 128, 256 channels), hidden C // 4, with biases
+    assert with_att - without == sum(2 * c * (c // 4) + c // 4 + c for c in (32, 64, 128, 256))
     assert HybridLesionNet3D().feature_channels == 256
+    spatial = sum(p.numel() for p in HybridLesionNet3D(spatial_attention=True).parameters())
+    assert spatial - with_att == 4 * (2 * 7**3 + 1)  # a 7x7x7 conv over [mean; max] per stage
 
 
-def test_every_parameter_gets_a_gradient():
-    net = tiny(in_channels=2)
+@pytest.mark.parametrize("spatial", [False, True])
+@pytest.mark.parametrize("use_attention", [True, False])
+def test_every_parameter_gets_a_gradient(spatial, use_attention):
+    net = tiny(in_channels=2, spatial_attention=spatial, use_attention=use_attention, stem_stride=2)
     out = net(torch.randn(2, 2, 16, 16, 16))
     loss = hybrid_loss(out, torch.tensor([0, 1]), pos_weight=2.0, aux_weight=0.3)
     loss.backward()
     for name, p in net.named_parameters():
         assert p.grad is not None, name
         assert p.grad.abs().sum() > 0, name
-    assert any(n.startswith("attention.fc1") for n, _ in net.named_parameters())
-    assert any(n.startswith("aux_head") for n, _ in net.named_parameters())
+    names = [n for n, _ in net.named_parameters()]
+    assert any(n.startswith("aux_head") for n in names)
+    assert any(".channel_attention." in n for n in names) == use_attention
+    assert any(".spatial_attention." in n for n in names) == (use_attention and spatial)
 
 
-def test_channel_attention_is_constant_over_space():
-    net = tiny().eval()
+def _attention_io(net, stage, x):
+    """Input and output of a stage's attention (dense-block output -> attended map) in one forward."""
     seen = {}
+    h1 = net.stages[stage].dense.register_forward_hook(lambda _m, _i, o: seen.__setitem__("in", o))
+    h2 = net.stages[stage].attended.register_forward_hook(lambda _m, _i, o: seen.__setitem__("out", o))
+    out = net(x)
+    h1.remove()
+    h2.remove()
+    return seen["in"], seen["out"], out
 
-    def hook(_m, inputs, output):
-        seen["in"], (seen["out"], seen["w"]) = inputs[0], output
 
-    handle = net.attention.register_forward_hook(hook)
-    out = net(torch.randn(2, 1, 32, 32, 32))
-    handle.remove()
-    x, y, w = seen["in"], seen["out"], seen["w"]
-    assert x.shape == y.shape and x.shape[2:] == (8, 8, 8)
+@pytest.mark.parametrize("stage", [0, 1])
+def test_channel_attention_is_constant_over_space(stage):
+    net = tiny().eval()
+    x, y, out = _attention_io(net, stage, torch.randn(2, 1, 32, 32, 32))
+    w = out.channel_weights[stage]
+    assert x.shape == y.shape and x.shape[2:] == ((32, 32, 32), (16, 16, 16))[stage]
     torch.testing.assert_close(y, x * w[:, :, None, None, None])
     # Voxel by voxel, out / in equals the weight of its channel: one weight per channel, constant over space.
     nz = x.abs() > 1e-3
     assert nz.sum() > 100
-    ratio = y[nz] / x[nz]
-    torch.testing.assert_close(ratio, w[:, :, None, None, None].expand_as(x)[nz])
+    torch.testing.assert_close(y[nz] / x[nz], w[:, :, None, None, None].expand_as(x)[nz])
     assert (w.std(dim=1) > 0).all()  # and the weights do differ between channels
-    torch.testing.assert_close(out.channel_weights, w)
+
+
+def test_attention_reweights_the_input_of_the_next_convolution(monkeypatch):
+    # A gate before global average pooling could be folded into the head; this one feeds a convolution:
+    # zeroing one channel's weight zeroes that channel of the transition conv's input and changes its output.
+    net = tiny().eval()
+    x = torch.randn(2, 1, 16, 16, 16)
+    stage = net.stages[0]
+    seen = []
+    hook = stage.transition.register_forward_hook(lambda _m, i, o: seen.append((i[0], o)))
+    net(x)
+    original = stage.channel_attention.attention
+
+    def without_channel_3(t):
+        w = original(t).clone()
+        w[:, 3] = 0
+        return w
+
+    monkeypatch.setattr(stage.channel_attention, "attention", without_channel_3)
+    out = net(x)
+    hook.remove()
+    (in_a, out_a), (in_b, out_b) = seen
+    assert in_a[:, 3].abs().sum() > 0 and in_b[:, 3].abs().sum() == 0
+    torch.testing.assert_close(in_b[:, :3], in_a[:, :3])
+    assert not torch.allclose(out_a, out_b)
+    assert out.channel_weights[0][:, 3].eq(0).all()
+
+
+def test_spatial_attention_follows_channel_attention():
+    net = tiny(spatial_attention=True).eval()
+    x, y, out = _attention_io(net, 0, torch.randn(2, 1, 16, 16, 16))
+    stage = net.stages[0]
+    channel_weighted = x * out.channel_weights[0][:, :, None, None, None]
+    torch.testing.assert_close(y, channel_weighted * stage.spatial_attention.attention(channel_weighted))
 
 
 def test_channel_attention_module_pools_over_all_spatial_axes():
-    att = ChannelAttention(6, reduction=2)
+    att = ChannelAttention(6, reduction=2, min_hidden=4, use_max=False)
     x = torch.randn(2, 6, 4, 5, 3)
     x_perm = x[:, :, torch.randperm(4)]  # shuffling one spatial axis leaves the global mean unchanged
-    _, w = att(x)
-    _, w_perm = att(x_perm)
-    torch.testing.assert_close(w, w_perm)
-    y2d, w2d = att(torch.randn(2, 6, 7, 7))  # the same module works in 2D
-    assert y2d.shape == (2, 6, 7, 7) and w2d.shape == (2, 6)
+    torch.testing.assert_close(att.attention(x), att.attention(x_perm))
+    assert att.attention(torch.randn(2, 6, 7, 7)).shape == (2, 6, 1, 1)  # the same module works in 2D
 
 
-def test_no_attention_ablation():
-    with_att, without = tiny(), tiny(use_attention=False)
+def test_no_attention_ablation_has_no_attention_module():
+    with_att, without = tiny(spatial_attention=True), tiny(use_attention=False, spatial_attention=True)
+    assert not any(isinstance(m, (ChannelAttention, SpatialAttention)) for m in without.modules())
+    assert sum(isinstance(m, ChannelAttention) for m in with_att.modules()) == with_att.n_blocks
     n_with = sum(p.numel() for p in with_att.parameters())
     n_without = sum(p.numel() for p in without.parameters())
     assert n_without < n_with
-    out = without(torch.randn(2, 1, 16, 16, 16))
-    assert out.logit.shape == (2,)
-    torch.testing.assert_close(out.channel_weights, torch.ones(2, 16))
+    x = torch.randn(2, 1, 16, 16, 16)
+    out = without(x)
+    assert out.logit.shape == (2,) and out.channel_weights == ()
+    x_in, y, _ = _attention_io(without.eval(), 1, x)
+    torch.testing.assert_close(y, x_in)  # the dense block feeds the transition directly
 
 
 def test_bce_pos_weight_scales_positive_loss():
@@ -171,8 +231,30 @@ def test_gradcam_removes_hook_on_error():
     assert not net.gradcam_layer._forward_hooks
 
 
-def test_torch_compile_fullgraph():
-    net = tiny().eval()
-    x = torch.randn(2, 1, 16, 16, 16)
+@pytest.mark.parametrize("kw", [{}, {"spatial_attention": True, "stem_stride": 2}, {"use_attention": False},
+                                {"in_channels": 2, "lesion_pooling": True, "stem_stride": 2}])
+def test_torch_compile_fullgraph(kw):
+    net = tiny(**kw).eval()
+    x = torch.randn(2, kw.get("in_channels", 1), 16, 16, 16)
     compiled = torch.compile(net, backend="eager", fullgraph=True)
     torch.testing.assert_close(compiled(x).logit, net(x).logit)
+
+
+def test_lesion_pooling_averages_every_stage_over_the_mask():
+    with pytest.raises(ValueError, match="in_channels=2"):
+        tiny(lesion_pooling=True)
+    net = tiny(in_channels=2, lesion_pooling=True, stem_stride=2).eval()
+    assert net.head[0].in_features == net.aux_head.in_features == 16 + (8 + 16)  # global + both stages
+    x = torch.randn(2, 2, 32, 32, 32)
+    x[:, 1] = 0
+    x[:, 1, 12:20, 12:20, 12:20] = 1  # an 8^3 lesion in the middle
+    seen = []
+    hooks = [s.transition.register_forward_hook(lambda _m, _i, o: seen.append(o)) for s in net.stages]
+    _, _, inside = net.forward_features(x)
+    for h in hooks:
+        h.remove()
+    # stage 0's transition runs at 16^3 (lesion: voxels 6..9), stage 1's at 8^3 (voxels 3..4)
+    torch.testing.assert_close(inside[:, :8], seen[0][:, :, 6:10, 6:10, 6:10].mean(dim=(2, 3, 4)))
+    torch.testing.assert_close(inside[:, 8:], seen[1][:, :, 3:5, 3:5, 3:5].mean(dim=(2, 3, 4)))
+    out = net(x)
+    assert out.logit.shape == (2,) and out.aux_logits.shape == (2, 2)

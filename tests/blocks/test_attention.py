@@ -89,3 +89,20 @@ def test_compiles_without_graph_breaks(conv_op, spatial):
     x, g = torch.randn(1, 8, *spatial), torch.randn(1, 16, *[s // 2 for s in spatial])
     compiled = torch.compile(gate, backend="eager", fullgraph=True)
     torch.testing.assert_close(compiled(x, g), gate(x, g))
+
+
+@pytest.mark.parametrize("conv_op,spatial", DIMS)
+def test_channel_attention_use_max_switch(conv_op, spatial):
+    # use_max=True: CBAM (average- and max-pooled branches through one MLP); False: squeeze-and-excitation.
+    torch.manual_seed(0)
+    cbam, se = ChannelAttention(12, reduction=4, min_hidden=2), ChannelAttention(12, reduction=4, min_hidden=2,
+                                                                                  use_max=False)
+    se.load_state_dict(cbam.state_dict())  # the same parameters: only the pooling differs
+    x = torch.randn(2, 12, *spatial)
+    dims = tuple(range(2, x.ndim))
+    view = (2, 12) + (1,) * len(spatial)
+    torch.testing.assert_close(se.attention(x), torch.sigmoid(se.mlp(x.mean(dims))).view(view))
+    torch.testing.assert_close(cbam.attention(x), torch.sigmoid(cbam.mlp(x.mean(dims)) + cbam.mlp(x.amax(dims))).view(view))
+    assert not torch.allclose(se.attention(x), cbam.attention(x))
+    with pytest.raises(ValueError, match="reduction"):
+        ChannelAttention(12, reduction=0)

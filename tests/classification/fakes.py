@@ -1,7 +1,8 @@
 """A tiny preprocessed data set written directly in nnU-Net's numpy layout (no planning: fast).
 
 Each case is a (z, y, x) = (12, 24, 24) volume of liver at 60 HU with spherical lesions: benign ones at
-0 HU (cyst-like), malignant ones at 140 HU, so a classifier can learn them in a few steps. The "raw" grid
+0 HU (cyst-like), malignant ones at 140 HU, so a classifier can learn them in a few steps (a lesion given as
+``(centre, label, hu)`` gets its own HU). The "raw" grid
 is the preprocessed grid cropped by ``crop_offset`` voxels and unresampled, so raw centroids are the
 preprocessed ones plus the offset.
 """
@@ -56,9 +57,9 @@ def write_fake_dataset(preprocessed_root: Path, cases=None, *, dataset: str = "D
     for cid, lesions in cases.items():
         img = np.full(SHAPE, 60.0, np.float32)
         seg = np.ones(SHAPE, np.int16)
-        for k, (centre, label) in enumerate(lesions, start=1):
+        for k, (centre, label, *hu) in enumerate(lesions, start=1):
             m = sphere(SHAPE, centre, 2.2)
-            img[m] = 140.0 if label else 0.0
+            img[m] = hu[0] if hu else 140.0 if label else 0.0
             seg[m] = 2
             raw = [c + o for c, o in zip(centre, OFFSET)]
             rows.append({"case_id": cid, "lesion_id": k, "label": "malignant" if label else "benign",

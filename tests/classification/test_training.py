@@ -38,7 +38,9 @@ from tests.classification.fakes import write_fake_dataset
 
 torch.set_num_threads(1)
 
-TINY = get_preset("cpu", input_size=16, epochs=2, batch_size=4, slice_batch_size=16,
+# the paper's random windows and one input channel, as in the default preset (the cpu preset's fixed window,
+# lesion-mask channel and schedule are exercised by test_learning.py and the tests below that name them)
+TINY = get_preset("cpu", input_size=16, epochs=2, batch_size=4, slice_batch_size=16, window="paper", with_mask=False,
                   hybrid=dict(features=4, growth=2, n_blocks=2, layers_per_block=1, reduction=2, dropout=0.0,
                               head_features=8))
 
@@ -261,3 +263,57 @@ def test_3d_crops_rotate_about_every_axis():
     assert sum(off_plane) >= 8, zc
     flat = TINY.replace(rotate_deg=30.0)
     assert augment(mask[:, :, 14], mask[:, :, 14], flat, torch.Generator().manual_seed(1))[1].shape == (16, 1, 32, 32)
+
+
+def test_learning_rate_schedule_follows_epochs_or_the_time_budget():
+    from nnunet_liver.classification.training import _progress, learning_rate
+
+    cos = TINY.replace(lr=1.0, lr_schedule="cosine", epochs=10)
+    assert learning_rate(cos, 0.0) == pytest.approx(1.0)
+    assert learning_rate(cos, 0.5) == pytest.approx(0.5)
+    assert learning_rate(cos, 1.0) == pytest.approx(0.0, abs=1e-12)
+    assert learning_rate(TINY.replace(lr=0.1, lr_schedule="constant"), 0.9) == 0.1
+    warm = cos.replace(warmup=0.2)
+    assert learning_rate(warm, 0.1) < learning_rate(warm, 0.2) == pytest.approx(1.0)
+    # progress: the larger of the epoch fraction and the share of the time budget spent (extrapolated in-epoch)
+    assert _progress(cos, 2, 0.5, 0.0, 0.0) == pytest.approx(0.25)
+    timed = cos.replace(max_time_s=4.0)
+    assert _progress(timed, 2, 0.5, 2.0, 1.0) == pytest.approx((2.0 + 0.5) / 4.0)
+    with pytest.raises(ValueError, match="lr_schedule"):
+        TINY.replace(lr_schedule="step")
+    with pytest.raises(ValueError, match="train_on_val needs select='last'"):
+        TINY.replace(select="best", train_on_val=True)
+
+
+def test_select_last_keeps_the_last_epoch_and_train_on_val_uses_every_training_lesion(crop_dir, tmp_path,
+                                                                                       monkeypatch):
+    config = TINY.replace(epochs=3, select="last", lr_schedule="cosine")
+    s = train_fold(crop_dir=crop_dir, out_dir=tmp_path / "last", model_name="hybrid3d", fold=0, config=config,
+                   progress=False)
+    assert s["best_epoch"] == 2 and s["epochs_run"] == 3
+    final = load_checkpoint(tmp_path / "last" / "checkpoint_final.pt")
+    latest = load_checkpoint(tmp_path / "last" / "checkpoint_latest.pt")
+    for k, v in latest["state_dict"].items():
+        torch.testing.assert_close(final["state_dict"][k], v)
+
+    sizes = []
+    real = training.training_step
+    monkeypatch.setattr(training, "training_step", lambda model, opt, x, *a, **kw: (sizes.append(x.shape[0]),
+                                                                                    real(model, opt, x, *a, **kw))[1])
+    s = train_fold(crop_dir=crop_dir, out_dir=tmp_path / "all", model_name="hybrid3d", fold=0,
+                   config=config.replace(epochs=1, train_on_val=True), progress=False)
+    parts = json.loads((crop_dir / "splits.json").read_text(encoding="utf-8"))["folds"][0]
+    assert sum(sizes) >= len(parts["train"]) + len(parts["val"]) - 1  # a lone last lesion is skipped
+    assert math.isnan(s["best_val_auc"])
+
+
+def test_cpu_preset_recipe():
+    from nnunet_liver.augment.window import WindowConfig, as_window_config
+
+    cpu = get_preset("cpu")
+    assert as_window_config(cpu.window) == WindowConfig.fixed(71.0, 213.5)
+    assert cpu.with_mask and cpu.select == "last" and cpu.lr_schedule == "cosine"
+    model = build_model("hybrid3d", cpu)
+    assert model.lesion_pooling and model.input_multiple == 16 and cpu.input_size % 16 == 0
+    assert build_model("hybrid3d_noatt", cpu)(torch.zeros(2, 2, 32, 32, 32)).channel_weights == ()
+    assert get_preset("default").window == "paper" and get_preset("default").select == "best"
