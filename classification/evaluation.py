@@ -319,7 +319,7 @@ def attention_figure(checkpoint: str | os.PathLike, crop_dir: str | os.PathLike,
     after its channel (and spatial) attention, entering the transition conv): the bar chart shows that stage's
     mean channel weights for benign and malignant lesions; per shown lesion, one row of axial slices overlays
     the attention-weighted feature map (mean over channels of the attended map, scaled to its maximum) and one
-    the Grad-CAM map of the malignancy logit at the same layer.
+    the Grad-CAM map of the predicted class at the same layer (``gradcam_3d(target="predicted")``).
 
     Args:
         checkpoint: a hybrid3d checkpoint (hybrid3d_noatt: no channel weights to show; the maps are drawn).
@@ -374,7 +374,7 @@ def attention_figure(checkpoint: str | os.PathLike, crop_dir: str | os.PathLike,
         show.append(int(np.flatnonzero(y == 1)[np.argmax(prob[y == 1])]))
     if (y == 0).any():
         show.append(int(np.flatnonzero(y == 0)[np.argmin(prob[y == 0])]))
-    cams = gradcam_3d(model, x[show]).cpu().numpy() if show else np.zeros((0,))
+    cams = gradcam_3d(model, x[show], target="predicted").cpu().numpy() if show else np.zeros((0,))
 
     plt = _pyplot()
     rows = 2 * max(len(show), 1)
@@ -413,11 +413,12 @@ def attention_figure(checkpoint: str | os.PathLike, crop_dir: str | os.PathLike,
                     a.contour(msk[z], levels=[0.5], colors="white", linewidths=0.7)
                 a.set_xticks([])
                 a.set_yticks([])
-                a.set_title(f"{data.entries[i].key}, z={z}, {what}\n{'malignant' if y[i] else 'benign'}, "
-                            f"p={prob[i]:.2f}", fontsize=6)
+                a.set_title(f"{what}\n{data.entries[i].key} z={z}, p={prob[i]:.2f}", fontsize=6)
+                if col == 0:
+                    a.set_ylabel("malignant" if y[i] else "benign", fontsize=7)
         shown.append({"key": data.entries[i].key, "label": int(y[i]), "prob": float(prob[i])})
-    fig.suptitle("Attended layer (last stage, after attention): attention-weighted features and Grad-CAM over "
-                 "axial crop slices; white: lesion outline", fontsize=8)
+    fig.suptitle("Attended layer (last stage, after its attention): attention-weighted features and Grad-CAM of "
+                 "the predicted class over axial crop slices; white: lesion outline", fontsize=8)
     fig.tight_layout()
     _savefig(fig, Path(path))
     return {"lesions": shown, "layer": "last stage, after its attention (input of the transition conv)",

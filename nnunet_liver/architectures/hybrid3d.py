@@ -335,14 +335,16 @@ def gradcam_3d(model: HybridLesionNet3D, x: torch.Tensor, target: str = "logit")
     Args:
         model: network exposing ``gradcam_layer``.
         x: (batch, in_channels, D, H, W).
-        target: ``"logit"`` (malignancy logit of the main head) or ``"aux"`` (malignant logit of the aux branch).
+        target: ``"logit"`` (malignancy logit of the main head), ``"aux"`` (malignant logit of the aux branch)
+            or ``"predicted"`` (the main head's predicted class: the logit for a lesion called malignant, minus
+            the logit for one called benign, whose malignancy map is otherwise empty).
 
     Returns:
         (batch, D, H, W) in [0, 1], each sample scaled by its maximum; all zeros where no location has a
         positive contribution.
     """
-    if target not in ("logit", "aux"):
-        raise ValueError(f"target must be 'logit' or 'aux', got {target!r}")
+    if target not in ("logit", "aux", "predicted"):
+        raise ValueError(f"target must be 'logit', 'aux' or 'predicted', got {target!r}")
     captured: list[torch.Tensor] = []
     handle = model.gradcam_layer.register_forward_hook(lambda _m, _i, out: captured.append(out))
     was_training = model.training
@@ -350,7 +352,8 @@ def gradcam_3d(model: HybridLesionNet3D, x: torch.Tensor, target: str = "logit")
         model.eval()
         with torch.enable_grad():
             out = model(x)
-            score = out.logit if target == "logit" else out.aux_logits[:, 1]
+            score = {"logit": out.logit, "aux": out.aux_logits[:, 1],
+                     "predicted": out.logit.abs()}[target]  # |logit|: the evidence for the predicted class
             (activation,) = captured
             (grad,) = torch.autograd.grad(score.sum(), activation)
     finally:

@@ -209,7 +209,7 @@ def test_class_balance_weights():
         class_balance_weights([1, 1])
 
 
-@pytest.mark.parametrize("target", ["logit", "aux"])
+@pytest.mark.parametrize("target", ["logit", "aux", "predicted"])
 def test_gradcam_shape_range_and_cleanup(target):
     net = tiny().train()
     x = torch.randn(2, 1, 16, 16, 16)
