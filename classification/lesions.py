@@ -1,9 +1,11 @@
 """Lesion tables and their join with the tumour components of nnU-Net's preprocessed segmentations.
 
 A lesion is a 3D connected component (face connectivity, ``scipy.ndimage.label``'s default, as in
-``nnunet_liver.evaluation.lits``) of the tumour label. The lesion table (CSV) names each lesion by case id
-and lesion id and gives its class; the join finds, for every row, its component in the *preprocessed* case
-(cropped to the nonzero box and resampled to the plans' spacing by nnU-Net).
+``nnunet_liver.evaluation.lits``) of the tumour label, labelled by ``nnunet-liver predict``'s labeller
+(``nnunet_liver.inference.lesions.label_lesions``), so training crops and predicted lesions are the same
+objects. The lesion table (CSV) names each lesion by case id and lesion id and gives its class; the join
+finds, for every row, its component in the *preprocessed* case (cropped to the nonzero box and resampled to
+the plans' spacing by nnU-Net).
 
 How a row finds its component. Every row gets a reference centroid in raw voxel coordinates (z, y, x of the
 raw image array):
@@ -37,6 +39,8 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 from scipy.optimize import linear_sum_assignment
+
+from nnunet_liver.inference.lesions import label_lesions
 
 __all__ = [
     "LABEL_VALUES",
@@ -258,8 +262,7 @@ def tumour_components(seg: np.ndarray, tumour_label: int, spacing: Sequence[floa
         seg = seg[0]
     if seg.ndim != 3:
         raise ValueError(f"expected a (z, y, x) segmentation, got shape {seg.shape}")
-    labelled, n = ndimage.label(seg == tumour_label)
-    labelled = labelled.astype(np.int32, copy=False)
+    labelled, n = label_lesions(seg, tumour_label)  # the predict path's labeller: one definition of a lesion
     if n == 0:
         return labelled, []
     index = np.arange(1, n + 1)
@@ -332,7 +335,7 @@ def raw_component_centroids(label: np.ndarray, tumour_label: int | None = None) 
     if tumour_label is None:
         inst = label.astype(np.int64)
     else:
-        inst, _ = ndimage.label(label == tumour_label)
+        inst, _ = label_lesions(label, tumour_label)
     ids = [int(i) for i in np.unique(inst) if i != 0]
     if not ids:
         return {}

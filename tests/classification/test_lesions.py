@@ -58,6 +58,12 @@ def test_components_are_face_connected_and_ordered():
     assert comps[2].bbox == ((3, 5), (4, 6), (4, 6))
     assert comps[2].volume_ml == pytest.approx(8 * 2e-3)
     assert labelled.max() == 3
+    # the same lesions, numbered alike, as nnunet-liver predict finds them
+    from nnunet_liver.inference.lesions import label_lesions
+
+    predicted, n = label_lesions(seg, 2)
+    np.testing.assert_array_equal(labelled, predicted)
+    assert n == len(comps) and labelled.dtype == np.int32
 
 
 def test_raw_preprocessed_round_trip_with_crop_resample_and_transpose():
