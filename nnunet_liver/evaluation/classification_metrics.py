@@ -3,7 +3,10 @@
 Conventions: label 1 = malignant (positive), ``y_prob`` = P(malignant), prediction = ``y_prob >= threshold``.
 A ratio whose denominator is zero (e.g. sensitivity without positives, PPV without positive predictions) is
 NaN, never 0 or 1, so an undefined metric cannot pass for a good or bad one; AUC is NaN when one class is
-absent. numpy/scipy/scikit-learn only.
+absent. Sensitivity, specificity and F1 come from the segmentation metrics' confusion-matrix arithmetic
+(``nnunet_liver.evaluation.lits.overlap_metrics``: positives are the reference mask, positive predictions the
+predicted one, F1 is its Dice); only its convention for two empty masks (a perfect score) is replaced by
+NaN here. numpy/scipy/scikit-learn only.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from typing import Any
 import numpy as np
 from scipy.stats import rankdata
 from sklearn.metrics import roc_curve
+
+from nnunet_liver.evaluation.lits import overlap_metrics
 
 __all__ = [
     "METRIC_NAMES",
@@ -73,14 +78,17 @@ def binary_metrics(y_true, y_prob, threshold: float = 0.5) -> dict[str, float]:
     fp = int(np.sum(pred & (y == 0)))
     tn = int(np.sum(~pred & (y == 0)))
     fn = int(np.sum(~pred & (y == 1)))
+    overlap = overlap_metrics(n_reference=tp + fn, n_prediction=tp + fp, n_intersection=tp, n_total=y.size)
+    if tp + fn + fp == 0:  # no positives and none predicted: segmentation's "both empty, perfect" is undefined here
+        overlap.update(sensitivity=float("nan"), specificity=_ratio(tn, tn + fp), dice=float("nan"))
     return {
         "accuracy": _ratio(tp + tn, y.size),
-        "sensitivity": _ratio(tp, tp + fn),
-        "specificity": _ratio(tn, tn + fp),
+        "sensitivity": overlap["sensitivity"],
+        "specificity": overlap["specificity"],
         "auc": auc_score(y, p),
         "ppv": _ratio(tp, tp + fp),
         "npv": _ratio(tn, tn + fn),
-        "f1": _ratio(2 * tp, 2 * tp + fp + fn),
+        "f1": overlap["dice"],
         "n": y.size,
         "tp": tp,
         "fp": fp,
