@@ -33,7 +33,9 @@ class TrainConfig:
         preset: the preset's name.
         epochs: maximum epochs (one epoch = one pass over the training lesions, or their slices for 2D).
         patience: epochs without a better validation score before stopping.
-        max_time_s: time budget of a run in seconds (None: unlimited); checked after every epoch.
+        max_time_s: time budget of a run in seconds (None: unlimited); checked after every epoch: training
+            stops when it is spent or when one more epoch (as long as the last) would end further past it than
+            it is now short of it.
         budget_clock: what ``max_time_s`` counts: "wall" (elapsed time) or "cpu" (this process's CPU time,
             so the budget stays equal on a busy machine; use it with one torch thread).
         batch_size: lesions per batch (3D).

@@ -594,7 +594,9 @@ def train_fold(*, crop_dir: str | os.PathLike, out_dir: str | os.PathLike, model
     clock = time.process_time if config.budget_clock == "cpu" else time.perf_counter
     epoch_cost = 0.0  # budget units the last epoch took: the learning-rate schedule extrapolates within an epoch
     for epoch in bar:
-        if config.max_time_s is not None and elapsed >= config.max_time_s:
+        # stop when the budget is spent, or when the next epoch (as long as the last) would end further past it
+        # than it is now short of it: a 2D baseline's epoch is most of a demo budget
+        if config.max_time_s is not None and elapsed + epoch_cost / 2 > config.max_time_s:
             stop_reason = "time budget"
             epoch -= 1  # this epoch was not trained: the checkpoint records the last one that was
             break
@@ -643,7 +645,7 @@ def train_fold(*, crop_dir: str | os.PathLike, out_dir: str | os.PathLike, model
             stop_reason = "early stopping"
             break
     else:
-        if config.max_time_s is not None and elapsed >= config.max_time_s:
+        if config.max_time_s is not None and elapsed + epoch_cost / 2 > config.max_time_s:
             stop_reason = "time budget"
     bar.close()
     if history["best_epoch"] is None:

@@ -317,3 +317,14 @@ def test_cpu_preset_recipe():
     assert model.lesion_pooling and model.input_multiple == 16 and cpu.input_size % 16 == 0
     assert build_model("hybrid3d_noatt", cpu)(torch.zeros(2, 2, 32, 32, 32)).channel_weights == ()
     assert get_preset("default").window == "paper" and get_preset("default").select == "best"
+
+
+def test_budget_stops_before_an_epoch_that_would_overshoot_more_than_it_fills(crop_dir, tmp_path, monkeypatch):
+    """Each epoch costs 1 s (faked clock): with 2.4 s, a third epoch would end 0.6 s past the budget, more than
+    the 0.4 s left, so two are trained; with 2.6 s the third ends 0.4 s past, less than the 0.6 s left."""
+    for budget, epochs in ((2.4, 2), (2.6, 3)):
+        ticks = iter(range(0, 10_000, 1))
+        monkeypatch.setattr(training.time, "process_time", lambda ticks=ticks: float(next(ticks)))
+        s = train_fold(crop_dir=crop_dir, out_dir=tmp_path / str(budget), model_name="hybrid3d", fold=0,
+                       config=TINY.replace(epochs=6, max_time_s=budget, budget_clock="cpu"), progress=False)
+        assert s["stop_reason"] == "time budget" and s["epochs_run"] == epochs, budget
