@@ -87,14 +87,27 @@ def inplane_stages(inplane: Sequence[int], max_stages: int, min_edge: int = 4) -
     return n_down + 1
 
 
+def context_topology(spacing: Sequence[float], patch_size: Sequence[int], pool: Sequence[int],
+                     max_stages: int) -> tuple[list[list[int]], list[list[int]]]:
+    """Strides and kernels of the contextual stream: nnU-Net's topology rule on the pooled patch and spacing,
+    at most ``max_stages`` stages."""
+    pooled_spacing = [float(s) * p for s, p in zip(spacing, pool)]
+    pooled_patch = [max(1, int(n) // p) for n, p in zip(patch_size, pool)]
+    _, kernels, strides, _ = unet_topology(pooled_spacing, pooled_patch, min_edge=2)
+    return strides[:max_stages], kernels[:max_stages]
+
+
 def dual_stream_plans(plans: dict, configuration: str, *, n_slices_patch: int, max_inplane: int,
                       features_per_stage: Sequence[int], n_blocks_per_stage: Sequence[int],
-                      context_features_per_stage: Sequence[int], batch_size: int, network_kwargs: dict) -> dict:
-    """Plans whose 3D configuration runs :class:`DualStreamAttentionNet` on thin-in-z patches.
+                      context_features_per_stage: Sequence[int], context_pool_inplane: int, batch_size: int,
+                      network_kwargs: dict) -> dict:
+    """Plans whose 3D configuration runs :class:`DualStreamAttentionNet`.
 
     The patch keeps the planned in-plane extent (capped at ``max_inplane`` and at the median image, rounded
-    to the stride product) and ``n_slices_patch`` slices; strides are in-plane only (z stride 1), which
-    nnU-Net turns into matching deep-supervision targets.
+    to the stride product) and ``n_slices_patch`` slices (capped at the median); the spatial stream's strides
+    are in-plane only (z stride 1), which nnU-Net turns into matching deep-supervision targets. The
+    contextual stream pools ``context_pool_inplane`` x in-plane and takes nnU-Net's topology rule on the
+    pooled patch for its strides and kernels (up to ``len(context_features_per_stage)`` stages).
     """
     cfg = resolved_configuration(plans, configuration)
     if len(cfg["patch_size"]) != 3:
@@ -105,16 +118,22 @@ def dual_stream_plans(plans: dict, configuration: str, *, n_slices_patch: int, m
     factor = 2 ** (n_stages - 1)
     inplane = [max(factor * 4, (p // factor) * factor) for p in inplane]
     strides = [[1, 1, 1]] + [[1, 2, 2]] * (n_stages - 1)
+    patch = [int(min(n_slices_patch, max(median[0], 1))), *inplane]
+    pool = [1, context_pool_inplane, context_pool_inplane]
+    context_strides, context_kernels = context_topology(cfg["spacing"], patch, pool, len(context_features_per_stage))
     arch = {
         "strides": strides,
         "n_stages": n_stages,
         "features_per_stage": list(features_per_stage[:n_stages]),
         "n_blocks_per_stage": list(n_blocks_per_stage[:n_stages]),
         "kernel_sizes": 3,
-        "context_features_per_stage": list(context_features_per_stage),
+        "context_pool": pool,
+        "context_features_per_stage": list(context_features_per_stage[:len(context_strides)]),
+        "context_strides": context_strides,
+        "context_kernel_sizes": context_kernels,
         **network_kwargs,
     }
-    cfg["patch_size"] = [int(min(n_slices_patch, max(median[0], 1))), *inplane]
+    cfg["patch_size"] = patch
     cfg["batch_size"] = int(batch_size)
     cfg["architecture"] = {
         "network_class_name": "nnunet_liver.architectures.dual_stream.DualStreamAttentionNet",

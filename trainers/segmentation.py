@@ -139,26 +139,62 @@ class LiverUNetRWAControlTrainer(LiverUNetTrainer):
 
 class DualStreamTrainer(LiverHUTrainerBase):
     """The paper's model: 2.5D ResNet-34 spatial stream (7 slices) with attention gates on every skip, a
-    lower-resolution 3D contextual stream, fusion by concatenation; RWA; Dice + BCE. Use with 3d_fullres."""
+    lower-resolution 3D contextual stream over the whole patch, fusion by concatenation; RWA; Dice + BCE.
+    Use with 3d_fullres. The z_margin slices at each end of a training patch, whose 7-slice stacks would need
+    slices outside it, are left out of the loss and of the online pseudo Dice."""
 
     window = "paper"
     use_attention = True
     use_context = True
     features_per_stage = (32, 32, 64, 128, 256)
     n_blocks_per_stage = (1, 3, 4, 6, 3)
-    context_features_per_stage = (16, 32, 64)
-    n_slices_patch = 8
+    context_features_per_stage = (16, 32, 64, 128, 256)
+    context_pool_inplane = 4
+    context_channels = 32
+    n_slices_patch = 32  # 26 slices in the loss; the contextual stream sees all 32 (>= 4 x the 7-slice stack)
     max_inplane = 512
     batch_size = 2
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.z_margin = int(self.configuration_manager.network_arch_init_kwargs.get("n_slices", 7)) // 2
 
     @classmethod
     def rewrite_plans(cls, plans: dict, configuration: str) -> dict:
         return _plans.dual_stream_plans(
             plans, configuration, n_slices_patch=cls.n_slices_patch, max_inplane=cls.max_inplane,
             features_per_stage=cls.features_per_stage, n_blocks_per_stage=cls.n_blocks_per_stage,
-            context_features_per_stage=cls.context_features_per_stage, batch_size=cls.batch_size,
+            context_features_per_stage=cls.context_features_per_stage,
+            context_pool_inplane=cls.context_pool_inplane, batch_size=cls.batch_size,
             network_kwargs={"use_attention": cls.use_attention, "use_context": cls.use_context,
-                            **cls.window_kwargs(plans)})
+                            "context_channels": cls.context_channels, **cls.window_kwargs(plans)})
+
+    def train_step(self, batch: dict) -> dict:
+        return self._without_z_margin(super().train_step, batch)
+
+    def validation_step(self, batch: dict) -> dict:
+        return self._without_z_margin(super().validation_step, batch)
+
+    def _without_z_margin(self, step, batch: dict) -> dict:
+        """Run nnU-Net's step with the z_margin end slices cropped from the targets and the network's outputs."""
+        margin = self.z_margin
+        target = batch["target"]
+        depth = (target[0] if isinstance(target, list) else target).shape[2]
+        if not margin or depth <= 2 * margin:
+            return step(batch)
+
+        def crop(t):
+            return t[:, :, margin:t.shape[2] - margin]
+
+        def crop_all(x):
+            return [crop(t) for t in x] if isinstance(x, (list, tuple)) else crop(x)
+
+        handle = self.network.register_forward_hook(lambda module, args, output: crop_all(output))
+        try:
+            return step({**batch, "target": crop_all(target)})
+        finally:
+            handle.remove()
 
 
 class DualStreamNoRWATrainer(DualStreamTrainer):

@@ -1,15 +1,29 @@
 """Dual-stream attention network for liver-tumour CT (paper.md, "Dual Stream Segmentation Network").
 
-nnU-Net sees a 3D network: input raw HU (batch, channels, Z, Y, X) from a 3d_fullres configuration whose patch is
-thin in z (axis 0 = slices after nnU-Net's transpose) and whose strides are 1 in z. Inside:
+nnU-Net sees a 3D network: input raw HU (batch, channels, Z, Y, X) from a 3d_fullres configuration whose
+patch spans many slices (axis 0 = slices after nnU-Net's transpose) and whose strides are 1 in z. Inside:
 
     x --WindowInput--> xw
-    spatial stream:    xw -> 7 adjacent slices as channels, (B*Z, 7C, Y, X) -> residual 2D encoder
-                       (ResNet-34 stages 3, 4, 6, 3 after a full-resolution stage) -> 2D decoder with an
-                       AttentionGate (CBAM + Oktay gate) on every skip
-    contextual stream: xw -> in-plane average pool -> light 3D encoder over the whole patch (all Z slices)
-    fusion:            context upsampled to full resolution, concatenated with the finest decoder feature,
-                       conv + 1x1 head -> (B, K, Z, Y, X)
+    spatial stream:    xw -> each slice with its 3 + 3 neighbours as channels, (B*Z', 7C, Y, X) -> residual
+                       2D encoder (ResNet-34 stages 3, 4, 6, 3 after a full-resolution stage) -> 2D decoder
+                       with an AttentionGate (CBAM + Oktay gate) on every skip -> 3x3 conv
+    contextual stream: xw -> average pool (default 4x in-plane) -> its own 3D encoder over the whole patch
+                       (5 stages, z strides too) + a global-context vector + a top-down path (ContextStream)
+    fusion:            [spatial; context upsampled to full resolution] -> conv -> norm -> nonlin -> 1x1 head
+                       -> (B, K, Z, Y, X)
+
+Fusion is concatenation followed by a convolution whose kernel is 3x3 on the spatial features and 1x1 on the
+contextual ones; it is computed as the sum of the two parts, the contextual 1x1 applied at the pooled
+resolution before the (linear) upsampling, which commutes with it. So the full-resolution concatenated tensor
+is never built (issue 15: it cost memory and time FLOP counts miss).
+
+Real neighbours (issue 12): in training mode the spatial stream runs only on the slices whose 7-slice stack
+lies inside the patch, Z' = Z - 2 * z_margin with z_margin = n_slices // 2; the z_margin slices at each end of
+the output are copies of their nearest computed slice and the trainers leave them out of the loss. In eval
+mode (validation, sliding-window prediction) every slice is computed, the patch edges replicate-padded:
+inside a volume those slices sit at the edge of a tile, where nnU-Net's Gaussian weights them by < 0.5 % of
+the centre (patch of 32 slices), and the overlapping tile that holds them in its interior dominates; at the
+ends of the volume the padding replicates the volume's own end slices.
 
 Deep supervision adds one spatial-stream output per coarser decoder stage, highest resolution first, with the
 shapes nnU-Net derives from `strides`: (B, K, Z, Y / prod(s_y), X / prod(s_x)).
@@ -23,8 +37,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from dynamic_network_architectures.building_blocks.helper import get_matching_convtransp, get_matching_dropout
-from dynamic_network_architectures.building_blocks.plain_conv_encoder import PlainConvEncoder
-from dynamic_network_architectures.building_blocks.simple_conv_blocks import ConvDropoutNormReLU, StackedConvBlocks
+from dynamic_network_architectures.building_blocks.simple_conv_blocks import StackedConvBlocks
 from dynamic_network_architectures.initialization.weight_init import InitWeights_He
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
@@ -33,6 +46,7 @@ from torch.nn.modules.instancenorm import _InstanceNorm
 
 from nnunet_liver.augment.window import WindowConfig
 from nnunet_liver.blocks.attention import AttentionGate
+from nnunet_liver.blocks.context import ContextStream
 from nnunet_liver.blocks.residual import ResidualEncoder
 from nnunet_liver.blocks.windowing import WindowInput
 
@@ -41,17 +55,21 @@ __all__ = ["AttentionUNetDecoder", "DualStreamAttentionNet", "slices_to_channels
 _NORMS = {"instance": (nn.InstanceNorm2d, nn.InstanceNorm3d), "batch": (nn.BatchNorm2d, nn.BatchNorm3d)}
 
 
-def slices_to_channels(x: Tensor, n_slices: int) -> Tensor:
-    """Stack each slice with its neighbours as channels: (B, C, Z, Y, X) -> (B*Z, n_slices*C, Y, X).
+def slices_to_channels(x: Tensor, n_slices: int, pad: bool = True) -> Tensor:
+    """Stack each slice with its neighbours as channels: (B, C, Z, Y, X) -> (B*Z', n_slices*C, Y, X).
 
-    z is replicate-padded by n_slices // 2 so every slice gets a full stack. Output channel k * C + c holds
-    input channel c of slice z - n_slices // 2 + k.
+    pad=True: z is replicate-padded by n_slices // 2 so every slice gets a stack (Z' = Z). pad=False: only the
+    slices whose whole stack lies inside x, Z' = Z - 2 * (n_slices // 2). Output channel k * C + c holds input
+    channel c of slice z - n_slices // 2 + k.
     """
     b, c, z, y, x_ = x.shape
     half = n_slices // 2
-    padded = F.pad(x, (0, 0, 0, 0, half, half), mode="replicate") if half else x
-    stacks = padded.unfold(2, n_slices, 1)  # (B, C, Z, Y, X, n_slices)
-    return stacks.permute(0, 2, 5, 1, 3, 4).reshape(b * z, n_slices * c, y, x_)
+    if half and pad:
+        x = F.pad(x, (0, 0, 0, 0, half, half), mode="replicate")
+    elif z < n_slices:
+        raise ValueError(f"{z} slices hold no full stack of {n_slices}")
+    stacks = x.unfold(2, n_slices, 1)  # (B, C, Z', Y, X, n_slices)
+    return stacks.permute(0, 2, 5, 1, 3, 4).reshape(-1, n_slices * c, y, x_)
 
 
 def _fold_slices(x: Tensor, batch: int) -> Tensor:
@@ -156,23 +174,23 @@ class DualStreamAttentionNet(nn.Module):
         strides: per stage in nnU-Net's 3D format (z, y, x); z must be 1 everywhere. nnU-Net derives the
             deep-supervision targets from it. Default: five stages, in-plane stride 2 from the second on.
         features_per_stage: spatial-stream widths. The default is ResNet-34 at half width (32, 64, 128, 256 for
-            the 3, 4, 6, 3 blocks) after a 32-channel full-resolution stage. Forward FLOPs per output voxel
-            (`cost.count_flops_per_voxel`, patch 16x192x192): 324k, 0.71x nnU-Net's default 3D U-Net at 128^3
-            with isotropic strides (455k) and 0.47x at 64x192x192 with a first in-plane-only stride (684k).
+            the 3, 4, 6, 3 blocks) after a 32-channel full-resolution stage.
         n_blocks_per_stage: basic blocks per stage: a full-resolution stage, then ResNet-34's 3, 4, 6, 3.
         n_conv_per_stage_decoder: convs per decoder stage.
         kernel_sizes: int or per stage (z, y, x) as in the plans; the spatial stream uses (y, x).
-        n_slices: adjacent slices stacked as channels (odd).
+        n_slices: adjacent slices stacked as channels (odd); z_margin = n_slices // 2 (see the module doc).
         window: `WindowConfig`, its `to_dict()`, a preset name ("paper", "ostmo_best", "fixed_paper"); None = paper.
         window_mean, window_std: normalisation after windowing (see `WindowInput`).
         use_attention: attention gates on the skips; False gives plain U-Net skip concatenation.
         use_context: add the contextual stream and fuse it; False leaves the spatial stream alone.
-        context_downsample: in-plane average-pool factor before the contextual stream.
-        context_features_per_stage: contextual-stream widths.
-        context_strides: contextual-stream strides per stage, (z, y, x).
+        context_pool: average-pool factor (z, y, x) before the contextual stream.
+        context_features_per_stage: contextual-encoder widths.
+        context_strides: contextual-encoder strides per stage, (z, y, x).
+        context_kernel_sizes: int or per contextual stage (z, y, x).
         context_n_conv_per_stage: convs per contextual stage.
-        context_kernel_size: kernel of the contextual convs.
-        fusion_kernel_size: in-plane kernel of the conv that merges both streams before the 1x1 head.
+        context_channels: width of the contextual stream's top-down path (its output).
+        context_global: the contextual bottleneck also gets the MLP of its global average (the whole patch).
+        fusion_kernel_size: in-plane kernel of the fusion conv's spatial-stream part.
         attention_reduction: CBAM channel-MLP reduction.
         spatial_kernel_size: CBAM spatial-attention kernel.
         deep_supervision: return a list (highest resolution first) instead of one tensor.
@@ -202,11 +220,13 @@ class DualStreamAttentionNet(nn.Module):
         window_std: float = 0.25,
         use_attention: bool = True,
         use_context: bool = True,
-        context_downsample: int = 2,
-        context_features_per_stage: Sequence[int] = (16, 32, 64),
-        context_strides: Sequence[Sequence[int]] = ((1, 1, 1), (1, 2, 2), (1, 2, 2)),
+        context_pool: Sequence[int] = (1, 4, 4),
+        context_features_per_stage: Sequence[int] = (16, 32, 64, 128, 256),
+        context_strides: Sequence[Sequence[int]] = ((1, 1, 1), (2, 2, 2), (2, 2, 2), (2, 2, 2), (1, 2, 2)),
+        context_kernel_sizes: int | Sequence[int | Sequence[int]] = 3,
         context_n_conv_per_stage: int = 2,
-        context_kernel_size: int | Sequence[int] = 3,
+        context_channels: int = 32,
+        context_global: bool = True,
         fusion_kernel_size: int = 3,
         attention_reduction: int = 16,
         spatial_kernel_size: int = 7,
@@ -239,8 +259,6 @@ class DualStreamAttentionNet(nn.Module):
             raise ValueError(f"n_slices must be odd and >= 1, got {n_slices}")
         if conv_op is not None and not issubclass(conv_op, nn.Conv3d):
             raise ValueError(f"DualStreamAttentionNet takes 3D patches (a 3d_fullres configuration), got {conv_op}")
-        if context_downsample < 1:
-            raise ValueError(f"context_downsample must be >= 1, got {context_downsample}")
         kernel_list = [kernel_sizes] * n if isinstance(kernel_sizes, int) else list(kernel_sizes)
         if len(kernel_list) != n:
             raise ValueError(f"kernel_sizes needs one entry per stage ({n}), got {kernel_sizes}")
@@ -260,6 +278,7 @@ class DualStreamAttentionNet(nn.Module):
 
         self.strides = strides
         self.n_slices = n_slices
+        self.z_margin = n_slices // 2
         self.use_attention = use_attention
         self.use_context = use_context
         self.window = WindowInput(window, mean=window_mean, std=window_std)
@@ -271,46 +290,62 @@ class DualStreamAttentionNet(nn.Module):
                                             n_conv_per_stage=n_conv_per_stage_decoder,
                                             deep_supervision=deep_supervision, use_attention=use_attention,
                                             gate_kwargs=gate_kwargs, conv_kwargs=conv_kwargs(2))
-
+        width = features_per_stage[0]
         if use_context:
-            pool = (1, context_downsample, context_downsample)
-            self.context_pool = nn.AvgPool3d(pool, pool) if context_downsample > 1 else nn.Identity()
-            ctx = conv_kwargs(3)
-            self.context_encoder = PlainConvEncoder(
-                input_channels, len(context_features_per_stage), list(context_features_per_stage), nn.Conv3d,
-                context_kernel_size, [list(s) for s in context_strides], context_n_conv_per_stage,
-                ctx["conv_bias"], ctx["norm_op"], ctx["norm_op_kwargs"], ctx["dropout_op"],
-                ctx["dropout_op_kwargs"], ctx["nonlin"], ctx["nonlin_kwargs"], return_skips=False)
-            fused_channels = features_per_stage[0] + context_features_per_stage[-1]
-        else:
-            fused_channels = features_per_stage[0]
+            self.context = ContextStream(input_channels, context_features_per_stage, context_strides,
+                                         context_channels, pool=context_pool, kernel_sizes=context_kernel_sizes,
+                                         n_conv_per_stage=context_n_conv_per_stage, global_context=context_global,
+                                         conv_kwargs=conv_kwargs(3))
+            # the fusion conv's 1x1 part on the contextual features, applied at the pooled resolution
+            self.context_fusion = nn.Conv3d(context_channels, width, kernel_size=1, bias=False)
         head = conv_kwargs(2)
-        self.head = nn.Sequential(
-            ConvDropoutNormReLU(nn.Conv2d, fused_channels, features_per_stage[0], fusion_kernel_size, 1,
-                                head["conv_bias"], head["norm_op"], head["norm_op_kwargs"], None, None,
-                                head["nonlin"], head["nonlin_kwargs"]),
-            nn.Conv2d(features_per_stage[0], num_classes, kernel_size=1, bias=True),
-        )
+        self.fusion = nn.Conv2d(width, width, fusion_kernel_size, padding=(fusion_kernel_size - 1) // 2,
+                                bias=head["conv_bias"])
+        self.fusion_norm = head["norm_op"](width, **head["norm_op_kwargs"]) if head["norm_op"] else nn.Identity()
+        self.fusion_nonlin = head["nonlin"](**head["nonlin_kwargs"]) if head["nonlin"] else nn.Identity()
+        self.head = nn.Conv2d(width, num_classes, kernel_size=1, bias=True)
+
+    def spatial_features(self, xw: Tensor, pad: bool = True) -> list[Tensor]:
+        """Windowed input (B, C, Z, Y, X) -> the decoder features (B*Z', F_s, ...), highest resolution first."""
+        return self.decoder(self.encoder(slices_to_channels(xw, self.n_slices, pad=pad)))
+
+    def context_features(self, xw: Tensor, inplane: Sequence[int] | None = None) -> Tensor:
+        """Windowed input (B, C, Z, Y, X) -> the contextual term of the fusion conv, (B, F_0, Z, *inplane), by
+        default at the input's in-plane size."""
+        context = self.context_fusion(self.context(xw))
+        size = (xw.shape[2], *(inplane if inplane is not None else xw.shape[3:]))
+        # float32: under fp16 autocast the half-precision trilinear backward took twice as long (H200)
+        return F.interpolate(context.float(), size=size, mode="trilinear", align_corners=False)
 
     def forward(self, x: Tensor) -> Tensor | list[Tensor]:
         """x: raw HU, (B, C, Z, Y, X). Returns logits (B, K, Z, Y, X), or with deep supervision a list, highest
-        resolution first, of (B, K, Z, Y / prod(s_y), X / prod(s_x)) over the first n_stages - 1 strides."""
+        resolution first, of (B, K, Z, Y / prod(s_y), X / prod(s_x)) over the first n_stages - 1 strides.
+        In training mode the z_margin end slices of every output copy their nearest real-neighbour slice."""
         batch, _, z = x.shape[:3]
         x = self.window(x)
-        features = self.decoder(self.encoder(slices_to_channels(x, self.n_slices)))
-        finest = features[0]
+        margin = self.z_margin if self.training and z > 2 * self.z_margin else 0
+        features = self.spatial_features(x, pad=not margin)
+        fused = self.fusion(features[0])
         if self.use_context:
-            context = self.context_encoder(self.context_pool(x))
-            # float32: under fp16 autocast the half-precision trilinear backward took twice as long (H200)
-            context = F.interpolate(context.float(), size=(z, *finest.shape[2:]), mode="trilinear",
-                                    align_corners=False)
-            context = context.transpose(1, 2).reshape(batch * z, context.shape[1], *finest.shape[2:])
-            finest = torch.cat((finest, context.to(finest.dtype)), dim=1)
-        logits = _fold_slices(self.head(finest), batch)
+            context = self.context_features(x, fused.shape[2:])
+            if margin:
+                context = context[:, :, margin:z - margin]
+            context = context.transpose(1, 2).reshape(fused.shape)
+            fused = fused + context.to(fused.dtype)
+        logits = self._to_volume(self.head(self.fusion_nonlin(self.fusion_norm(fused))), batch, margin)
         if not self.decoder.deep_supervision:
             return logits
-        coarser = [_fold_slices(seg(f), batch) for seg, f in zip(self.decoder.seg_layers, features[1:])]
+        coarser = [self._to_volume(seg(f), batch, margin) for seg, f in zip(self.decoder.seg_layers, features[1:])]
         return [logits, *coarser]
+
+    @staticmethod
+    def _to_volume(x: Tensor, batch: int, margin: int) -> Tensor:
+        x = _fold_slices(x, batch)
+        if not margin:
+            return x
+        # index instead of F.pad(mode="replicate"), which autocast runs in float32
+        nearest = torch.arange(-margin, x.shape[2] + margin, device=x.device).clamp_(0, x.shape[2] - 1)
+        return x.index_select(2, nearest)
 
     @staticmethod
     def initialize(module: nn.Module) -> None:

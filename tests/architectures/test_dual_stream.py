@@ -13,8 +13,9 @@ from nnunet_liver.augment.window import FIXED_PAPER, OSTMO_BEST, PAPER, apply_wi
 PATCH = (8, 32, 32)
 STRIDES = [[1, 1, 1], [1, 2, 2], [1, 2, 2], [1, 2, 2]]
 SMALL = {"strides": STRIDES, "features_per_stage": (8, 16, 32, 32), "n_blocks_per_stage": (1, 1, 2, 1),
-         "context_features_per_stage": (4, 8), "context_strides": [[1, 1, 1], [1, 2, 2]]}
-PINNED_PARAMETERS = 95_353  # SMALL with input_channels=1, num_classes=3
+         "context_features_per_stage": (4, 8, 8), "context_strides": [[1, 1, 1], [2, 2, 2], [2, 2, 2]],
+         "context_pool": (1, 2, 2), "context_channels": 4}
+PINNED_PARAMETERS = 98_973  # SMALL with input_channels=1, num_classes=3
 
 
 def build(deep_supervision=False, seed=0, **overrides):
@@ -60,7 +61,7 @@ def test_output_shapes_with_and_without_deep_supervision(batch, input_channels):
 def test_deep_supervision_matches_nnunet_targets_for_other_strides(strides, patch):
     n = len(strides)
     net = DualStreamAttentionNet(1, 2, strides=strides, features_per_stage=[4] * n, n_blocks_per_stage=[1] * n,
-                                 context_features_per_stage=(4,), context_strides=[[1, 1, 1]],
+                                 context_features_per_stage=(4,), context_strides=[[1, 1, 1]], context_channels=4,
                                  deep_supervision=True)
     out = net(hu(1, patch=patch))
     assert [tuple(o.shape[2:]) for o in out] == nnunet_ds_shapes(patch, strides)
@@ -92,7 +93,8 @@ def test_every_parameter_gets_a_gradient_in_train_mode_with_deep_supervision():
     loss.backward()
     dead = [name for name, p in net.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
     assert dead == []
-    assert any(name.startswith("context_encoder.") for name, _ in net.named_parameters())
+    assert any(name.startswith("context.encoder.") for name, _ in net.named_parameters())
+    assert any(name.startswith("context.global_context.") for name, _ in net.named_parameters())
     assert len(net.decoder.gates) == len(STRIDES) - 1
 
 
@@ -169,6 +171,72 @@ def test_slices_to_channels_stacks_replicate_padded_neighbours():
                     assert torch.equal(out[b * 4 + z, k * 2 + c], x[b, c, src])
 
 
+def test_slices_to_channels_without_padding_keeps_only_full_stacks():
+    x = torch.arange(1 * 1 * 9 * 2 * 2, dtype=torch.float32).view(1, 1, 9, 2, 2)
+    out = slices_to_channels(x, 7, pad=False)
+    assert out.shape == (3, 7, 2, 2)
+    for i, z in enumerate(range(3, 6)):
+        assert torch.equal(out[i], x[0, 0, z - 3:z + 4])
+    with pytest.raises(ValueError, match="no full stack"):
+        slices_to_channels(x[:, :, :5], 7, pad=False)
+
+
+def test_training_computes_only_slices_with_real_neighbours():
+    # fixed window, so train and eval mode differ only in which slices are computed
+    net = build(deep_supervision=True, window="fixed_paper", seed=1)
+    m = net.z_margin
+    assert m == 3
+    x = hu(2, patch=(12, 32, 32))
+    with torch.no_grad():
+        train, evaluated = net.train()(x), net.eval()(x)
+    for t, e in zip(train, evaluated):
+        torch.testing.assert_close(t[:, :, m:-m], e[:, :, m:-m])
+        # the margins copy their nearest computed slice (the trainer leaves them out of the loss)
+        assert torch.equal(t[:, :, :m], t[:, :, m:m + 1].expand_as(t[:, :, :m]))
+        assert torch.equal(t[:, :, -m:], t[:, :, -m - 1:-m].expand_as(t[:, :, -m:]))
+        assert not torch.allclose(e[:, :, 0], e[:, :, m])
+    # an interior slice's training output does not depend on slices outside its stack, even at the patch edge
+    far = x.clone()
+    far[:, :, 0] += 300.0
+    no_context = build(window="fixed_paper", use_context=False).train()
+    with torch.no_grad():
+        a, b = no_context(x), no_context(far)
+    torch.testing.assert_close(a[:, :, 4:-m], b[:, :, 4:-m], rtol=0, atol=0)
+    assert not torch.equal(a[:, :, 3], b[:, :, 3])
+
+
+@pytest.mark.parametrize("starts", [(0, 5), (2, 9)])
+def test_interior_slices_do_not_depend_on_where_the_tile_starts(starts):
+    # two z tilings of one 40-slice volume: every slice at least z_margin from its tile's ends gets the same
+    # spatial-stream logits from both tiles (the contextual stream is a 3D network over the tile and, like
+    # nnU-Net's own 3D U-Net, depends on it; nnU-Net's Gaussian blending weights tile edges least)
+    net = build(use_context=False, window="fixed_paper").eval()
+    volume = hu(1, patch=(40, 32, 32), seed=3)
+    tile, m = 16, net.z_margin
+    with torch.no_grad():
+        whole = net(volume)
+        outputs = {s: net(volume[:, :, s:s + tile]) for s in starts}
+    for s, out in outputs.items():
+        torch.testing.assert_close(out[:, :, m:tile - m], whole[:, :, s + m:s + tile - m], rtol=1e-5, atol=1e-5)
+    a, b = starts
+    shared = range(max(a, b) + m, min(a, b) + tile - m)
+    assert len(shared) > 0
+    for z in shared:
+        torch.testing.assert_close(outputs[a][:, :, z - a], outputs[b][:, :, z - b], rtol=1e-5, atol=1e-5)
+    # an edge slice of a tile inside the volume is built from replicated slices and differs
+    assert not torch.allclose(outputs[starts[1]][:, :, 0], whole[:, :, starts[1]], atol=1e-3)
+
+
+def test_context_stream_sees_the_whole_patch():
+    net = build(window="fixed_paper").eval()
+    x = hu(1, patch=(16, 32, 32)).requires_grad_(True)
+    out = net.context_features(net.window(x))
+    out[:, :, 8, 16, 16].sum().backward()
+    grad = x.grad.abs()[0, 0]
+    assert grad[0].sum() > 0 and grad[-1].sum() > 0  # first and last slice of the patch
+    assert grad[:, 0, 0].sum() > 0 and grad[:, -1, -1].sum() > 0  # the in-plane corners
+
+
 @pytest.mark.parametrize("axes", [(2,), (3,), (4,), (2, 3, 4)])
 def test_mirrored_sliding_window_tiles(axes):
     net = build().eval()
@@ -203,14 +271,15 @@ def test_nnunet_style_construction_and_initialisation():
         "n_conv_per_stage_decoder": [1, 1, 1], "kernel_sizes": [[1, 3, 3], [3, 3, 3], [3, 3, 3], [3, 3, 3]],
         "conv_bias": True, "norm_op_kwargs": {"eps": 1e-5, "affine": True}, "dropout_op_kwargs": None,
         "nonlin_kwargs": {"inplace": True}, "window": OSTMO_BEST.to_dict(), "context_features_per_stage": [4, 8],
-        "context_strides": [[1, 1, 1], [1, 2, 2]],
+        "context_strides": [[1, 1, 1], [2, 2, 2]], "context_kernel_sizes": [[1, 3, 3], [3, 3, 3]],
+        "context_pool": [1, 2, 2], "context_channels": 4,
     }))
     arch_kwargs.update(conv_op=nn.Conv3d, norm_op=nn.InstanceNorm3d, dropout_op=None, nonlin=nn.LeakyReLU)
     net = DualStreamAttentionNet(input_channels=1, num_classes=2, **arch_kwargs, deep_supervision=True)
     net.apply(net.initialize)
     assert net.window.config == OSTMO_BEST
     assert isinstance(net.encoder.stem.norm, nn.InstanceNorm2d)
-    assert isinstance(net.context_encoder.stages[0][0].convs[0].norm, nn.InstanceNorm3d)
+    assert isinstance(net.context.encoder.stages[0][0].convs[0].norm, nn.InstanceNorm3d)
     w = net.encoder.stages[2][1].conv1.conv.weight
     assert abs(w.std().item() - (2 / (1 + 1e-4) / w[0].numel()) ** 0.5) < 0.01  # He, slope 1e-2
     assert len(net(hu(1))) == 3

@@ -46,7 +46,9 @@ def test_dual_stream_plans_and_regions_are_saved_for_the_predictor(trained):
     assert arch["network_class_name"] == "nnunet_liver.architectures.dual_stream.DualStreamAttentionNet"
     assert all(s[0] == 1 for s in arch["arch_kwargs"]["strides"])
     assert arch["arch_kwargs"]["window"]["level_range"] == [12.0, 130.0]
-    assert cfg["patch_size"][0] == 8
+    median_z = cfg["median_image_size_in_voxels"][0]
+    assert cfg["patch_size"][0] == min(16, median_z)  # the CPU preset's 16 slices, capped at the median
+    assert len(arch["arch_kwargs"]["context_strides"]) == len(arch["arch_kwargs"]["context_features_per_stage"])
     ds = json.loads((out / "dataset.json").read_text(encoding="utf-8"))
     assert ds["labels"]["liver"] == [1, 2] and ds["regions_class_order"] == [1, 2]
     ckpt = torch.load(out / "fold_0" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
@@ -172,6 +174,39 @@ def test_every_trainer_builds_a_network_matching_nnunet_targets(name, tiny_phant
     rwa = {"LiverUNetRWATrainer", "DualStreamTrainer", "DualStreamAblationRWATrainer",
            "DualStreamAblationRWAAttTrainer"}
     assert window.is_random == (name.removesuffix("_CPU") in rwa)
+
+
+class _Recorder(torch.nn.Module):
+    """Stands in for the network in DualStreamTrainer._without_z_margin: returns what it is given."""
+
+    def forward(self, x):
+        return [x, x[:, :, :, ::2, ::2]]
+
+
+def test_dual_stream_steps_leave_the_z_margin_out_of_the_loss():
+    from types import SimpleNamespace
+
+    from nnunet_liver.trainers.segmentation import DualStreamTrainer
+
+    trainer = SimpleNamespace(z_margin=3, network=_Recorder())
+    data = torch.arange(10.0).view(1, 1, 10, 1, 1).expand(1, 1, 10, 4, 4).contiguous()
+    target = [data.clone(), data[:, :, :, ::2, ::2].clone()]
+    seen = {}
+
+    def step(batch):  # what nnU-Net's train_step does with the batch
+        out = trainer.network(batch["data"])
+        seen["out"], seen["target"] = out, batch["target"]
+        return {"loss": 0.0}
+
+    DualStreamTrainer._without_z_margin(trainer, step, {"data": data, "target": target})
+    for o, t in zip(seen["out"], seen["target"]):
+        assert o.shape[2] == t.shape[2] == 4
+        assert o[0, 0, :, 0, 0].tolist() == t[0, 0, :, 0, 0].tolist() == [3.0, 4.0, 5.0, 6.0]
+    assert len(trainer.network._forward_hooks) == 0  # removed again
+    assert trainer.network(data)[0].shape[2] == 10
+    # a patch too thin for a margin is left alone
+    DualStreamTrainer._without_z_margin(trainer, step, {"data": data[:, :, :6], "target": [t[:, :, :6] for t in target]})
+    assert seen["out"][0].shape[2] == seen["target"][0].shape[2] == 6
 
 
 def test_hu_training_transforms_drop_hu_meaningless_intensity_augmentation():
