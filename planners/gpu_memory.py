@@ -215,8 +215,10 @@ def measure_saved_tensors(net: nn.Module, patch_size: Sequence[int], batch_size:
     Each storage is counted once (``untyped_storage().data_ptr()``): an in-place LeakyReLU and the
     convolution that follows save the same tensor. Saved tensors stay alive until backward, so a pointer
     cannot be reused during the pass. Tensors a custom ``autograd.Function`` keeps as plain ``ctx``
-    attributes (instead of ``ctx.save_for_backward``) are not seen. ``net``'s training mode and buffers
-    are restored afterwards; no backward is run.
+    attributes (instead of ``ctx.save_for_backward``) are not seen. Activation checkpointing
+    (``torch.utils.checkpoint``, non-reentrant) is counted as it stores: a checkpointed segment adds only
+    its input; the segment's activations recomputed during backward are not counted. ``net``'s training
+    mode and buffers are restored afterwards; no backward is run.
     """
     device = torch.device(device)
     loss_fn = nnunet_like_loss if loss_fn is None else loss_fn
@@ -291,13 +293,14 @@ def calibration_patch(patch_size: Sequence[int], divisor: Sequence[int], keep_ax
                       multiple: int = 2) -> tuple[int, ...]:
     """The small patch to measure at: ``multiple`` x the divisor per axis (so the deepest feature map keeps
     ``multiple`` voxels per axis and instance norm has more than one voxel), never above ``patch_size``.
-    Axes in ``keep_axes`` and axes where the patch is not a multiple of the divisor keep their full size,
-    so that every feature map of the calibration patch is an exact fraction of the real one."""
+    Axes in ``keep_axes``, axes with divisor 1 (no downsampling, or a network whose strides are unknown)
+    and axes where the patch is not a multiple of the divisor keep their full size, so that every feature
+    map of the calibration patch is an exact fraction of the real one."""
     keep = set(keep_axes)
     out = []
     for axis, (p, d) in enumerate(zip(patch_size, divisor)):
         p, d = int(p), int(d)
-        out.append(p if axis in keep or p % d else min(p, multiple * d))
+        out.append(p if axis in keep or d <= 1 or p % d else min(p, multiple * d))
     return tuple(out)
 
 

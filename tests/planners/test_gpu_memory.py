@@ -118,6 +118,7 @@ def test_shape_divisor_and_calibration_patch():
     assert gm.calibration_patch((128, 128, 128), (32, 32, 32)) == (64, 64, 64)
     assert gm.calibration_patch((40, 192, 160), (1, 32, 32), keep_axes=(0,)) == (40, 64, 64)
     assert gm.calibration_patch((48, 100, 32), (16, 32, 32)) == (32, 100, 32)  # 100 is no multiple of 32
+    assert gm.calibration_patch((32, 128, 128), (1, 1, 1)) == (32, 128, 128)  # strides unknown: full size
 
 
 def test_z_margin_network_keeps_z():
