@@ -2,8 +2,12 @@
 
 Parts (``--parts``, default all):
 
-- ``cost``: parameters and forward FLOPs per output voxel of the real-size networks at their planned
-  patches (DualStream vs the 3D and 2D U-Nets), planned for a 256-voxel phantom data set.
+- ``cost``: the real-size networks (3D U-Net, DualStream, each ablation step) built from the plans nnU-Net
+  makes for LiTS (``nnunet_liver.planners.lits_like``), run after run: parameters, forward FLOPs per output
+  voxel, one training step (forward, nnU-Net's Dice + BCE with deep supervision, backward, SGD step; batch 1)
+  in ms per million output voxels on the CPU in float32 and bf16 autocast (and on CUDA in fp16 AMP when
+  present), the step's peak memory growth per million output voxels, sliding-window prediction seconds for
+  one 200 x 512 x 512 case; every figure also as a ratio to the 3D U-Net (see :func:`bench_cost`).
 - ``accuracy``: every model (Table 1, the ablation chain, the RWA twins and controls) trained with its CPU
   trainer on fold 0 under one equal budget (same epochs x iterations, or with ``--cpu-seconds`` the same
   process CPU seconds; same seeds), then LiTS metrics on the test phantoms (liver Dice/IoU/sensitivity/
@@ -23,6 +27,9 @@ through nnU-Net's own training loop and predictor.
     python scripts/bench_segmentation.py --out bench/segmentation                       # ~1 h on 2 cores
     python scripts/bench_segmentation.py --out bench/converged --preset converged        # hours; resumable
     python scripts/bench_segmentation.py --out /tmp/b --quick                           # minutes: a smoke run
+    python scripts/bench_segmentation.py --out bench/cost --parts cost           # cost only: CPU at <= 128^2
+    python scripts/bench_segmentation.py --out bench/cost --parts cost --cost-inplane 0
+                                      # the CPU step at the planned patches too (far more than 24 GB of RAM)
 """
 from __future__ import annotations
 
@@ -75,15 +82,34 @@ PRESETS = {
     "converged": dict(size=224, fov="liver", num_train=20, num_test=6, seeds=[0, 1, 2], epochs=10_000, iters=50,
                       cpu_seconds=900.0),
 }
+# the cost part's CPU measurement sizes per preset: in-plane patch cap (0 = the planned patch), depth cap (None:
+# planned), timed steps, prediction case (z, y, x), CPU prediction on/off (minutes per model at 512^2)
+COST_PRESETS = {
+    "quick": dict(cost_inplane=64, cost_depth=32, cost_steps=1, cost_case=(48, 96, 96), cost_cpu_predict="on"),
+    "default": dict(cost_inplane=128, cost_depth=None, cost_steps=3, cost_case=(200, 512, 512),
+                    cost_cpu_predict="off"),
+}
+COST_PRESETS["converged"] = COST_PRESETS["default"]
+PARTS = ("cost", "accuracy", "robustness", "speed")
 
 
-def main() -> None:
+def case_shape(text: str) -> tuple[int, int, int]:
+    try:
+        shape = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        shape = ()
+    if len(shape) != 3 or min(shape) < 1:
+        raise argparse.ArgumentTypeError(f"expected Z,Y,X (three positive integers), got {text!r}")
+    return shape
+
+
+def main(argv: list[str] | None = None) -> None:
     from nnunet_liver.cli.main import tolerant_streams
 
     tolerant_streams()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True)
-    p.add_argument("--parts", default="cost,accuracy,robustness,speed")
+    p.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {', '.join(PARTS)}")
     p.add_argument("--preset", choices=sorted(PRESETS), default="default",
                    help="data and budget (other options override it): quick, default, converged")
     p.add_argument("--size", type=int, help="phantom in-plane matrix of the whole abdomen")
@@ -98,13 +124,29 @@ def main() -> None:
     p.add_argument("--models", help="comma-separated subset of the model labels' trainers (default: all)")
     p.add_argument("--quick", action="store_true", help="= --preset quick")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="training and prediction device")
-    args = p.parse_args()
+    g = p.add_argument_group("cost part (sizes of the CPU measurement; CUDA, when present, runs the planned patch)")
+    g.add_argument("--cost-inplane", type=int, metavar="N",
+                   help="cap every network's in-plane patch at N for the CPU step and prediction (per-voxel figures "
+                   "stay comparable; 0 = the planned patch; preset default: 128, quick: 64)")
+    g.add_argument("--cost-depth", type=int, metavar="N",
+                   help="cap the patch's z extent at N as well (smoke tests; z-margin networks then lose a larger "
+                   "share of their output voxels; default: planned)")
+    g.add_argument("--cost-steps", type=int, metavar="N", help="timed training steps after one warm-up step; the "
+                   "best counts (default 3, quick 1)")
+    g.add_argument("--cost-case", type=case_shape, metavar="Z,Y,X",
+                   help="prediction case in voxels (default 200,512,512)")
+    g.add_argument("--cost-cpu-predict", choices=("on", "off"),
+                   help="sliding-window prediction on the CPU when there is no CUDA device (slow: minutes per model "
+                   "at 512^2; default off, quick on)")
+    args = p.parse_args(argv)
     if args.quick:
         args.preset = "quick"
-    for key, value in PRESETS[args.preset].items():
+    for key, value in {**PRESETS[args.preset], **COST_PRESETS[args.preset]}.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
     parts = set(args.parts.split(","))
+    if parts - set(PARTS):
+        p.error(f"--parts: unknown part(s) {', '.join(sorted(parts - set(PARTS)))}; choose from {', '.join(PARTS)}")
     models = [m for m in MODELS if not args.models or m[1] in args.models.split(",")]
 
     out = Path(args.out).resolve()
@@ -116,7 +158,9 @@ def main() -> None:
     from nnunet_liver.env import activate
 
     activate(out / "work")
-    settings = {k: v for k, v in vars(args).items() if k not in ("out", "quick", "parts", "models")}
+    # cost options stay out of the training runs' settings: saved runs are reused only when these match
+    settings = {k: v for k, v in vars(args).items()
+                if k not in ("out", "quick", "parts", "models") and not k.startswith("cost_")}
     report = {"machine": machine(args.device), "settings": settings}
 
     def save() -> None:
@@ -124,7 +168,9 @@ def main() -> None:
         (out / "results.md").write_text(markdown(report), encoding="utf-8")
 
     if "cost" in parts:
-        report["cost"] = bench_cost(out / "work")
+        report["cost"] = bench_cost(inplane=args.cost_inplane, depth=args.cost_depth, steps=args.cost_steps,
+                                    case=args.cost_case, cpu_predict=args.cost_cpu_predict == "on")
+        report["cost"]["command"] = cost_command(argv)
         save()
     if parts & {"accuracy", "robustness", "speed"}:
         prepare_dataset(args)
@@ -193,51 +239,434 @@ def machine(device: str = "cpu") -> dict:
 
 # ---- cost -------------------------------------------------------------------------------------------------
 
-def bench_cost(work: Path) -> dict:
-    """Params and FLOPs per output voxel of the real-size networks at their planned patches."""
+# (label, trainer, configuration) of the cost part; the 3D U-Net is the baseline of every ratio
+COST_MODELS = [
+    ("3D U-Net", "LiverUNetTrainer", "3d_fullres"),
+    ("Ablation 0: spatial stream, fixed window", "DualStreamAblationBaseTrainer", "3d_fullres"),
+    ("Ablation 1: + RWA", "DualStreamAblationRWATrainer", "3d_fullres"),
+    ("Ablation 2: + attention gates", "DualStreamAblationRWAAttTrainer", "3d_fullres"),
+    ("DualStream", "DualStreamTrainer", "3d_fullres"),
+]
+COST_BASELINE = "3D U-Net"
+# figures compared with the 3D U-Net (key -> what, for the table); lower is cheaper for all of them
+COST_FIGURES = {
+    "params": "params",
+    "flops_per_voxel": "FLOPs / output voxel",
+    "cpu_fp32_step_ms_per_mvoxel": "CPU fp32 step ms / Mvoxel",
+    "cpu_bf16_step_ms_per_mvoxel": "CPU bf16 step ms / Mvoxel",
+    "cpu_fp32_peak_mib_per_mvoxel": "CPU fp32 peak MiB / Mvoxel",
+    "cpu_bf16_peak_mib_per_mvoxel": "CPU bf16 peak MiB / Mvoxel",
+    "cuda_fp16_step_ms_per_mvoxel": "CUDA fp16 step ms / Mvoxel",
+    "cuda_fp16_peak_mib_per_mvoxel": "CUDA fp16 peak MiB / Mvoxel",
+    "predict_s_per_case": "prediction s / case",
+}
+MIB = 2.0 ** 20
+
+
+def cost_command(argv: list[str] | None) -> str:
+    """The command line that reproduces (and prints) the cost table."""
+    import shlex
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    return " ".join(["python", "scripts/bench_segmentation.py", *(shlex.quote(a) for a in args)])
+
+
+class PeakRSS:
+    """Peak growth of this process's resident set size while the ``with`` block runs.
+
+    A background thread reads ``/proc/self/statm`` every ``interval`` seconds (torch's kernels release the
+    GIL, so it samples while they run); the figure is the largest sample minus the RSS just before the block.
+    Freed heap memory is first handed back to the OS (glibc ``malloc_trim``), so memory that an earlier step
+    freed but the allocator kept does not hide this step's growth. Spikes shorter than the interval can be
+    missed: a lower bound. ``growth_bytes`` is None where there is no ``/proc`` (not Linux).
+    """
+
+    def __init__(self, interval: float = 0.002):
+        self.interval = interval
+        self.growth_bytes: float | None = None
+
+    @staticmethod
+    def _trim() -> None:
+        import ctypes
+        import gc
+
+        gc.collect()
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):
+            pass
+
+    def _rss(self) -> int:
+        return int(os.pread(self._fd, 128, 0).split()[1]) * self._page
+
+    def __enter__(self):
+        import threading
+
+        try:
+            self._fd = os.open("/proc/self/statm", os.O_RDONLY)
+        except OSError:
+            self._fd = None
+            return self
+        self._page = os.sysconf("SC_PAGE_SIZE")
+        self._trim()
+        self._base = self._peak = self._rss()
+        self._stop = threading.Event()
+
+        def sample() -> None:
+            while not self._stop.is_set():
+                self._peak = max(self._peak, self._rss())
+                self._stop.wait(self.interval)
+
+        self._thread = threading.Thread(target=sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._fd is None:
+            return
+        self._stop.set()
+        self._thread.join()
+        self._peak = max(self._peak, self._rss())
+        os.close(self._fd)
+        self.growth_bytes = float(self._peak - self._base)
+
+
+def _loss_voxels(patch, z_margin: int, batch: int = 1) -> int:
+    """Voxels that enter the loss: z_margin slices at each z end of the patch are left out."""
+    z, *rest = patch
+    return int(batch * (z - 2 * z_margin) * np.prod(rest))
+
+
+def _crop_z(tensors, z_margin: int, depth: int) -> list:
+    """Each scale cropped by z_margin slices at both z ends (scaled where a deep-supervision output is
+    downsampled in z; a DualStream's deep-supervision outputs keep the full depth)."""
+    if not z_margin:
+        return list(tensors)
+    cropped = []
+    for t in tensors:
+        m = round(z_margin * t.shape[2] / depth)
+        cropped.append(t[:, :, m:t.shape[2] - m] if m else t)
+    return cropped
+
+
+def _fitting_patch(net, planned, inplane_cap: int | None, depth_cap: int | None, divisors, z_margin: int) -> list[int]:
+    """The planned patch with its in-plane (and optionally z) extent capped: per axis the largest multiple of
+    the plan's stride product up to the cap on which the network runs and returns outputs of the input's
+    size, else the smallest above the cap (probed on the meta device in training mode, so the network stays
+    a black box: instance norm needs more than one voxel at the bottleneck, a contextual stream may pool
+    further); the planned extent where none of the 8 + 8 candidates does."""
+    import copy
+
     import torch
-    from nnunetv2.experiment_planning.plan_and_preprocess_api import (
-        extract_fingerprint_dataset,
-        plan_experiment_dataset,
-    )
 
-    import nnunet_liver.trainers as trainers
-    from nnunet_liver.architectures.cost import count_flops_per_voxel
-    from nnunet_liver.data.synth_dataset import SynthSettings, write_phantom_dataset
-    from nnunet_liver.planners.hu_planner import LiverHUPlanner
-    from nnunet_liver.trainers.segmentation import liver_tumour_regions
+    probe = copy.deepcopy(net).to("meta").train()
 
-    raw = Path(os.environ["nnUNet_raw"])
-    if not (raw / "Dataset991_CostPhantom").is_dir():
-        write_phantom_dataset(raw, SynthSettings(4, 0, 256, seed=0), dataset_id=991, name="CostPhantom",
-                              num_processes=2, progress=False)
-    extract_fingerprint_dataset(991, num_processes=2, clean=False, verbose=False)
-    _, identifier = plan_experiment_dataset(991, LiverHUPlanner)
-    plans_file = Path(os.environ["nnUNet_preprocessed"]) / "Dataset991_CostPhantom" / f"{identifier}.json"
-    plans = json.loads(plans_file.read_text(encoding="utf-8"))
-    dataset_json = json.loads((raw / "Dataset991_CostPhantom" / "dataset.json").read_text(encoding="utf-8"))
+    def runs(patch) -> bool:
+        try:
+            with torch.no_grad():
+                out = probe(torch.zeros(1, 1, *patch, device="meta"))
+        except (RuntimeError, ValueError, IndexError):
+            return False
+        out = out[0] if isinstance(out, (list, tuple)) else out
+        return list(out.shape[2:]) == list(patch)
+
+    patch = list(planned)
+    for axis, cap in ((1, inplane_cap), (2, inplane_cap), (0, depth_cap)):
+        if not cap or cap >= planned[axis]:
+            continue
+        d = int(divisors[axis])
+        low = 2 * z_margin + 1 if axis == 0 else 1
+        start = max(d, (cap // d) * d)
+        below = [k for k in range(start, 0, -d) if k >= low][:8]  # the cap or under it, largest first
+        above = list(range(start + d, planned[axis], d))[:8]  # else the smallest that runs
+        for n in below + above:
+            if runs([*patch[:axis], n, *patch[axis + 1:]]):
+                patch[axis] = n
+                break
+    return patch
+
+
+def _bare_trainer(cls, plans_manager, configuration_manager, label_manager):
+    """The trainer class without its __init__ (which needs data folders): enough state for its own
+    ``_build_loss`` and ``_get_deep_supervision_scales``, so the loss is the one that trainer trains with."""
+    import torch
+
+    trainer = object.__new__(cls)
+    trainer.plans_manager, trainer.configuration_manager = plans_manager, configuration_manager
+    trainer.label_manager = label_manager
+    trainer.is_ddp, trainer.enable_deep_supervision = False, True
+    trainer.device = torch.device("cpu")  # no torch.compile of the loss
+    trainer.print_to_log_file = lambda *a, **k: None
+    return trainer
+
+
+def _region_targets(patch, ds_scales, generator) -> list:
+    """Random labels 0/1/2 on the patch, downsampled for deep supervision as nnU-Net does (nearest-exact to
+    round(size * scale)), then as the regions liver (1+2) and tumour (2): (1, 2, *shape) bool per scale."""
+    import torch
+    import torch.nn.functional as F
+
+    labels = torch.randint(0, 3, (1, 1, *patch), generator=generator).float()
+    targets = []
+    for scale in ds_scales or [[1.0] * len(patch)]:
+        shape = [round(n * s) for n, s in zip(patch, scale)]
+        seg = labels if shape == list(patch) else F.interpolate(labels, shape, mode="nearest-exact")
+        targets.append(torch.cat([seg > 0, seg == 2], dim=1))
+    return targets
+
+
+def measure_step(net, loss_fn, ds_scales, patch, z_margin: int, *, device: str, precision: str, steps: int) -> dict:
+    """One training step as ``nnUNetTrainer.train_step`` does it (zero grad, forward and loss under autocast,
+    backward, gradient clipping at 12, SGD step; fp16 with a GradScaler), batch 1: best of ``steps`` timed
+    steps after a warm-up step, then one more step for memory (CPU: :class:`PeakRSS`; CUDA: the peak of
+    ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats`` minus the allocation before it).
+    Per-voxel figures divide by the output voxels that enter the loss."""
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    x = (torch.randn(1, 1, *patch, generator=gen) * 150 + 40).to(device)  # HU-like; the networks window it
+    targets = [t.to(device) for t in _region_targets(patch, ds_scales, gen)]
+    if device == "cuda":
+        torch.backends.cudnn.benchmark = True  # as nnUNetv2_train sets it
+    net.to(device).train()
+    optimizer = torch.optim.SGD(net.parameters(), lr=1e-2, momentum=0.99, nesterov=True, weight_decay=3e-5)
+    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    depth = patch[0]
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device, dtype=dtype, enabled=dtype is not None):
+            out = net(x)
+            out = list(out) if isinstance(out, (list, tuple)) else [out]
+            tgt = targets[:len(out)]
+            out, tgt = _crop_z(out, z_margin, depth), _crop_z(tgt, z_margin, depth)
+            loss = loss_fn(out, tgt) if len(out) > 1 or ds_scales else loss_fn(out[0], tgt[0])
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(net.parameters(), 12)
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), 12)
+            optimizer.step()
+        sync()
+
+    step()  # warm-up: optimiser state, oneDNN/cuDNN algorithm choice
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t)
+    optimizer.zero_grad(set_to_none=True)
+    if device == "cuda":
+        sync()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        step()
+        peak_abs = float(torch.cuda.max_memory_allocated())
+        growth = peak_abs - before
+    else:
+        with PeakRSS() as rss:
+            step()
+        growth, peak_abs = rss.growth_bytes, None
+    optimizer.zero_grad(set_to_none=True)
+    voxels = _loss_voxels(patch, z_margin)
+    result = {"patch": list(patch), "output_voxels": voxels, "step_s": min(times),
+              "step_ms_per_mvoxel": min(times) * 1e3 / (voxels / 1e6),
+              "peak_growth_mib": None if growth is None else growth / MIB,
+              "peak_mib_per_mvoxel": None if growth is None else growth / MIB / (voxels / 1e6)}
+    if peak_abs is not None:
+        result["peak_allocated_mib"] = peak_abs / MIB
+    return result
+
+
+def measure_prediction(net, plans: dict, configuration: str, patch, dataset_json: dict, trainer: str, case,
+                       device: str) -> dict:
+    """Seconds of nnU-Net's ``predict_sliding_window_return_logits`` for one random-HU case of ``case`` voxels
+    (z, y, x): tiles of ``patch`` (the configuration's patch, possibly capped), step 0.5, Gaussian weighting,
+    mirroring off, fp16 autocast on CUDA as nnU-Net does."""
+    import contextlib
+    import copy
+    import io
+
+    import torch
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-    result = {}
-    for label, trainer, config in [("2D U-Net", "LiverUNetTrainer", "2d"),
-                                   ("3D U-Net", "LiverUNetTrainer", "3d_fullres"),
-                                   ("DualStream", "DualStreamTrainer", "3d_fullres")]:
-        cls = getattr(trainers, trainer)
+    plans = copy.deepcopy(plans)
+    plans["configurations"][configuration]["patch_size"] = [int(n) for n in patch]
+    pm = PlansManager(plans)
+    dev = torch.device(device)
+    with contextlib.redirect_stdout(io.StringIO()):
+        predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=False,
+                                    perform_everything_on_device=dev.type == "cuda", device=dev, verbose=False,
+                                    allow_tqdm=False)
+        predictor.manual_initialization(net.to(dev), pm, pm.get_configuration(configuration), None, dataset_json,
+                                        trainer, None)
+    image = torch.randn(1, *case, generator=torch.Generator().manual_seed(1)) * 150 + 40
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    sync()
+    t = time.perf_counter()
+    logits = predictor.predict_sliding_window_return_logits(image)
+    sync()
+    seconds = time.perf_counter() - t
+    assert tuple(logits.shape[1:]) == tuple(case), (logits.shape, case)
+    del logits, predictor, image
+    return {"device": device, "tile": [int(n) for n in patch], "case": list(case), "seconds": seconds}
+
+
+def bench_cost(*, inplane: int | None = 128, depth: int | None = None, steps: int = 3,
+               case=(200, 512, 512), cpu_predict: bool = False, models=COST_MODELS) -> dict:
+    """Compute and memory of the real-size networks at the plans nnU-Net makes for LiTS, one model after
+    the other in this process (see the module docstring for what is measured).
+
+    Each network is built as its trainer builds it (``rewrite_plans``, ``PlansManager``,
+    ``build_network_architecture``) and otherwise treated as a black box. Output voxels are the voxels that
+    enter the loss: batch x (Z - 2 z_margin) x Y x X with ``z_margin = getattr(net, "z_margin", 0)``; outputs
+    and targets of every deep-supervision scale are cropped by it before the loss. The CPU step and CPU
+    prediction run on the planned patch with its in-plane extent capped at ``inplane`` (and z at ``depth``)
+    so that they fit in memory; CUDA, when present, runs the planned patch. Params and FLOPs are those of
+    the planned patch.
+    """
+    import torch
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    from nnunet_liver import trainers
+    from nnunet_liver.architectures.cost import count_flops_per_voxel
+    from nnunet_liver.planners.lits_like import lits_like_plans
+    from nnunet_liver.trainers.segmentation import liver_tumour_regions
+
+    plans, dataset_json = lits_like_plans("hu")
+    regions_json = liver_tumour_regions(dataset_json)
+    cuda = torch.cuda.is_available()
+    planned = plans["configurations"]["3d_fullres"]
+    result = {
+        "plan": {"source": "nnunet_liver.planners.lits_like (nnU-Net's planner on a LiTS-like fingerprint)",
+                 "patch_3d_fullres": planned["patch_size"], "batch_size_3d_fullres": planned["batch_size"],
+                 "spacing": planned["spacing"], "median_image": planned["median_image_size_in_voxels"]},
+        "settings": {"cpu_inplane_cap": inplane or None, "cpu_depth_cap": depth, "steps": steps, "batch": 1,
+                     "case": list(case), "cpu_predict": cpu_predict, "cuda": cuda,
+                     "threads": torch.get_num_threads()},
+        "models": {},
+    }
+    for label, trainer_name, config in models:
+        print(f"== cost: {label} ({trainer_name}, {config})", flush=True)
+        cls = getattr(trainers, trainer_name)
         new_plans = cls.rewrite_plans(plans, config)
         pm = PlansManager(new_plans)
         cm = pm.get_configuration(config)
-        heads = pm.get_label_manager(liver_tumour_regions(dataset_json)).num_segmentation_heads
-        net = cls.build_network_architecture(pm, cm, 1, heads, False)
-        patch = list(cm.patch_size)
-        flops = count_flops_per_voxel(net, patch, input_channels=1)
-        result[label] = {"patch": patch, "params": sum(q.numel() for q in net.parameters()),
-                         "flops_per_voxel": flops}
-        del net
-        torch.cuda.empty_cache() if torch.cuda.is_available() else None
-    base = result["3D U-Net"]["flops_per_voxel"]
-    for r in result.values():
-        r["flops_ratio_vs_3d_unet"] = r["flops_per_voxel"] / base
+        lm = pm.get_label_manager(regions_json)
+        net = cls.build_network_architecture(pm, cm, 1, lm.num_segmentation_heads, True)
+        z_margin = int(getattr(net, "z_margin", 0))
+        patch = [int(n) for n in cm.patch_size]
+        # count_flops_per_voxel divides by the full output (= input patch, nnU-Net's contract); re-divide by
+        # the voxels that enter the loss
+        flops = count_flops_per_voxel(net, patch) * float(np.prod(patch)) / _loss_voxels(patch, z_margin)
+        row = {"trainer": trainer_name, "configuration": config, "patch": patch, "batch_size": cm.batch_size,
+               "z_margin": z_margin, "params": int(sum(q.numel() for q in net.parameters())),
+               "flops_per_voxel": flops}
+        divisors = np.prod(np.array(cm.pool_op_kernel_sizes), axis=0)
+        cpu_patch = _fitting_patch(net, patch, inplane, depth, divisors, z_margin)
+        bare = _bare_trainer(cls, pm, cm, lm)
+        loss_fn, ds_scales = bare._build_loss(), bare._get_deep_supervision_scales()
+        row["loss"] = type(loss_fn).__name__ + (f"({type(loss_fn.loss).__name__})" if hasattr(loss_fn, "loss") else "")
+        for precision in ("fp32", "bf16"):
+            m = measure_step(net, loss_fn, ds_scales, cpu_patch, z_margin, device="cpu", precision=precision,
+                             steps=steps)
+            row[f"cpu_{precision}"] = m
+            row[f"cpu_{precision}_step_ms_per_mvoxel"] = m["step_ms_per_mvoxel"]
+            row[f"cpu_{precision}_peak_mib_per_mvoxel"] = m["peak_mib_per_mvoxel"]
+        if cuda:
+            try:
+                m = measure_step(net, loss_fn, ds_scales, patch, z_margin, device="cuda", precision="fp16",
+                                 steps=steps)
+                row["cuda_fp16"] = m
+                row["cuda_fp16_step_ms_per_mvoxel"] = m["step_ms_per_mvoxel"]
+                row["cuda_fp16_peak_mib_per_mvoxel"] = m["peak_mib_per_mvoxel"]
+            except torch.cuda.OutOfMemoryError as e:
+                row["cuda_fp16"] = {"patch": patch, "error": f"out of memory: {str(e).splitlines()[0]}"}
+            net.to("cpu")
+            torch.cuda.empty_cache()
+        if cuda or cpu_predict:
+            device = "cuda" if cuda else "cpu"
+            pred_net = cls.build_network_architecture(pm, cm, 1, lm.num_segmentation_heads, False)
+            pred_net.load_state_dict(net.state_dict())
+            del net
+            try:
+                row["predict"] = measure_prediction(pred_net, new_plans, config, patch if cuda else cpu_patch,
+                                                    regions_json, trainer_name, case, device)
+                row["predict_s_per_case"] = row["predict"]["seconds"]
+            except torch.cuda.OutOfMemoryError as e:
+                row["predict"] = {"device": device, "error": f"out of memory: {str(e).splitlines()[0]}"}
+            del pred_net
+            if cuda:
+                torch.cuda.empty_cache()
+        else:
+            del net
+        result["models"][label] = row
+        print(f"   {_cost_line(row)}", flush=True)
+    add_cost_ratios(result["models"])
     return result
+
+
+def add_cost_ratios(models: dict) -> None:
+    """``vs_3d_unet`` per model: each of COST_FIGURES divided by the 3D U-Net's (1.0 for the U-Net itself;
+    absent where either is missing); ``flops_ratio_vs_3d_unet`` kept for older readers."""
+    base = models.get(COST_BASELINE, {})
+    for row in models.values():
+        row["vs_3d_unet"] = {k: row[k] / base[k] for k in COST_FIGURES
+                             if isinstance(row.get(k), (int, float)) and isinstance(base.get(k), (int, float))
+                             and base[k] > 0}
+        if "flops_per_voxel" in row["vs_3d_unet"]:
+            row["flops_ratio_vs_3d_unet"] = row["vs_3d_unet"]["flops_per_voxel"]
+
+
+def _cost_line(row: dict) -> str:
+    return ", ".join(f"{COST_FIGURES[k]} {row[k]:.4g}" for k in COST_FIGURES if isinstance(row.get(k), (int, float)))
+
+
+def cost_markdown(cost: dict) -> list[str]:
+    models = cost.get("models", {})
+    if not models:
+        return []
+    s, plan = cost.get("settings", {}), cost.get("plan", {})
+    figures = [k for k in COST_FIGURES if any(isinstance(r.get(k), (int, float)) for r in models.values())]
+
+    def cell(row: dict, key: str) -> str:
+        v = row.get(key)
+        if not isinstance(v, (int, float)):
+            return "n/a"
+        text = f"{v:,}" if key == "params" else f"{v:.3g}"
+        ratio = row.get("vs_3d_unet", {}).get(key)
+        return text + (f" ({ratio:.2f}x)" if ratio is not None else "")
+
+    cpu_patch = {k: r.get("cpu_fp32", {}).get("patch") for k, r in models.items()}
+    lines = [f"## Cost at nnU-Net's LiTS plan (3d_fullres {plan.get('patch_3d_fullres')}, batch "
+             f"{plan.get('batch_size_3d_fullres')}, spacing {plan.get('spacing')})", "",
+             "Per output voxel = per voxel that enters the loss (a network's z_margin end slices excluded). "
+             "Training step: forward + Dice/BCE with deep supervision + backward + SGD step, batch 1, best of "
+             f"{s.get('steps')} after a warm-up; CPU at {s.get('threads')} thread(s) on the planned patch "
+             f"capped in-plane at {s.get('cpu_inplane_cap') or 'none'}"
+             + (f" and in z at {s.get('cpu_depth_cap')}" if s.get("cpu_depth_cap") else "")
+             + "; peak = the step's growth of resident memory (CPU, sampled every 2 ms) or of CUDA allocated "
+             f"memory; prediction: one {'x'.join(map(str, s.get('case', [])))} (z x y x x) case, sliding window, "
+             "step 0.5, no mirroring. In brackets: ratio to the 3D U-Net.", "",
+             "| model | planned patch | CPU patch | z margin | " + " | ".join(COST_FIGURES[k] for k in figures) + " |",
+             "|---" * (4 + len(figures)) + "|"]
+    for label, r in models.items():
+        lines.append(f"| {label} | {r.get('patch')} | {cpu_patch[label]} | {r.get('z_margin', 0)} | "
+                     + " | ".join(cell(r, k) for k in figures) + " |")
+    errors = [f"{label}: {k} {r[k]['error']}" for label, r in models.items() for k in ("cuda_fp16", "predict")
+              if isinstance(r.get(k), dict) and "error" in r[k]]
+    lines += [""] + [f"- {e}" for e in errors] + ([""] if errors else [])
+    if cost.get("command"):
+        lines += [f"Command: `{cost['command']}`", ""]
+    return lines
 
 
 # ---- training and prediction ------------------------------------------------------------------------------
@@ -488,17 +917,24 @@ def markdown(report: dict) -> str:
     s = report.get("settings", {})
     budget = (f"{s.get('cpu_seconds'):g} CPU seconds of training (epochs of {s.get('iters')} iterations)"
               if s.get("cpu_seconds") else f"{s.get('epochs')} epochs x {s.get('iters')} iterations")
-    lines = [f"# Segmentation benchmarks (synthetic phantoms, {report['machine'].get('device', 'cpu').upper()})", "",
-             f"Machine: {report['machine']}. Data: {s.get('num_train')} training / {s.get('num_test')} test phantoms "
-             f"(whole-abdomen matrix {s.get('size')}, field of view: {s.get('fov')}); budget per model: {budget}, "
-             f"fold 0, seeds {s.get('seeds')}. Synthetic data on a CPU: not LiTS results.", ""]
+    if "runs" in report:
+        lines = [f"# Segmentation benchmarks (synthetic phantoms, {report['machine'].get('device', 'cpu').upper()})",
+                 "", f"Machine: {report['machine']}. Data: {s.get('num_train')} training / {s.get('num_test')} test "
+                 f"phantoms (whole-abdomen matrix {s.get('size')}, field of view: {s.get('fov')}); budget per model: "
+                 f"{budget}, fold 0, seeds {s.get('seeds')}. Synthetic data on a CPU: not LiTS results.", ""]
+    else:  # the cost part alone: no phantoms involved
+        lines = ["# Segmentation benchmarks: cost", "", f"Machine: {report['machine']}.", ""]
     if "cost" in report:
-        lines += ["## Cost at the planned patch (real-size networks)", "",
-                  "| model | patch | params | FLOPs / output voxel | vs 3D U-Net |", "|---|---|---|---|---|"]
-        for k, r in report["cost"].items():
-            lines.append(f"| {k} | {r['patch']} | {r['params']:,} | {r['flops_per_voxel']:.3g} | "
-                         f"{r['flops_ratio_vs_3d_unet']:.2f}x |")
-        lines.append("")
+        cost = report["cost"]
+        if "models" in cost:
+            lines += cost_markdown(cost)
+        else:  # results of the earlier cost part (a phantom plan, FLOPs only)
+            lines += ["## Cost at the planned patch (real-size networks)", "",
+                      "| model | patch | params | FLOPs / output voxel | vs 3D U-Net |", "|---|---|---|---|---|"]
+            for k, r in cost.items():
+                lines.append(f"| {k} | {r['patch']} | {r['params']:,} | {r['flops_per_voxel']:.3g} | "
+                             f"{r['flops_ratio_vs_3d_unet']:.2f}x |")
+            lines.append("")
     for key, title in (("accuracy", "Accuracy (test phantoms, mean ± std over seeds)"),):
         if key in report:
             cols = list(TABLE_COLUMNS)

@@ -47,7 +47,41 @@ def add_parser(subparsers) -> None:
                    help="device of the training/inference benchmarks (cuda: when a GPU is present)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an earlier run: results.json, summary.md and each benchmark's folder")
+    g = p.add_argument_group("segmentation benchmark (forwarded to scripts/bench_segmentation.py)")
+    g.add_argument("--parts", type=_parts, help=f"comma-separated subset of {','.join(SEGMENTATION_PARTS)} (default: "
+                   "all); e.g. --only segmentation --parts cost")
+    g.add_argument("--cost-inplane", type=int, metavar="N", help="cost: cap the in-plane patch of the CPU step and "
+                   "prediction at N (0 = planned; default 128)")
+    g.add_argument("--cost-depth", type=int, metavar="N", help="cost: cap the patch's z extent too (smoke tests)")
+    g.add_argument("--cost-steps", type=int, metavar="N", help="cost: timed training steps per model (best counts)")
+    g.add_argument("--cost-case", metavar="Z,Y,X", help="cost: prediction case size (default 200,512,512)")
+    g.add_argument("--cost-cpu-predict", choices=("on", "off"), help="cost: sliding-window prediction on the CPU "
+                   "when there is no GPU (slow; default off)")
     p.set_defaults(func=run)
+
+
+SEGMENTATION_PARTS = ("cost", "accuracy", "robustness", "speed")
+# bench option -> script flag, forwarded to the segmentation script when given
+SEGMENTATION_OPTIONS = {"parts": "--parts", "cost_inplane": "--cost-inplane", "cost_depth": "--cost-depth",
+                        "cost_steps": "--cost-steps", "cost_case": "--cost-case", "cost_cpu_predict": "--cost-cpu-predict"}
+
+
+def _parts(text: str) -> str:
+    unknown = set(text.split(",")) - set(SEGMENTATION_PARTS)
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown part(s) {', '.join(sorted(unknown))}; choose from "
+                                         f"{', '.join(SEGMENTATION_PARTS)}")
+    return text
+
+
+def segmentation_options(args: argparse.Namespace) -> list[str]:
+    """The segmentation script's flags among ``args`` (those given)."""
+    argv = []
+    for attr, flag in SEGMENTATION_OPTIONS.items():
+        value = getattr(args, attr, None)
+        if value is not None:
+            argv += [flag, str(value)]
+    return argv
 
 
 def scripts_dir() -> Path:
@@ -77,6 +111,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--quick and --converged contradict each other: choose one")
 
     names = args.only or list(BENCHMARKS)
+    if segmentation_options(args) and "segmentation" not in names:
+        raise UsageError("--parts and --cost-* options apply to the segmentation benchmark, which --only leaves out")
     scripts = scripts_dir()
     missing = [BENCHMARKS[n][0] for n in names if not (scripts / BENCHMARKS[n][0]).is_file()]
     if missing:
@@ -108,7 +144,8 @@ def run(args: argparse.Namespace) -> int:
         script, result_file = BENCHMARKS[name]
         folder = out / name
         argv = [sys.executable, str(scripts / script),
-                *script_args(name, folder, args.quick, args.device, getattr(args, "converged", False))]
+                *script_args(name, folder, args.quick, args.device, getattr(args, "converged", False)),
+                *(segmentation_options(args) if name == "segmentation" else [])]
         print(f"[{i}/{len(names)}] {name}: {' '.join(argv[1:])}", flush=True)
         if args.overwrite and folder.exists():  # a fresh run: scripts refuse work folders made with other settings
             shutil.rmtree(folder)
@@ -174,12 +211,34 @@ def _row(figure: str, value, baseline, ratio, target: str = "") -> dict:
     return {"figure": figure, "value": value, "baseline": baseline, "ratio": ratio, "target": target}
 
 
-def _seg_ratios(r: dict, device: str = "cpu") -> list[dict]:
+# cost figures of bench_segmentation.py (per output voxel = per voxel that enters the loss) -> row text
+COST_FIGURES = {
+    "params": "parameters",
+    "cpu_fp32_step_ms_per_mvoxel": "CPU fp32 training step, ms per million output voxels",
+    "cpu_bf16_step_ms_per_mvoxel": "CPU bf16 training step, ms per million output voxels",
+    "cpu_fp32_peak_mib_per_mvoxel": "CPU fp32 training step, peak MiB per million output voxels",
+    "cpu_bf16_peak_mib_per_mvoxel": "CPU bf16 training step, peak MiB per million output voxels",
+    "cuda_fp16_step_ms_per_mvoxel": "CUDA fp16 training step, ms per million output voxels",
+    "cuda_fp16_peak_mib_per_mvoxel": "CUDA fp16 training step, peak MiB per million output voxels",
+    "predict_s_per_case": "sliding-window prediction, s per case",
+}
+
+
+def _cost_ratios(cost: dict) -> list[dict]:
     rows = []
-    for label, c in r.get("cost", {}).items():
+    models = cost.get("models", cost)  # results before the LiTS-plan cost part: {label: figures}
+    for label, c in models.items():
         rows.append(_row(f"FLOPs per output voxel, {label} (real-size network)", c["flops_per_voxel"],
                          "3D U-Net", c["flops_ratio_vs_3d_unet"],
                          "<= 0.8 (paper: ~20% fewer)" if label == "DualStream" else ""))
+        for key, what in COST_FIGURES.items():
+            if key in c.get("vs_3d_unet", {}):
+                rows.append(_row(f"{what}, {label}", c[key], "3D U-Net", c["vs_3d_unet"][key]))
+    return rows
+
+
+def _seg_ratios(r: dict, device: str = "cpu") -> list[dict]:
+    rows = _cost_ratios(r.get("cost", {}))
     for label, s in r.get("speed", {}).items():
         if label == "rwa_overhead":
             rows.append(_row("training step with random windows vs fixed window", s["step_s_random"],

@@ -115,3 +115,54 @@ def test_nan_figures_become_null_and_only_keeps_the_other_entries(tmp_path, monk
     results = json.loads(text)  # strict JSON: no NaN token
     assert "NaN" not in text and results["benchmarks"]["evaluation"]["ratios"][0]["ratio"] is None
     assert set(results["benchmarks"]) == {"segmentation", "evaluation"}
+
+
+@pytest.mark.slow
+def test_bench_runs_the_segmentation_cost_part_alone(tmp_path):
+    """``--only segmentation --parts cost`` forwards the cost options; at tiny sizes every model has every CPU
+    figure, positive, with the 3D U-Net's ratios 1.0, and the ratio rows and the table come from them."""
+    out = tmp_path / "bench"
+    env = subprocess_env({})
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    r = subprocess.run([sys.executable, "-m", "nnunet_liver.cli.main", "bench", "--only", "segmentation", "-o",
+                        str(out), "--parts", "cost", "--cost-inplane", "32", "--cost-depth", "16", "--cost-steps", "1",
+                        "--cost-case", "20,40,40", "--cost-cpu-predict", "on"], env=env, capture_output=True,
+                       text=True, encoding="utf-8", errors="replace", timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    entry = json.loads((out / "results.json").read_text(encoding="utf-8"))["benchmarks"]["segmentation"]
+    assert "--parts cost --cost-inplane 32" in entry["command"]
+    cost = entry["result"]["cost"]
+    assert set(entry["result"]) == {"machine", "settings", "cost"}  # no phantoms, no training runs
+    assert cost["plan"]["patch_3d_fullres"] == [128, 128, 128] and cost["settings"]["case"] == [20, 40, 40]
+    models = cost["models"]
+    assert list(models) == ["3D U-Net", "Ablation 0: spatial stream, fixed window", "Ablation 1: + RWA",
+                            "Ablation 2: + attention gates", "DualStream"]
+    figures = {"params", "flops_per_voxel", "cpu_fp32_step_ms_per_mvoxel", "cpu_bf16_step_ms_per_mvoxel",
+               "cpu_fp32_peak_mib_per_mvoxel", "cpu_bf16_peak_mib_per_mvoxel", "predict_s_per_case"}
+    for label, m in models.items():
+        assert set(m["vs_3d_unet"]) == figures, label
+        assert all(m[k] > 0 and m["vs_3d_unet"][k] > 0 for k in figures), (label, m)
+        cpu = m["cpu_fp32"]
+        z, y, x = cpu["patch"]
+        assert y <= 32 and x <= 32 and cpu["output_voxels"] == (z - 2 * m["z_margin"]) * y * x
+        assert m["predict"]["tile"] == cpu["patch"] and m["predict"]["case"] == [20, 40, 40]
+    assert models["3D U-Net"]["cpu_fp32"]["patch"] == [64, 32, 32]  # z: the smallest on which it trains
+    assert all(v == 1.0 for v in models["3D U-Net"]["vs_3d_unet"].values())
+    rows = {row["figure"]: row for row in entry["ratios"]}
+    step = rows["CPU bf16 training step, ms per million output voxels, DualStream"]
+    assert step["value"] == models["DualStream"]["cpu_bf16_step_ms_per_mvoxel"]
+    assert step["ratio"] == models["DualStream"]["vs_3d_unet"]["cpu_bf16_step_ms_per_mvoxel"]
+    table = (out / "segmentation" / "results.md").read_text(encoding="utf-8")
+    assert "| DualStream |" in table and "(1.00x)" in table and "Command: `python scripts/bench_segmentation.py" in table
+
+
+def test_segmentation_options_need_the_segmentation_benchmark(tmp_path):
+    import argparse
+
+    from nnunet_liver.cli.main import UsageError
+
+    ns = argparse.Namespace(out=str(tmp_path / "b"), only=["evaluation"], quick=True, device="cpu", overwrite=False,
+                            parts="cost", cost_inplane=64)
+    with pytest.raises(UsageError, match="segmentation"):
+        bench.run(ns)
+    assert bench.segmentation_options(ns) == ["--parts", "cost", "--cost-inplane", "64"]
