@@ -97,32 +97,14 @@ def context_topology(spacing: Sequence[float], patch_size: Sequence[int], pool: 
     return strides[:max_stages], kernels[:max_stages]
 
 
-def dual_stream_plans(plans: dict, configuration: str, *, n_slices_patch: int, max_inplane: int,
-                      features_per_stage: Sequence[int], n_blocks_per_stage: Sequence[int],
-                      context_features_per_stage: Sequence[int], context_pool_inplane: int, batch_size: int,
-                      network_kwargs: dict) -> dict:
-    """Plans whose 3D configuration runs :class:`DualStreamAttentionNet`.
-
-    The patch keeps the planned in-plane extent (capped at ``max_inplane`` and at the median image, rounded
-    to the stride product) and ``n_slices_patch`` slices (capped at the median); the spatial stream's strides
-    are in-plane only (z stride 1), which nnU-Net turns into matching deep-supervision targets. The
-    contextual stream pools ``context_pool_inplane`` x in-plane and takes nnU-Net's topology rule on the
-    pooled patch for its strides and kernels (up to ``len(context_features_per_stage)`` stages).
-    """
-    cfg = resolved_configuration(plans, configuration)
-    if len(cfg["patch_size"]) != 3:
-        raise ValueError(f"the dual-stream network runs on a 3D configuration (3d_fullres), not {configuration!r}")
-    median = cfg["median_image_size_in_voxels"]
-    inplane = [max(8, min(int(m), max_inplane)) for m in median[1:]]
-    n_stages = inplane_stages(inplane, len(features_per_stage))
-    factor = 2 ** (n_stages - 1)
-    inplane = [max(factor * 4, (p // factor) * factor) for p in inplane]
-    strides = [[1, 1, 1]] + [[1, 2, 2]] * (n_stages - 1)
-    patch = [int(min(n_slices_patch, max(median[0], 1))), *inplane]
+def _dual_stream_arch(spacing: Sequence[float], patch: Sequence[int], *, features_per_stage: Sequence[int],
+                      n_blocks_per_stage: Sequence[int], context_features_per_stage: Sequence[int],
+                      context_pool_inplane: int, network_kwargs: dict) -> dict:
+    n_stages = inplane_stages(patch[1:], len(features_per_stage))
     pool = [1, context_pool_inplane, context_pool_inplane]
-    context_strides, context_kernels = context_topology(cfg["spacing"], patch, pool, len(context_features_per_stage))
-    arch = {
-        "strides": strides,
+    context_strides, context_kernels = context_topology(spacing, patch, pool, len(context_features_per_stage))
+    return {
+        "strides": [[1, 1, 1]] + [[1, 2, 2]] * (n_stages - 1),
         "n_stages": n_stages,
         "features_per_stage": list(features_per_stage[:n_stages]),
         "n_blocks_per_stage": list(n_blocks_per_stage[:n_stages]),
@@ -133,13 +115,77 @@ def dual_stream_plans(plans: dict, configuration: str, *, n_slices_patch: int, m
         "context_kernel_sizes": context_kernels,
         **network_kwargs,
     }
-    cfg["patch_size"] = patch
+
+
+def _round_inplane(inplane: Sequence[int], n_max_stages: int) -> list[int]:
+    factor = 2 ** (inplane_stages(inplane, n_max_stages) - 1)
+    return [max(factor * 4, (p // factor) * factor) for p in inplane]
+
+
+#: in-plane fractions of the largest patch tried by the GPU memory planning, largest first
+INPLANE_FRACTIONS = (1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25)
+
+
+def dual_stream_plans(plans: dict, configuration: str, *, n_slices_patch: int, max_inplane: int,
+                      features_per_stage: Sequence[int], n_blocks_per_stage: Sequence[int],
+                      context_features_per_stage: Sequence[int], context_pool_inplane: int, batch_size: int,
+                      network_kwargs: dict, gpu_memory_gb: float | None = None) -> dict:
+    """Plans whose 3D configuration runs :class:`DualStreamAttentionNet`.
+
+    The patch has ``n_slices_patch`` slices (capped at the median) and the planned in-plane extent, capped at
+    ``max_inplane`` and at the median image and rounded to the stride product; the spatial stream's strides
+    are in-plane only (z stride 1), which nnU-Net turns into matching deep-supervision targets. The
+    contextual stream pools ``context_pool_inplane`` x in-plane and takes nnU-Net's topology rule on the
+    pooled patch for its strides and kernels (up to ``len(context_features_per_stage)`` stages).
+
+    ``gpu_memory_gb``: instead of ``batch_size``, choose the in-plane patch (the largest of
+    :data:`INPLANE_FRACTIONS` of the capped extent) and then the batch (>= 2, up to 16) whose estimated
+    peak training memory under fp16 autocast fits (``nnunet_liver.planners.gpu_memory``). The estimate is
+    for the full network (attention and context on, whatever ``network_kwargs`` says, so that the ablation
+    steps train on the same patches) and counts the full-resolution checkpointed segment as stored, since
+    the backward pass recomputes it while the rest is held.
+    """
+    cfg = resolved_configuration(plans, configuration)
+    if len(cfg["patch_size"]) != 3:
+        raise ValueError(f"the dual-stream network runs on a 3D configuration (3d_fullres), not {configuration!r}")
+    median = cfg["median_image_size_in_voxels"]
+    n_max = len(features_per_stage)
+    largest = [max(8, min(int(m), max_inplane)) for m in median[1:]]
+    depth = int(min(n_slices_patch, max(median[0], 1)))
+    arch_args = dict(features_per_stage=features_per_stage, n_blocks_per_stage=n_blocks_per_stage,
+                     context_features_per_stage=context_features_per_stage,
+                     context_pool_inplane=context_pool_inplane)
+    patch = [depth, *_round_inplane(largest, n_max)]
+    memory = None
+    if gpu_memory_gb is not None:
+        from nnunet_liver.architectures.dual_stream import DualStreamAttentionNet
+        from nnunet_liver.planners.gpu_memory import choose_patch_and_batch
+
+        def build(candidate):
+            kwargs = _dual_stream_arch(cfg["spacing"], candidate, **arch_args, network_kwargs=network_kwargs)
+            levels = [i for i in kwargs.get("checkpoint_stages", ()) if i != 0]
+            kwargs.update(use_attention=True, use_context=True, checkpoint_stages=levels, checkpoint_gates=False)
+            return DualStreamAttentionNet(1, 2, **kwargs, deep_supervision=True)
+
+        candidates = []
+        for f in INPLANE_FRACTIONS:
+            inplane = _round_inplane([max(8, int(round(p * f))) for p in largest], n_max)
+            if [depth, *inplane] not in candidates:
+                candidates.append([depth, *inplane])
+        chosen, batch_size, memory = choose_patch_and_batch(build, candidates, gpu_memory_gb, min_batch=2,
+                                                            max_batch=16)
+        patch = list(chosen)
+    cfg["patch_size"] = [int(p) for p in patch]
     cfg["batch_size"] = int(batch_size)
     cfg["architecture"] = {
         "network_class_name": "nnunet_liver.architectures.dual_stream.DualStreamAttentionNet",
-        "arch_kwargs": arch,
+        "arch_kwargs": _dual_stream_arch(cfg["spacing"], patch, **arch_args, network_kwargs=network_kwargs),
         "_kw_requires_import": [],
     }
+    if memory is not None:
+        cfg["gpu_memory_plan"] = {"target_gib": float(gpu_memory_gb),
+                                  "estimated_peak_gib": round(float(memory["peak"]), 2),
+                                  "estimated_allocated_gib": round(float(memory["allocated"]), 2)}
     return with_configuration(plans, configuration, cfg)
 
 

@@ -86,6 +86,9 @@ class _CPUDualStream(CPUBudgetMixin):
     context_features_per_stage = (8, 16, 32, 32)
     context_pool_inplane = 2
     context_channels = 16
+    checkpoint_stages = ()  # memory is not the limit at CPU patch sizes; recomputation would cost time
+    checkpoint_gates = False
+    gpu_memory_gb = None
     n_slices_patch = 16  # 10 slices in the loss; the contextual stream sees 16
     max_inplane = 96
     batch_size = 2

@@ -303,4 +303,39 @@ def test_invalid_configurations_raise(bad):
 def test_default_configuration_builds_for_a_gpu_sized_patch():
     net = DualStreamAttentionNet(input_channels=1, num_classes=3)
     assert [len(s) for s in net.encoder.stages] == [1, 3, 4, 6, 3]
-    assert net.encoder.output_channels == [32, 32, 64, 128, 256]
+    assert net.encoder.output_channels == [16, 32, 64, 128, 256]
+    assert net.shape_divisor == (1, 64, 64)  # context: pool 4 x strides 16 in-plane; spatial stream 16
+
+
+def _saved_bytes(net, x):
+    seen = {}
+    params = {p.untyped_storage().data_ptr() for p in net.parameters()}
+
+    def pack(t):
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in params:
+            seen[ptr] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = net(x)
+    return sum(seen.values()), out
+
+
+def test_checkpointing_gives_the_same_gradients_and_stores_less():
+    x = hu(1, patch=(10, 32, 32))
+    grads, saved = [], []
+    for kwargs in ({}, {"checkpoint_stages": (0, 1, 2), "checkpoint_gates": True}):
+        net = build(deep_supervision=True, window="fixed_paper", seed=4, **kwargs).train()
+        nbytes, out = _saved_bytes(net, x)
+        sum((o * torch.linspace(-1, 1, o.numel()).view_as(o)).sum() for o in out).backward()
+        grads.append({k: p.grad.clone() for k, p in net.named_parameters()})
+        saved.append(nbytes)
+    assert grads[0].keys() == grads[1].keys()
+    for k in grads[0]:
+        torch.testing.assert_close(grads[1][k], grads[0][k], rtol=1e-4, atol=1e-5, msg=k)
+    assert saved[1] < 0.6 * saved[0]
+    with torch.no_grad():  # no autograd, no checkpointing: eval is unchanged
+        net.eval()(x)
+    with pytest.raises(ValueError, match="checkpoint_stages"):
+        build(checkpoint_stages=(7,))

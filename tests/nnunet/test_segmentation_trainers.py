@@ -173,7 +173,33 @@ def test_every_trainer_builds_a_network_matching_nnunet_targets(name, tiny_phant
     window = net.window.config
     rwa = {"LiverUNetRWATrainer", "DualStreamTrainer", "DualStreamAblationRWATrainer",
            "DualStreamAblationRWAAttTrainer"}
-    assert window.is_random == (name.removesuffix("_CPU") in rwa)
+    assert window.is_random == (name.split("_")[0] in rwa)
+
+
+def test_dual_stream_plans_fit_the_gpu_memory_target_at_a_lits_plan():
+    from nnunet_liver.planners.lits_like import lits_like_plans
+
+    plans, _ = lits_like_plans()
+    small = trainers.DualStreamTrainer_11GB.rewrite_plans(plans, "3d_fullres")["configurations"]["3d_fullres"]
+    default = trainers.DualStreamTrainer.rewrite_plans(plans, "3d_fullres")["configurations"]["3d_fullres"]
+    for cfg, target in ((small, 11), (default, 24)):
+        plan = cfg["gpu_memory_plan"]
+        assert plan["target_gib"] == target and 0 < plan["estimated_peak_gib"] <= target
+        assert cfg["patch_size"][0] == 32 and cfg["batch_size"] >= 2
+    voxels = [cfg["batch_size"] * np.prod(cfg["patch_size"]) for cfg in (small, default)]
+    assert voxels[0] < voxels[1]
+    # the ablation steps train on DualStream's patches
+    ablation = trainers.DualStreamAblationBaseTrainer.rewrite_plans(plans, "3d_fullres")["configurations"]["3d_fullres"]
+    assert (ablation["patch_size"], ablation["batch_size"]) == (default["patch_size"], default["batch_size"])
+
+
+def test_gpu_memory_target_from_the_environment(monkeypatch):
+    from nnunet_liver.planners.lits_like import lits_like_plans
+
+    plans, _ = lits_like_plans()
+    monkeypatch.setenv("NNUNET_LIVER_GPU_MEMORY_GB", "junk")
+    with pytest.raises(ValueError, match="NNUNET_LIVER_GPU_MEMORY_GB"):
+        trainers.DualStreamTrainer.rewrite_plans(plans, "3d_fullres")
 
 
 class _Recorder(torch.nn.Module):
