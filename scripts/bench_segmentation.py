@@ -254,8 +254,9 @@ COST_FIGURES = {
     "flops_per_voxel": "FLOPs / output voxel",
     "cpu_fp32_step_ms_per_mvoxel": "CPU fp32 step ms / Mvoxel",
     "cpu_bf16_step_ms_per_mvoxel": "CPU bf16 step ms / Mvoxel",
-    "cpu_fp32_peak_mib_per_mvoxel": "CPU fp32 peak MiB / Mvoxel",
-    "cpu_bf16_peak_mib_per_mvoxel": "CPU bf16 peak MiB / Mvoxel",
+    "cpu_fp32_peak_mib_per_mvoxel": "CPU fp32 peak live MiB / Mvoxel",
+    "cpu_bf16_peak_mib_per_mvoxel": "CPU bf16 peak live MiB / Mvoxel",
+    "cpu_fp32_rss_mib_per_mvoxel": "CPU fp32 peak RSS MiB / Mvoxel",
     "cuda_fp16_step_ms_per_mvoxel": "CUDA fp16 step ms / Mvoxel",
     "cuda_fp16_peak_mib_per_mvoxel": "CUDA fp16 peak MiB / Mvoxel",
     "predict_s_per_case": "prediction s / case",
@@ -272,8 +273,36 @@ def cost_command(argv: list[str] | None) -> str:
     return " ".join(["python", "scripts/bench_segmentation.py", *(shlex.quote(a) for a in args)])
 
 
+def _malloc_in_use():
+    """A function returning the bytes glibc's malloc has handed out and not got back (``mallinfo2``:
+    ``uordblks`` + ``hblkhd``), or None where there is no glibc 2.33+."""
+    import ctypes
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [(n, ctypes.c_size_t) for n in
+                    ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                     "keepcost")]
+
+    try:
+        fn = ctypes.CDLL("libc.so.6").mallinfo2
+    except (OSError, AttributeError):
+        return None
+    fn.restype = MallInfo2
+
+    def in_use() -> int:
+        info = fn()
+        return int(info.uordblks + info.hblkhd)
+
+    return in_use
+
+
 class PeakRSS:
-    """Peak growth of this process's resident set size while the ``with`` block runs.
+    """Peak growth of this process's resident set size, and of the bytes malloc has handed out ("live"),
+    while the ``with`` block runs.
+
+    The live figure is the CPU's counterpart of ``torch.cuda.max_memory_allocated``: the tensors alive at
+    the worst moment, whatever the allocator keeps besides. RSS adds what glibc holds in a fragmented heap
+    (freed blocks between live ones), which depends on the order of allocations more than on the network.
 
     A background thread reads ``/proc/self/statm`` every ``interval`` seconds (torch's kernels release the
     GIL, so it samples while they run); the figure is the largest sample minus the RSS just before the block.
@@ -285,6 +314,8 @@ class PeakRSS:
     def __init__(self, interval: float = 0.002):
         self.interval = interval
         self.growth_bytes: float | None = None
+        self.live_growth_bytes: float | None = None
+        self._in_use = _malloc_in_use()
 
     @staticmethod
     def _trim() -> None:
@@ -311,11 +342,14 @@ class PeakRSS:
         self._page = os.sysconf("SC_PAGE_SIZE")
         self._trim()
         self._base = self._peak = self._rss()
+        self._live_base = self._live_peak = self._in_use() if self._in_use else 0
         self._stop = threading.Event()
 
         def sample() -> None:
             while not self._stop.is_set():
                 self._peak = max(self._peak, self._rss())
+                if self._in_use:
+                    self._live_peak = max(self._live_peak, self._in_use())
                 self._stop.wait(self.interval)
 
         self._thread = threading.Thread(target=sample, daemon=True)
@@ -330,6 +364,8 @@ class PeakRSS:
         self._peak = max(self._peak, self._rss())
         os.close(self._fd)
         self.growth_bytes = float(self._peak - self._base)
+        if self._in_use:
+            self.live_growth_bytes = float(self._live_peak - self._live_base)
 
 
 def _loss_voxels(patch, z_margin: int, batch: int = 1) -> int:
@@ -473,7 +509,9 @@ def measure_step(net, loss_fn, ds_scales, patch, z_margin: int, *, device: str, 
     else:
         with PeakRSS() as rss:
             step()
-        growth, peak_abs = rss.growth_bytes, None
+        growth, peak_abs = rss.live_growth_bytes, None
+        if growth is None:  # no mallinfo2: RSS
+            growth = rss.growth_bytes
     optimizer.zero_grad(set_to_none=True)
     voxels = _loss_voxels(patch, z_margin)
     result = {"patch": list(patch), "output_voxels": voxels, "step_s": min(times),
@@ -482,6 +520,8 @@ def measure_step(net, loss_fn, ds_scales, patch, z_margin: int, *, device: str, 
               "peak_mib_per_mvoxel": None if growth is None else growth / MIB / (voxels / 1e6)}
     if peak_abs is not None:
         result["peak_allocated_mib"] = peak_abs / MIB
+    if device != "cuda" and rss.growth_bytes is not None:
+        result["rss_peak_mib_per_mvoxel"] = rss.growth_bytes / MIB / (voxels / 1e6)
     return result
 
 
@@ -581,6 +621,8 @@ def bench_cost(*, inplane: int | None = 128, depth: int | None = None, steps: in
             row[f"cpu_{precision}"] = m
             row[f"cpu_{precision}_step_ms_per_mvoxel"] = m["step_ms_per_mvoxel"]
             row[f"cpu_{precision}_peak_mib_per_mvoxel"] = m["peak_mib_per_mvoxel"]
+            if "rss_peak_mib_per_mvoxel" in m:
+                row[f"cpu_{precision}_rss_mib_per_mvoxel"] = m["rss_peak_mib_per_mvoxel"]
         if cuda:
             try:
                 m = measure_step(net, loss_fn, ds_scales, patch, z_margin, device="cuda", precision="fp16",
