@@ -246,11 +246,14 @@ def test_mirrored_sliding_window_tiles(axes):
     assert out.shape == (1, 3, *PATCH) and torch.isfinite(out).all()
 
 
-def test_compile_eager_fullgraph_in_train_and_eval():
-    net = build(deep_supervision=True)
+@pytest.mark.parametrize("checkpointing", [{}, {"checkpoint_stages": (0, 1), "checkpoint_gates": True}])
+def test_compile_eager_fullgraph_in_train_and_eval(checkpointing):
+    net = build(deep_supervision=True, **checkpointing)
     compiled = torch.compile(net, backend="eager", fullgraph=True)
     x = hu(1)
-    assert len(compiled.train()(x)) == len(STRIDES) - 1
+    out = compiled.train()(x)
+    assert len(out) == len(STRIDES) - 1
+    sum(o.sum() for o in out).backward()
     net.decoder.deep_supervision = False  # nnU-Net flips it on the compiled module's original
     with torch.no_grad():
         torch.testing.assert_close(compiled.eval()(x), net.eval()(x))
