@@ -6,6 +6,8 @@ reads that copy, so training, validation and prediction build the same network.
 from __future__ import annotations
 
 import copy
+import math
+import warnings
 from typing import Sequence
 
 
@@ -104,6 +106,7 @@ def _dual_stream_arch(spacing: Sequence[float], patch: Sequence[int], *, feature
     pool = [1, context_pool_inplane, context_pool_inplane]
     context_strides, context_kernels = context_topology(spacing, patch, pool, len(context_features_per_stage))
     return {
+        "n_slices": N_SLICES,
         "strides": [[1, 1, 1]] + [[1, 2, 2]] * (n_stages - 1),
         "n_stages": n_stages,
         "features_per_stage": list(features_per_stage[:n_stages]),
@@ -117,9 +120,25 @@ def _dual_stream_arch(spacing: Sequence[float], patch: Sequence[int], *, feature
     }
 
 
-def _round_inplane(inplane: Sequence[int], n_max_stages: int) -> list[int]:
+#: adjacent slices the spatial stream stacks (the paper's 7); z_margin = N_SLICES // 2
+N_SLICES = 7
+#: the contextual stream should see at least this many slices (4 x the 7-slice stack, issue 12)
+MIN_CONTEXT_SLICES = 28
+
+
+def _round_inplane(inplane: Sequence[int], n_max_stages: int, spacing: Sequence[float], depth: int,
+                   context_pool_inplane: int, n_context_stages: int) -> list[int]:
+    """Round an in-plane patch down to a multiple of both streams' in-plane downsampling (the spatial stream's
+    stride product and the contextual stream's pool x strides), so every feature map is an exact fraction."""
     factor = 2 ** (inplane_stages(inplane, n_max_stages) - 1)
-    return [max(factor * 4, (p // factor) * factor) for p in inplane]
+    patch = [max(factor * 4, (p // factor) * factor) for p in inplane]
+    pool = [1, context_pool_inplane, context_pool_inplane]
+    strides, _ = context_topology(spacing, [depth, *patch], pool, n_context_stages)
+    for axis in (1, 2):
+        ctx = context_pool_inplane * math.prod(s[axis] for s in strides)
+        step = math.lcm(factor, ctx)
+        patch[axis - 1] = max(step, (patch[axis - 1] // step) * step)
+    return patch
 
 
 #: in-plane fractions of the largest patch tried by the GPU memory planning, largest first
@@ -129,18 +148,22 @@ INPLANE_FRACTIONS = (1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25)
 def dual_stream_plans(plans: dict, configuration: str, *, n_slices_patch: int, max_inplane: int,
                       features_per_stage: Sequence[int], n_blocks_per_stage: Sequence[int],
                       context_features_per_stage: Sequence[int], context_pool_inplane: int, batch_size: int,
-                      network_kwargs: dict, gpu_memory_gb: float | None = None) -> dict:
+                      network_kwargs: dict, gpu_memory_gb: float | None = None,
+                      dataset_voxels: float | None = None) -> dict:
     """Plans whose 3D configuration runs :class:`DualStreamAttentionNet`.
 
-    The patch has ``n_slices_patch`` slices (capped at the median) and the planned in-plane extent, capped at
-    ``max_inplane`` and at the median image and rounded to the stride product; the spatial stream's strides
+    The patch has ``n_slices_patch`` slices (nnU-Net pads shorter volumes; at least 2 x z_margin + 1 so that
+    some slices have real neighbours, and a warning below 28, the contextual stream's minimum) and the
+    planned in-plane extent, capped at ``max_inplane`` and at the median image and rounded to both streams'
+    downsampling; the spatial stream's strides
     are in-plane only (z stride 1), which nnU-Net turns into matching deep-supervision targets. The
     contextual stream pools ``context_pool_inplane`` x in-plane and takes nnU-Net's topology rule on the
     pooled patch for its strides and kernels (up to ``len(context_features_per_stage)`` stages).
 
     ``gpu_memory_gb``: instead of ``batch_size``, choose the in-plane patch (the largest of
     :data:`INPLANE_FRACTIONS` of the capped extent) and then the batch (>= 2, up to 16) whose estimated
-    peak training memory under fp16 autocast fits (``nnunet_liver.planners.gpu_memory``). The estimate is
+    peak training memory under fp16 autocast fits (``nnunet_liver.planners.gpu_memory``), the batch capped
+    like nnU-Net's so that it covers at most 5 % of ``dataset_voxels`` when given. The estimate is
     for the full network (attention and context on, whatever ``network_kwargs`` says, so that the ablation
     steps train on the same patches) and counts the full-resolution checkpointed segment as stored, since
     the backward pass recomputes it while the rest is held.
@@ -151,11 +174,19 @@ def dual_stream_plans(plans: dict, configuration: str, *, n_slices_patch: int, m
     median = cfg["median_image_size_in_voxels"]
     n_max = len(features_per_stage)
     largest = [max(8, min(int(m), max_inplane)) for m in median[1:]]
-    depth = int(min(n_slices_patch, max(median[0], 1)))
+    depth = max(int(n_slices_patch), 2 * (N_SLICES // 2) + 1)
+    if depth < MIN_CONTEXT_SLICES and gpu_memory_gb is not None:  # real-size plans; CPU presets are small on purpose
+        warnings.warn(f"DualStream patch of {depth} slices: the contextual stream sees fewer than "
+                      f"{MIN_CONTEXT_SLICES} slices (fine for CPU presets, not the paper's design)", stacklevel=2)
     arch_args = dict(features_per_stage=features_per_stage, n_blocks_per_stage=n_blocks_per_stage,
                      context_features_per_stage=context_features_per_stage,
                      context_pool_inplane=context_pool_inplane)
-    patch = [depth, *_round_inplane(largest, n_max)]
+
+    def rounded(inplane):
+        return _round_inplane(inplane, n_max, cfg["spacing"], depth, context_pool_inplane,
+                              len(context_features_per_stage))
+
+    patch = [depth, *rounded(largest)]
     memory = None
     if gpu_memory_gb is not None:
         from nnunet_liver.architectures.dual_stream import DualStreamAttentionNet
@@ -169,11 +200,14 @@ def dual_stream_plans(plans: dict, configuration: str, *, n_slices_patch: int, m
 
         candidates = []
         for f in INPLANE_FRACTIONS:
-            inplane = _round_inplane([max(8, int(round(p * f))) for p in largest], n_max)
+            inplane = rounded([max(8, int(round(p * f))) for p in largest])
             if [depth, *inplane] not in candidates:
                 candidates.append([depth, *inplane])
-        chosen, batch_size, memory = choose_patch_and_batch(build, candidates, gpu_memory_gb, min_batch=2,
-                                                            max_batch=16)
+        import torch
+
+        with torch.random.fork_rng():  # the measurement draws random inputs; leave the trainer's seed alone
+            chosen, batch_size, memory = choose_patch_and_batch(build, candidates, gpu_memory_gb, min_batch=2,
+                                                                max_batch=16, dataset_voxels=dataset_voxels)
         patch = list(chosen)
     cfg["patch_size"] = [int(p) for p in patch]
     cfg["batch_size"] = int(batch_size)

@@ -76,9 +76,9 @@ class CPUBudgetMixin(ShortBudgetOptimizerMixin, CPUBF16Mixin, NoInferenceMirrori
 
 class _CPUUNet(CPUBudgetMixin):
     @classmethod
-    def rewrite_plans(cls, plans: dict, configuration: str) -> dict:
+    def rewrite_plans(cls, plans: dict, configuration: str, dataset_json: dict | None = None) -> dict:
         plans = _plans.cpu_sized_unet_plans(plans, configuration, **CPU_UNET)
-        return super().rewrite_plans(plans, configuration)
+        return super().rewrite_plans(plans, configuration, dataset_json)
 
 
 class _CPUDualStream(CPUBudgetMixin):

@@ -14,6 +14,10 @@ low-resolution simulation, spatial transforms and mirroring are unchanged.
 """
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+import numpy as np
 
 import torch
 from batchgeneratorsv2.transforms.intensity.brightness import MultiplicativeBrightnessTransform
@@ -93,7 +97,7 @@ class LiverHUTrainerBase(nnUNetTrainer):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         require_hu(plans, configuration, type(self).__name__)
-        plans = self.rewrite_plans(plans, configuration)
+        plans = self.rewrite_plans(plans, configuration, dataset_json=dataset_json)
         dataset_json = liver_tumour_regions(dataset_json)
         super().__init__(plans, configuration, fold, dataset_json, device)
 
@@ -106,7 +110,9 @@ class LiverHUTrainerBase(nnUNetTrainer):
         return kwargs
 
     @classmethod
-    def rewrite_plans(cls, plans: dict, configuration: str) -> dict:
+    def rewrite_plans(cls, plans: dict, configuration: str, dataset_json: dict | None = None) -> dict:
+        """The plans this trainer trains with (saved to its results folder, read by nnUNetv2_predict).
+        ``dataset_json`` (optional) lets a rewrite use the data set's size."""
         raise NotImplementedError
 
     @staticmethod
@@ -121,7 +127,7 @@ class LiverUNetTrainer(LiverHUTrainerBase):
     window = "fixed_paper"
 
     @classmethod
-    def rewrite_plans(cls, plans: dict, configuration: str) -> dict:
+    def rewrite_plans(cls, plans: dict, configuration: str, dataset_json: dict | None = None) -> dict:
         return _plans.windowed_unet_plans(plans, configuration, cls.window_kwargs(plans))
 
 
@@ -158,26 +164,50 @@ class DualStreamTrainer(LiverHUTrainerBase):
     #: 3D U-Net per output voxel instead of 1.4x, for ~1.3x the step time of no checkpointing)
     checkpoint_stages = (0, 1, 2, 3)
     checkpoint_gates = True
-    #: GPU memory the plans are made for (GiB; NNUNET_LIVER_GPU_MEMORY_GB overrides it); None: a fixed
-    #: batch_size and the largest in-plane patch
+    #: GPU memory the plans are made for (GiB); None: a fixed batch_size and the largest in-plane patch
     gpu_memory_gb: float | None = 24.0
+    #: NNUNET_LIVER_GPU_MEMORY_GB overrides gpu_memory_gb (not for the named _11GB/_40GB/_80GB variants)
+    gpu_memory_from_env = True
     batch_size = 2
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.z_margin = int(self.configuration_manager.network_arch_init_kwargs.get("n_slices", 7)) // 2
+        self._check_saved_plans(configuration)
+
+    def _check_saved_plans(self, configuration: str) -> None:
+        """Refuse to train a fold of a model folder whose saved plans (another fold, or --c) differ: the plans
+        depend on the GPU memory target, and nnU-Net keeps one plans.json per model folder for prediction."""
+        saved = Path(self.output_folder_base) / "plans.json"
+        if not saved.is_file():
+            return
+        mine = json.loads(json.dumps(self.plans_manager.plans))["configurations"][configuration]
+        theirs = json.loads(saved.read_text(encoding="utf-8")).get("configurations", {}).get(configuration)
+        keys = ("patch_size", "batch_size", "architecture")
+        if theirs is not None and any(mine.get(k) != theirs.get(k) for k in keys):
+            raise RuntimeError(
+                f"{saved} holds other plans for {configuration} (patch {theirs.get('patch_size')}, batch "
+                f"{theirs.get('batch_size')}) than this run (patch {mine.get('patch_size')}, batch "
+                f"{mine.get('batch_size')}): every fold of a model must train with the same plans. Set "
+                f"NNUNET_LIVER_GPU_MEMORY_GB as for the earlier folds (or unset it), or train into another "
+                f"model folder (another trainer or plans name).")
 
     @classmethod
-    def rewrite_plans(cls, plans: dict, configuration: str) -> dict:
+    def rewrite_plans(cls, plans: dict, configuration: str, dataset_json: dict | None = None) -> dict:
         gpu_gb = cls.gpu_memory_gb
-        if gpu_gb is not None:
+        if gpu_gb is not None and cls.gpu_memory_from_env:
             gpu_gb = gpu_memory_target_gb(default=gpu_gb)
+        dataset_voxels = None
+        if dataset_json and dataset_json.get("numTraining"):
+            median = _plans.resolved_configuration(plans, configuration)["median_image_size_in_voxels"]
+            dataset_voxels = float(np.prod(median)) * int(dataset_json["numTraining"])
         return _plans.dual_stream_plans(
             plans, configuration, n_slices_patch=cls.n_slices_patch, max_inplane=cls.max_inplane,
             features_per_stage=cls.features_per_stage, n_blocks_per_stage=cls.n_blocks_per_stage,
             context_features_per_stage=cls.context_features_per_stage,
             context_pool_inplane=cls.context_pool_inplane, batch_size=cls.batch_size, gpu_memory_gb=gpu_gb,
+            dataset_voxels=dataset_voxels,
             network_kwargs={"use_attention": cls.use_attention, "use_context": cls.use_context,
                             "context_channels": cls.context_channels,
                             "checkpoint_stages": list(cls.checkpoint_stages),
@@ -214,18 +244,21 @@ class DualStreamTrainer_11GB(DualStreamTrainer):
     """DualStreamTrainer planned for an 11 GB GPU (e.g. RTX 2080 Ti), as nnU-Net's ResEnc M/L/XL presets."""
 
     gpu_memory_gb = 11.0
+    gpu_memory_from_env = False
 
 
 class DualStreamTrainer_40GB(DualStreamTrainer):
     """DualStreamTrainer planned for a 40 GB GPU (A100 40GB)."""
 
     gpu_memory_gb = 40.0
+    gpu_memory_from_env = False
 
 
 class DualStreamTrainer_80GB(DualStreamTrainer):
     """DualStreamTrainer planned for an 80 GB GPU (A100/H100 80GB)."""
 
     gpu_memory_gb = 80.0
+    gpu_memory_from_env = False
 
 
 class DualStreamNoRWATrainer(DualStreamTrainer):

@@ -21,9 +21,11 @@ Real neighbours (issue 12): in training mode the spatial stream runs only on the
 lies inside the patch, Z' = Z - 2 * z_margin with z_margin = n_slices // 2; the z_margin slices at each end of
 the output are copies of their nearest computed slice and the trainers leave them out of the loss. In eval
 mode (validation, sliding-window prediction) every slice is computed, the patch edges replicate-padded:
-inside a volume those slices sit at the edge of a tile, where nnU-Net's Gaussian weights them by < 0.5 % of
-the centre (patch of 32 slices), and the overlapping tile that holds them in its interior dominates; at the
-ends of the volume the padding replicates the volume's own end slices.
+inside a volume those slices sit at the edge of a tile, where nnU-Net's Gaussian weights them by at most
+0.51 % of the centre (patch of 32 slices; 4.4 % at the CPU presets' 16), and the overlapping tile that holds
+them in its interior dominates. The first and last z_margin slices of a volume are the exception: training
+never puts them in the loss (nnU-Net samples patches inside the volume), and prediction computes them from
+replicated neighbours.
 
 Deep supervision adds one spatial-stream output per coarser decoder stage, highest resolution first, with the
 shapes nnU-Net derives from `strides`: (B, K, Z, Y / prod(s_y), X / prod(s_x)).
@@ -166,13 +168,14 @@ class AttentionUNetDecoder(nn.Module):
         n = len(self.stages)
         for i in range(n):
             level = n - 1 - i  # resolution level of this stage's output (0 = full resolution)
-            x = _maybe_checkpoint(self._stage, level in self.checkpoint_levels, x, skips[-(i + 2)], i)
+            checkpointed = level in self.checkpoint_levels
+            x = _maybe_checkpoint(self._stage, checkpointed, x, skips[-(i + 2)], i, not checkpointed)
             features.append(x)
         return features[::-1]
 
-    def _stage(self, x: Tensor, skip: Tensor, i: int) -> Tensor:
-        if self.use_attention:
-            skip = _maybe_checkpoint(self.gates[i], self.checkpoint_gates, skip, x)
+    def _stage(self, x: Tensor, skip: Tensor, i: int, gate_checkpoint: bool) -> Tensor:
+        if self.use_attention:  # a gate inside a checkpointed stage is not checkpointed again
+            skip = _maybe_checkpoint(self.gates[i], self.checkpoint_gates and gate_checkpoint, skip, x)
         return self.stages[i](torch.cat((self.transpconvs[i](x), skip), dim=1))
 
 
@@ -281,6 +284,8 @@ class DualStreamAttentionNet(nn.Module):
             raise ValueError(f"n_slices must be odd and >= 1, got {n_slices}")
         if conv_op is not None and not issubclass(conv_op, nn.Conv3d):
             raise ValueError(f"DualStreamAttentionNet takes 3D patches (a 3d_fullres configuration), got {conv_op}")
+        if fusion_kernel_size < 1 or fusion_kernel_size % 2 == 0:
+            raise ValueError(f"fusion_kernel_size must be odd, got {fusion_kernel_size}")
         kernel_list = [kernel_sizes] * n if isinstance(kernel_sizes, int) else list(kernel_sizes)
         if len(kernel_list) != n:
             raise ValueError(f"kernel_sizes needs one entry per stage ({n}), got {kernel_sizes}")

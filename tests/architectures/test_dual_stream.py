@@ -225,6 +225,14 @@ def test_interior_slices_do_not_depend_on_where_the_tile_starts(starts):
         torch.testing.assert_close(outputs[a][:, :, z - a], outputs[b][:, :, z - b], rtol=1e-5, atol=1e-5)
     # an edge slice of a tile inside the volume is built from replicated slices and differs
     assert not torch.allclose(outputs[starts[1]][:, :, 0], whole[:, :, starts[1]], atol=1e-3)
+    # the same holds for the spatial stream inside the full network
+    full = build(window="fixed_paper").eval()
+    with torch.no_grad():
+        xw = full.window(volume)
+        whole_sf = full.spatial_features(xw)[0].view(40, -1)
+        for s in starts:
+            tile_sf = full.spatial_features(xw[:, :, s:s + tile])[0].view(tile, -1)
+            torch.testing.assert_close(tile_sf[m:tile - m], whole_sf[s + m:s + tile - m], rtol=1e-5, atol=1e-5)
 
 
 def test_context_stream_sees_the_whole_patch():

@@ -46,8 +46,8 @@ def test_dual_stream_plans_and_regions_are_saved_for_the_predictor(trained):
     assert arch["network_class_name"] == "nnunet_liver.architectures.dual_stream.DualStreamAttentionNet"
     assert all(s[0] == 1 for s in arch["arch_kwargs"]["strides"])
     assert arch["arch_kwargs"]["window"]["level_range"] == [12.0, 130.0]
-    median_z = cfg["median_image_size_in_voxels"][0]
-    assert cfg["patch_size"][0] == min(16, median_z)  # the CPU preset's 16 slices, capped at the median
+    assert cfg["patch_size"][0] == 16  # the CPU preset's 16 slices (nnU-Net pads shorter volumes)
+    assert arch["arch_kwargs"]["n_slices"] == 7
     assert len(arch["arch_kwargs"]["context_strides"]) == len(arch["arch_kwargs"]["context_features_per_stage"])
     ds = json.loads((out / "dataset.json").read_text(encoding="utf-8"))
     assert ds["labels"]["liver"] == [1, 2] and ds["regions_class_order"] == [1, 2]
@@ -176,8 +176,10 @@ def test_every_trainer_builds_a_network_matching_nnunet_targets(name, tiny_phant
     assert window.is_random == (name.split("_")[0] in rwa)
 
 
-def test_dual_stream_plans_fit_the_gpu_memory_target_at_a_lits_plan():
+def test_dual_stream_plans_fit_the_gpu_memory_target_at_a_lits_plan(monkeypatch):
     from nnunet_liver.planners.lits_like import lits_like_plans
+
+    monkeypatch.delenv("NNUNET_LIVER_GPU_MEMORY_GB", raising=False)
 
     plans, _ = lits_like_plans()
     small = trainers.DualStreamTrainer_11GB.rewrite_plans(plans, "3d_fullres")["configurations"]["3d_fullres"]
@@ -200,6 +202,30 @@ def test_gpu_memory_target_from_the_environment(monkeypatch):
     monkeypatch.setenv("NNUNET_LIVER_GPU_MEMORY_GB", "junk")
     with pytest.raises(ValueError, match="NNUNET_LIVER_GPU_MEMORY_GB"):
         trainers.DualStreamTrainer.rewrite_plans(plans, "3d_fullres")
+    # the named variants keep their target whatever the environment says
+    monkeypatch.setenv("NNUNET_LIVER_GPU_MEMORY_GB", "80")
+    cfg = trainers.DualStreamTrainer_11GB.rewrite_plans(plans, "3d_fullres")["configurations"]["3d_fullres"]
+    assert cfg["gpu_memory_plan"]["target_gib"] == 11
+    # nnU-Net's rule: one batch covers at most 5 % of the data set
+    few = trainers.DualStreamTrainer_11GB.rewrite_plans(plans, "3d_fullres", dataset_json={"numTraining": 3})
+    assert few["configurations"]["3d_fullres"]["batch_size"] == 2
+
+
+def test_dual_stream_refuses_a_model_folder_planned_differently(tmp_path):
+    from types import SimpleNamespace
+
+    from nnunet_liver.trainers.segmentation import DualStreamTrainer
+
+    cfg = {"patch_size": [32, 512, 512], "batch_size": 3, "architecture": {"arch_kwargs": {"n_slices": 7}}}
+    plans = {"configurations": {"3d_fullres": cfg}}
+    trainer = SimpleNamespace(output_folder_base=str(tmp_path), plans_manager=SimpleNamespace(plans=plans))
+    DualStreamTrainer._check_saved_plans(trainer, "3d_fullres")  # no saved plans yet
+    (tmp_path / "plans.json").write_text(json.dumps(plans), encoding="utf-8")
+    DualStreamTrainer._check_saved_plans(trainer, "3d_fullres")  # the same plans (another fold, --c)
+    other = {"configurations": {"3d_fullres": dict(cfg, patch_size=[32, 448, 448], batch_size=2)}}
+    (tmp_path / "plans.json").write_text(json.dumps(other), encoding="utf-8")
+    with pytest.raises(RuntimeError, match="NNUNET_LIVER_GPU_MEMORY_GB"):
+        DualStreamTrainer._check_saved_plans(trainer, "3d_fullres")
 
 
 class _Recorder(torch.nn.Module):
