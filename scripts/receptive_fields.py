@@ -81,7 +81,7 @@ def main(argv=None) -> int:
     streams = {
         "spatial stream": lambda x: net.fusion(net.spatial_features(net.window(hu(x)))[0]).unsqueeze(0)
         .transpose(1, 2),
-        "contextual stream": lambda x: net.context_features(net.window(hu(x))),
+        "contextual stream": lambda x: net.context_features(net.window(hu(x))).unsqueeze(0).transpose(1, 2),
         "whole network": lambda x: net(hu(x))[:, -1:],
     }
     if not net.use_context:

@@ -357,13 +357,25 @@ class DualStreamAttentionNet(nn.Module):
             skips.append(x)
         return self.decoder(skips)
 
-    def context_features(self, xw: Tensor, inplane: Sequence[int] | None = None) -> Tensor:
-        """Windowed input (B, C, Z, Y, X) -> the contextual term of the fusion conv, (B, F_0, Z, *inplane), by
-        default at the input's in-plane size."""
+    def context_features(self, xw: Tensor, inplane: Sequence[int] | None = None, margin: int = 0) -> Tensor:
+        """Windowed input (B, C, Z, Y, X) -> the contextual term of the fusion conv per slice,
+        (B * (Z - 2 margin), F_0, *inplane), slices batch-major as the spatial stream orders them; by default at
+        the input's in-plane size.
+
+        The pooled map is brought to the patch's z first (an identity when the stream pools in-plane only),
+        then the kept slices are upsampled in-plane one by one (bilinear): the same values as trilinear
+        upsampling of the whole map, without its slow 3D backward pass or a full-resolution transpose copy.
+        """
         context = self.context_fusion(self.context(xw))
-        size = (xw.shape[2], *(inplane if inplane is not None else xw.shape[3:]))
-        # float32: under fp16 autocast the half-precision trilinear backward took twice as long (H200)
-        return F.interpolate(context.float(), size=size, mode="trilinear", align_corners=False)
+        batch, z = xw.shape[0], xw.shape[2]
+        if context.shape[2] != z:
+            context = F.interpolate(context, size=(z, *context.shape[3:]), mode="trilinear", align_corners=False)
+        if margin:
+            context = context[:, :, margin:z - margin]
+        context = context.transpose(1, 2).reshape(-1, context.shape[1], *context.shape[3:])
+        size = tuple(inplane if inplane is not None else xw.shape[3:])
+        # float32: under fp16 autocast the half-precision upsampling backward took twice as long (H200)
+        return F.interpolate(context.float(), size=size, mode="bilinear", align_corners=False)
 
     def forward(self, x: Tensor) -> Tensor | list[Tensor]:
         """x: raw HU, (B, C, Z, Y, X). Returns logits (B, K, Z, Y, X), or with deep supervision a list, highest
@@ -375,11 +387,7 @@ class DualStreamAttentionNet(nn.Module):
         features = self.spatial_features(x, pad=not margin)
         fused = self.fusion(features[0])
         if self.use_context:
-            context = self.context_features(x, fused.shape[2:])
-            if margin:
-                context = context[:, :, margin:z - margin]
-            context = context.transpose(1, 2).reshape(fused.shape)
-            fused = fused + context.to(fused.dtype)
+            fused = fused + self.context_features(x, fused.shape[2:], margin).to(fused.dtype)
         logits = self._to_volume(self.head(self.fusion_nonlin(self.fusion_norm(fused))), batch, margin)
         if not self.decoder.deep_supervision:
             return logits

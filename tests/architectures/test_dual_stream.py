@@ -235,11 +235,24 @@ def test_interior_slices_do_not_depend_on_where_the_tile_starts(starts):
             torch.testing.assert_close(tile_sf[m:tile - m], whole_sf[s + m:s + tile - m], rtol=1e-5, atol=1e-5)
 
 
+def test_context_upsampling_equals_trilinear_upsampling_of_the_whole_map():
+    import torch.nn.functional as F
+
+    net = build(window="fixed_paper", context_pool=(2, 2, 2)).eval()  # pooled in z too: the general path
+    xw = net.window(hu(2, patch=(12, 32, 32)))
+    with torch.no_grad():
+        low = net.context_fusion(net.context(xw))
+        reference = F.interpolate(low, size=(12, 32, 32), mode="trilinear", align_corners=False)
+        reference = reference[:, :, 3:9].transpose(1, 2).reshape(12, low.shape[1], 32, 32)
+        torch.testing.assert_close(net.context_features(xw, margin=3), reference, rtol=1e-5, atol=1e-5)
+
+
 def test_context_stream_sees_the_whole_patch():
     net = build(window="fixed_paper").eval()
     x = hu(1, patch=(16, 32, 32)).requires_grad_(True)
     out = net.context_features(net.window(x))
-    out[:, :, 8, 16, 16].sum().backward()
+    assert out.shape == (16, 8, 32, 32)  # (B * Z, fusion channels, Y, X)
+    out[8, :, 16, 16].sum().backward()
     grad = x.grad.abs()[0, 0]
     assert grad[0].sum() > 0 and grad[-1].sum() > 0  # first and last slice of the patch
     assert grad[:, 0, 0].sum() > 0 and grad[:, -1, -1].sum() > 0  # the in-plane corners
