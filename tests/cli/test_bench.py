@@ -139,6 +139,8 @@ def test_bench_runs_the_segmentation_cost_part_alone(tmp_path):
                             "Ablation 2: + attention gates", "DualStream"]
     figures = {"params", "flops_per_voxel", "cpu_fp32_step_ms_per_mvoxel", "cpu_bf16_step_ms_per_mvoxel",
                "cpu_fp32_peak_mib_per_mvoxel", "cpu_bf16_peak_mib_per_mvoxel", "predict_s_per_case"}
+    if Path("/proc/self/statm").exists():  # Linux: the peak RSS beside malloc's live bytes
+        figures.add("cpu_fp32_rss_mib_per_mvoxel")
     for label, m in models.items():
         assert set(m["vs_3d_unet"]) == figures, label
         assert all(m[k] > 0 and m["vs_3d_unet"][k] > 0 for k in figures), (label, m)
