@@ -366,7 +366,10 @@ class DualStreamAttentionNet(nn.Module):
         then the kept slices are upsampled in-plane one by one (bilinear): the same values as trilinear
         upsampling of the whole map, without its slow 3D backward pass or a full-resolution transpose copy.
         """
-        context = self.context_fusion(self.context(xw))
+        # float32 whatever the autocast: the stream holds 2 % of the FLOPs, and oneDNN's bf16 Conv3d weight
+        # gradient returned NaN for it on this project's CPUs (stride-2 3D convs on small maps)
+        with torch.autocast(device_type=xw.device.type, enabled=False):
+            context = self.context_fusion(self.context(xw.float()))
         batch, z = xw.shape[0], xw.shape[2]
         if context.shape[2] != z:
             context = F.interpolate(context, size=(z, *context.shape[3:]), mode="trilinear", align_corners=False)
@@ -374,8 +377,7 @@ class DualStreamAttentionNet(nn.Module):
             context = context[:, :, margin:z - margin]
         context = context.transpose(1, 2).reshape(-1, context.shape[1], *context.shape[3:])
         size = tuple(inplane if inplane is not None else xw.shape[3:])
-        # float32: under fp16 autocast the half-precision upsampling backward took twice as long (H200)
-        return F.interpolate(context.float(), size=size, mode="bilinear", align_corners=False)
+        return F.interpolate(context, size=size, mode="bilinear", align_corners=False)
 
     def forward(self, x: Tensor) -> Tensor | list[Tensor]:
         """x: raw HU, (B, C, Z, Y, X). Returns logits (B, K, Z, Y, X), or with deep supervision a list, highest

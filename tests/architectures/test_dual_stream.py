@@ -247,6 +247,17 @@ def test_context_upsampling_equals_trilinear_upsampling_of_the_whole_map():
         torch.testing.assert_close(net.context_features(xw, margin=3), reference, rtol=1e-5, atol=1e-5)
 
 
+def test_context_stream_runs_in_float32_under_autocast():
+    # oneDNN's bf16 Conv3d weight gradient returned NaN for the contextual stream in CPU training (demo data)
+    net = build(deep_supervision=True).train()
+    x = hu(1, patch=(10, 32, 32))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert net.context_features(net.window(x), margin=3).dtype == torch.float32
+        out = net(x)
+    sum(o.float().sum() for o in out).backward()
+    assert all(torch.isfinite(p.grad).all() for p in net.context.parameters())
+
+
 def test_context_stream_sees_the_whole_patch():
     net = build(window="fixed_paper").eval()
     x = hu(1, patch=(16, 32, 32)).requires_grad_(True)
