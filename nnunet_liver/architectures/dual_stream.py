@@ -368,7 +368,7 @@ class DualStreamAttentionNet(nn.Module):
         """
         # float32 whatever the autocast: the stream holds 2 % of the FLOPs, and oneDNN's bf16 Conv3d weight
         # gradient returned NaN for it on this project's CPUs (stride-2 3D convs on small maps)
-        with torch.autocast(device_type=xw.device.type, enabled=False):
+        with torch.autocast(device_type="cuda" if xw.is_cuda else "cpu", enabled=False):  # also on "meta"
             context = self.context_fusion(self.context(xw.float()))
         batch, z = xw.shape[0], xw.shape[2]
         if context.shape[2] != z:
