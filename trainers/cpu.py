@@ -9,6 +9,8 @@ through environment variables read here, at the trainer's edge:
 - ``NNUNET_LIVER_CPU_SECONDS``: instead of a number of epochs, train until this many CPU seconds of the
   training process are spent (the learning-rate schedule runs over the CPU budget; training ends at the
   next epoch boundary), so models of different speed get equal compute;
+- ``NNUNET_LIVER_SKIP_VALIDATION=1``: no final validation of the fold after training (the demo and the
+  benchmarks evaluate test cases; ``nnUNetv2_train ... --val`` runs it later);
 - ``NNUNET_LIVER_SEED``: seeds torch, numpy and random in the training process (with
   ``nnUNet_n_proc_DA=0`` the augmentation runs in that process too, so runs repeat). Under DDP each rank
   adds its rank, so the ranks draw different batches (DDP broadcasts rank 0's initial weights anyway).
@@ -23,7 +25,12 @@ import torch
 import torch.distributed as dist
 
 from nnunet_liver.trainers import _plans
-from nnunet_liver.trainers._mixins import CPUBF16Mixin, NoInferenceMirroringMixin, ShortBudgetOptimizerMixin
+from nnunet_liver.trainers._mixins import (
+    CPUBF16Mixin,
+    NoInferenceMirroringMixin,
+    ShortBudgetAugmentationMixin,
+    ShortBudgetOptimizerMixin,
+)
 from nnunet_liver.trainers.segmentation import (
     DualStreamAblationBaseTrainer,
     DualStreamAblationRWAAttTrainer,
@@ -53,7 +60,7 @@ def cpu_budget_from_env(env=os.environ) -> dict:
     }
 
 
-class CPUBudgetMixin(ShortBudgetOptimizerMixin, CPUBF16Mixin, NoInferenceMirroringMixin):
+class CPUBudgetMixin(ShortBudgetOptimizerMixin, CPUBF16Mixin, ShortBudgetAugmentationMixin, NoInferenceMirroringMixin):
     """Few epochs and iterations (see module doc), AdamW with a one-cycle schedule made for such budgets,
     bf16 autocast where the CPU has native bf16, no test-time mirroring; put it first among the bases."""
 
@@ -72,6 +79,16 @@ class CPUBudgetMixin(ShortBudgetOptimizerMixin, CPUBF16Mixin, NoInferenceMirrori
         self.num_iterations_per_epoch = budget["num_iterations_per_epoch"]
         self.num_val_iterations_per_epoch = budget["num_val_iterations_per_epoch"]
         self.save_every = 1
+
+    def perform_actual_validation(self, save_probabilities: bool = False):
+        # nnU-Net predicts the fold's validation cases after training (about a minute per 3D model on a CPU);
+        # the demo and the benchmarks evaluate held-out test cases instead and set this to skip it.
+        # `nnUNetv2_train ... --val` runs it later from the saved checkpoint.
+        if os.environ.get("NNUNET_LIVER_SKIP_VALIDATION", "0") == "1":
+            self.print_to_log_file("final validation skipped (NNUNET_LIVER_SKIP_VALIDATION=1); "
+                                   "`nnUNetv2_train ... --val` runs it from the checkpoint")
+            return
+        super().perform_actual_validation(save_probabilities)
 
 
 class _CPUUNet(CPUBudgetMixin):

@@ -110,3 +110,59 @@ def test_cpu_seconds_budget_ends_training_with_a_final_checkpoint_and_curve(tiny
     assert cpu == sorted(cpu) and cpu[-1] >= 4 * 0.5  # stopped around the budget, not at the first epoch
     assert "CPU budget of 4 s spent" in proc.stdout
     assert (fold / "checkpoint_final.pth").is_file() and (fold / "validation" / "summary.json").is_file()
+
+
+class _FakeNNUNet:
+    """nnU-Net's configure_rotation_dummyDA_mirroring_and_inital_patch_size for an anisotropic 3D patch."""
+
+    def __init__(self, patch_size):
+        self.configuration_manager = type("CM", (), {"patch_size": patch_size})()
+        self.logged = []
+
+    def print_to_log_file(self, *args, **kwargs):
+        self.logged.append(" ".join(map(str, args)))
+
+    def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
+        import math
+
+        import numpy as np
+
+        self.inference_allowed_mirroring_axes = (0, 1, 2)
+        dummy_2d = max(self.configuration_manager.patch_size) / self.configuration_manager.patch_size[0] > 3
+        return (-math.pi, math.pi), dummy_2d, np.array([16, 136, 136]), (0, 1, 2)
+
+
+class _ShortDA(_mixins.ShortBudgetAugmentationMixin, _FakeNNUNet):
+    pass
+
+
+@pytest.mark.parametrize("patch", [(16, 96, 96), (32, 48, 48)])
+def test_short_budget_augmentation_neither_mirrors_nor_turns_far(monkeypatch, patch):
+    import math
+
+    monkeypatch.delenv("NNUNET_LIVER_DA", raising=False)
+    t = _ShortDA(patch)
+    rotation, dummy_2d, initial, mirror_axes = t.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+    assert mirror_axes is None and t.inference_allowed_mirroring_axes is None
+    assert rotation == pytest.approx((-math.radians(15), math.radians(15)))
+    assert dummy_2d == (patch == (16, 96, 96))
+    # the crop before the spatial transform covers the patch turned by 15 degrees and scaled, no more
+    assert list(initial) >= list(patch) and max(initial) < 1.6 * max(patch)
+    if dummy_2d:
+        assert initial[0] == patch[0]
+    assert any("no mirroring" in line for line in t.logged)
+
+
+def test_nnunet_augmentation_on_request_and_bad_values_refused(monkeypatch):
+    monkeypatch.setenv("NNUNET_LIVER_DA", "nnunet")
+    t = _ShortDA((16, 96, 96))
+    assert t.configure_rotation_dummyDA_mirroring_and_inital_patch_size()[3] == (0, 1, 2)
+    monkeypatch.setenv("NNUNET_LIVER_DA", "mirror")
+    with pytest.raises(ValueError, match="NNUNET_LIVER_DA"):
+        t.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+
+
+def test_cpu_trainers_use_the_short_budget_augmentation():
+    for name in ("DualStreamTrainer_CPU", "LiverUNetTrainer_CPU", "DualStreamAblationBaseTrainer_CPU"):
+        assert issubclass(getattr(trainers, name), _mixins.ShortBudgetAugmentationMixin)
+    assert not issubclass(trainers.DualStreamTrainer, _mixins.ShortBudgetAugmentationMixin)
