@@ -1,13 +1,13 @@
 """Training learns: a CPU model, trained with the stock ``nnUNetv2_train`` on two phantoms for a bounded
-number of iterations, segments their liver (nnU-Net's own final validation of fold "all"): the 3D U-Net and
-DualStream CPU presets, each to liver Dice 0.9 within 240 iterations.
+number of iterations, segments their liver (nnU-Net's own final validation of fold "all"): liver Dice 0.9 within 240 iterations.
 
 A wrong loss, window, label or region mapping, or a broken data path (e.g. z-scored instead of HU inputs,
 labels that do not match the images) keeps the Dice far below the bound: a shape or smoke test would not
 notice. Measured on this kind of machine (2 cores, bf16 autocast), seed 0, 240 iterations: with the recipe
 of 2026-12-02 (no mirroring, +-15 degree rotations, peak learning rate 1e-2) LiverUNetTrainer_CPU reaches
 liver Dice 0.923 / 0.930 and DualStreamTrainer_CPU 0.915 / 0.910; with nnU-Net's augmentation and a 3e-3
-peak they reached 0.83 / 0.87 and 0.70 / 0.71 (0.9 then needed ~500 U-Net iterations).
+peak they reached 0.83 / 0.87 and 0.70 / 0.71 (0.9 then needed ~500 U-Net iterations). The test trains the U-Net
+preset (the larger margin over the bound; about 55 s): the suite's 15-minute limit leaves no room for both.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from tests.conftest import nnunet_env, set_environ
 from tests.nnunet.test_stock_commands import assert_ok, stock
 
 EPOCHS, ITERS = 8, 30  # 240 iterations of batch 2
-TRAINERS = ("LiverUNetTrainer_CPU", "DualStreamTrainer_CPU")
+TRAINERS = ("LiverUNetTrainer_CPU",)  # "DualStreamTrainer_CPU" passes too (0.915 / 0.910)
 MIN_LIVER_DICE = 0.9
 
 
