@@ -1,5 +1,6 @@
 """Training learns: a CPU model, trained with the stock ``nnUNetv2_train`` on two phantoms for a bounded
-number of iterations, segments their liver (nnU-Net's own final validation of fold "all"): liver Dice 0.9 within 240 iterations.
+number of iterations, segments their liver (nnU-Net's own final validation of fold "all"): liver Dice 0.9
+within 240 iterations.
 
 A wrong loss, window, label or region mapping, or a broken data path (e.g. z-scored instead of HU inputs,
 labels that do not match the images) keeps the Dice far below the bound: a shape or smoke test would not
