@@ -39,6 +39,7 @@ import json
 import os
 import platform
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -876,26 +877,35 @@ def plot_curves(runs: dict, path: Path) -> dict:
     import matplotlib.pyplot as plt
 
     series = {}
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8), sharex=True)
-    for label, seeds in runs.items():
-        curves = [r.get("curve") or [] for r in seeds]
-        n = min((len(c) for c in curves), default=0)
-        if not n:
-            continue
-        cpu = [float(np.mean([c[i]["cpu_seconds"] for c in curves])) for i in range(n)]
-        dice = np.array([[c[i]["pseudo_dice"] for i in range(n)] for c in curves]).mean(axis=0)
-        series[label] = {"cpu_seconds": cpu, "liver": dice[:, 0].tolist(), "tumour": dice[:, 1].tolist()}
-        for ax, k in zip(axes, (0, 1)):
-            ax.plot(cpu, dice[:, k], label=label, lw=1.4)
-    for ax, title in zip(axes, ("liver (labels 1+2)", "tumour (label 2)")):
-        ax.set_title(f"validation pseudo Dice, {title}")
-        ax.set_xlabel("training CPU seconds")
-        ax.set_ylim(0, 1)
-        ax.grid(alpha=0.3)
-    axes[1].legend(fontsize=7, loc="upper left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    # nnU-Net's progress plot sets seaborn's global style (font scale 2.5) in this process: draw in matplotlib's
+    with plt.style.context("default"):
+        fig, axes = plt.subplots(1, 2, figsize=(13, 4.8), sharex=True)
+        for i, (label, seeds) in enumerate(runs.items()):
+            curves = [r.get("curve") or [] for r in seeds]
+            n = min((len(c) for c in curves), default=0)
+            if not n:
+                continue
+            cpu = [float(np.mean([c[i]["cpu_seconds"] for c in curves])) for i in range(n)]
+            dice = np.array([[c[i]["pseudo_dice"] for i in range(n)] for c in curves]).mean(axis=0)
+            series[label] = {"cpu_seconds": cpu, "liver": dice[:, 0].tolist(), "tumour": dice[:, 1].tolist()}
+            # the pseudo Dice of a few validation batches is noisy: raw epochs faint, a running mean solid
+            width = max(1, n // 15)
+            with warnings.catch_warnings():  # a window of NaN epochs only (no tumour in the batches) stays NaN
+                warnings.simplefilter("ignore", RuntimeWarning)
+                smooth = np.array([np.nanmean(dice[max(0, j - width + 1):j + 1], axis=0) for j in range(n)])
+            colour = f"C{i % 10}"
+            for ax, k in zip(axes, (0, 1)):
+                ax.plot(cpu, dice[:, k], color=colour, lw=0.6, alpha=0.3)
+                ax.plot(cpu, smooth[:, k], color=colour, lw=1.6, label=label)
+        for ax, title in zip(axes, ("liver (labels 1+2)", "tumour (label 2)")):
+            ax.set_title(f"validation pseudo Dice, {title}")
+            ax.set_xlabel("training CPU seconds")
+            ax.set_ylim(0, 1)
+            ax.grid(alpha=0.3)
+        axes[1].legend(fontsize=7, loc="upper left")
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
     return series
 
 
