@@ -880,7 +880,7 @@ def plot_curves(runs: dict, path: Path) -> dict:
     # nnU-Net's progress plot sets seaborn's global style (font scale 2.5) in this process: draw in matplotlib's
     with plt.style.context("default"):
         fig, axes = plt.subplots(1, 2, figsize=(13, 4.8), sharex=True)
-        for i, (label, seeds) in enumerate(runs.items()):
+        for index, (label, seeds) in enumerate(runs.items()):
             curves = [r.get("curve") or [] for r in seeds]
             n = min((len(c) for c in curves), default=0)
             if not n:
@@ -893,7 +893,7 @@ def plot_curves(runs: dict, path: Path) -> dict:
             with warnings.catch_warnings():  # a window of NaN epochs only (no tumour in the batches) stays NaN
                 warnings.simplefilter("ignore", RuntimeWarning)
                 smooth = np.array([np.nanmean(dice[max(0, j - width + 1):j + 1], axis=0) for j in range(n)])
-            colour = f"C{i % 10}"
+            colour = f"C{index % 10}"
             for ax, k in zip(axes, (0, 1)):
                 ax.plot(cpu, dice[:, k], color=colour, lw=0.6, alpha=0.3)
                 ax.plot(cpu, smooth[:, k], color=colour, lw=1.6, label=label)
