@@ -5,9 +5,10 @@ Parts (``--parts``, default all):
 - ``cost``: the real-size networks (3D U-Net, DualStream, each ablation step) built from the plans nnU-Net
   makes for LiTS (``nnunet_liver.planners.lits_like``), run after run: parameters, forward FLOPs per output
   voxel, one training step (forward, nnU-Net's Dice + BCE with deep supervision, backward, SGD step; batch 1)
-  in ms per million output voxels on the CPU in float32 and bf16 autocast (and on CUDA in fp16 AMP when
-  present), the step's peak memory growth per million output voxels, sliding-window prediction seconds for
-  one 200 x 512 x 512 case; every figure also as a ratio to the 3D U-Net (see :func:`bench_cost`).
+  in ms per million output voxels on the CPU in float32 and, where the CPU has native bf16, in bf16 autocast
+  (on CUDA in fp16 AMP when present), the step's peak memory growth per million output voxels, sliding-window
+  prediction seconds for one 200 x 512 x 512 case; every figure also as a ratio to the 3D U-Net (see
+  :func:`bench_cost`).
 - ``accuracy``: every model (Table 1, the ablation chain, the RWA twins and controls) trained with its CPU
   trainer on fold 0 under one equal budget (same epochs x iterations, or with ``--cpu-seconds`` the same
   process CPU seconds; same seeds), then LiTS metrics on the test phantoms (liver Dice/IoU/sensitivity/
@@ -194,26 +195,81 @@ def main(argv: list[str] | None = None) -> None:
     print(markdown(report))
 
 
-def code_fingerprint() -> str:
-    """SHA-256 of the trainers', networks' and window code: a saved run made by other code is not reused."""
+def _import_closure(module: str, package: str = "nnunet_liver") -> set[Path]:
+    """Source files of ``module`` and of every ``package`` module it imports, transitively (function-level
+    imports count; the files are parsed with ast, only parent packages get imported to locate them)."""
+    import ast
+    import importlib.util
+
+    seen: dict[str, Path] = {}
+    todo = [module]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        try:  # a name imported from a module is not a module itself
+            spec = importlib.util.find_spec(name)
+        except (ImportError, AttributeError, ValueError):
+            continue
+        if spec is None or not spec.origin or not spec.origin.endswith(".py"):
+            continue
+        seen[name] = Path(spec.origin)
+        for node in ast.walk(ast.parse(seen[name].read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                todo += [a.name for a in node.names if a.name.split(".")[0] == package]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0 \
+                    and node.module.split(".")[0] == package:
+                todo.append(node.module)
+                todo += [f"{node.module}.{a.name}" for a in node.names]  # submodules imported by name
+    return set(seen.values())
+
+
+def code_fingerprint(network_module: str | None = None) -> str:
+    """SHA-256 of the code a saved run depends on, so that a run made by other code is not reused: the trainers
+    and the window augmentation, plus the network code (``architectures/`` and ``blocks/``) in the import
+    closure of ``network_module`` (the plans' network class's module); without one, all of that network code.
+    A change to DualStream's blocks then redoes the DualStream runs and keeps the U-Net runs."""
     import hashlib
 
     import nnunet_liver
     import nnunet_liver.trainers
 
-    roots = [Path(nnunet_liver.trainers.__file__).parent, Path(nnunet_liver.__file__).parent / "architectures",
-             Path(nnunet_liver.__file__).parent / "blocks", Path(nnunet_liver.__file__).parent / "augment"]
+    package = Path(nnunet_liver.__file__).parent
+    files = {p for r in (Path(nnunet_liver.trainers.__file__).parent, package / "augment") for p in r.glob("*.py")}
+    network = {p for r in (package / "architectures", package / "blocks") for p in r.glob("*.py")}
+    if network_module is not None:
+        network &= _import_closure(network_module)
     h = hashlib.sha256()
-    for f in sorted(p for r in roots for p in r.glob("*.py")):
+    for f in sorted(files | network, key=lambda f: (f.name, str(f))):
         h.update(f.name.encode() + f.read_bytes())
     return h.hexdigest()[:16]
+
+
+def network_module(trainer: str, config: str) -> str | None:
+    """The module of the network class that ``trainer`` builds for ``config`` from the bench data set's plans
+    (None when the plans are not there)."""
+    plans_file = Path(os.environ.get("nnUNet_preprocessed", "")) / "Dataset990_LiverPhantom" / "nnUNetPlans.json"
+    if not plans_file.is_file():
+        return None
+    import nnunet_liver.trainers
+
+    plans = json.loads(plans_file.read_text(encoding="utf-8"))
+    rewrite = getattr(getattr(nnunet_liver.trainers, trainer), "rewrite_plans", None)
+    if rewrite is not None:
+        plans = rewrite(plans, config)
+    from nnunet_liver.trainers._plans import resolved_configuration
+
+    name = resolved_configuration(plans, config)["architecture"]["network_class_name"]
+    return name.rsplit(".", 1)[0]
 
 
 def cached_run(label: str, trainer: str, config: str, seed: int, args, out: Path, settings: dict) -> dict:
     """One model and seed: trained, predicted and evaluated once; a rerun with the same settings reads the
     saved result (runs/<trainer>__<config>__seed<k>.json), so a long benchmark resumes run by run."""
     path = out / "runs" / f"{trainer}__{config}__seed{seed}.json"
-    key = {**{k: v for k, v in settings.items() if k != "seeds"}, "code": code_fingerprint()}
+    # the machine is part of the key: CPU seconds on another CPU (or with/without native bf16) buy other runs
+    key = {**{k: v for k, v in settings.items() if k != "seeds"},
+           "code": code_fingerprint(network_module(trainer, config)), "cpu": cpu_identity()}
     if path.is_file():
         saved = json.loads(path.read_text(encoding="utf-8"))
         if saved.get("settings") == key:
@@ -228,10 +284,28 @@ def cached_run(label: str, trainer: str, config: str, seed: int, args, out: Path
     return run
 
 
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo), or the platform's processor string."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            line = next((line for line in f if line.startswith("model name")), "")
+    except OSError:
+        line = ""
+    return line.split(":", 1)[1].strip() if ":" in line else (platform.processor() or platform.machine())
+
+
+def cpu_identity() -> str:
+    """What a CPU-seconds budget buys depends on: the CPU model, its core count and native bf16 (the CPU
+    presets train under bf16 autocast only where it is native). Part of a saved run's key."""
+    from nnunet_liver.trainers._mixins import cpu_bf16_supported
+
+    return f"{cpu_model()}, {os.cpu_count()} cores, native bf16 {'yes' if cpu_bf16_supported() else 'no'}"
+
+
 def machine(device: str = "cpu") -> dict:
     import torch
 
-    info = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+    info = {"cpu": cpu_identity(), "cores": os.cpu_count(),
             "threads": torch.get_num_threads(), "torch": torch.__version__, "device": device}
     if device == "cuda":
         info["gpu"] = torch.cuda.get_device_name(0)
@@ -616,7 +690,11 @@ def bench_cost(*, inplane: int | None = 128, depth: int | None = None, steps: in
         bare = _bare_trainer(cls, pm, cm, lm)
         loss_fn, ds_scales = bare._build_loss(), bare._get_deep_supervision_scales()
         row["loss"] = type(loss_fn).__name__ + (f"({type(loss_fn.loss).__name__})" if hasattr(loss_fn, "loss") else "")
-        for precision in ("fp32", "bf16"):
+        # bf16 only where the CPU has it natively (AVX512-BF16 / AMX): elsewhere autocast emulates it, slower
+        # than float32 and far from what a trainer does there (the CPU presets train in float32 on such CPUs)
+        from nnunet_liver.trainers._mixins import cpu_bf16_supported
+
+        for precision in ("fp32", "bf16") if cpu_bf16_supported() else ("fp32",):
             m = measure_step(net, loss_fn, ds_scales, cpu_patch, z_margin, device="cpu", precision=precision,
                              steps=steps)
             row[f"cpu_{precision}"] = m

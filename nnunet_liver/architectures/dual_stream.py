@@ -152,7 +152,7 @@ class AttentionUNetDecoder(nn.Module):
             coarse, fine = features_per_stage[s], features_per_stage[s - 1]
             transpconvs.append(transpconv_op(coarse, fine, strides[s], strides[s], bias=conv_bias))
             if use_attention:
-                gates.append(AttentionGate(fine, coarse, conv_op, **(gate_kwargs or {})))
+                gates.append(AttentionGate(fine, coarse, conv_op, **{"stride": strides[s], **(gate_kwargs or {})}))
             stages.append(StackedConvBlocks(n_conv_per_stage[i], conv_op, 2 * fine, fine, kernel_sizes[s - 1], 1,
                                             conv_bias, **conv_kwargs))
         self.transpconvs = nn.ModuleList(transpconvs)

@@ -66,7 +66,7 @@ def test_attention_gate_shapes(conv_op, spatial, use_cbam, batch):
 def test_attention_gate_combines_cbam_and_alpha():
     gate = AttentionGate(8, 16, nn.Conv2d)
     x, g = torch.randn(2, 8, 6, 6), torch.randn(2, 16, 3, 3)
-    torch.testing.assert_close(gate(x, g), gate.cbam(x) * gate.attention(x, g))
+    torch.testing.assert_close(gate(x, g), gate.cbam(x) * gate.attention(x, g), rtol=1e-5, atol=1e-6)
     plain = AttentionGate(8, 16, nn.Conv2d, use_cbam=False)
     torch.testing.assert_close(plain(x, g), x * plain.attention(x, g))
     assert sum(p.numel() for p in plain.parameters()) < sum(p.numel() for p in gate.parameters())
@@ -106,3 +106,25 @@ def test_channel_attention_use_max_switch(conv_op, spatial):
     assert not torch.allclose(se.attention(x), cbam.attention(x))
     with pytest.raises(ValueError, match="reduction"):
         ChannelAttention(12, reduction=0)
+
+
+@pytest.mark.parametrize("conv_op,spatial", DIMS)
+def test_strided_gate_computes_alpha_at_the_gating_resolution(conv_op, spatial):
+    # Oktay et al.'s gate: Wx strided to g's grid, psi there, only the one-channel alpha interpolated up.
+    torch.manual_seed(0)
+    gate = AttentionGate(8, 16, conv_op, stride=2)
+    x = torch.randn(2, 8, *spatial)
+    g = torch.randn(2, 16, *[s // 2 for s in spatial])
+    coarse = torch.sigmoid(gate.psi(torch.relu(gate.theta_x(x) + gate.phi_g(g))))
+    assert coarse.shape[2:] == g.shape[2:]
+    mode = {4: "bilinear", 5: "trilinear"}[x.ndim]
+    expected = torch.nn.functional.interpolate(coarse, size=x.shape[2:], mode=mode, align_corners=False)
+    torch.testing.assert_close(gate.attention(x, g), expected)
+    # a size that the stride does not divide still gives x's shape
+    odd = torch.randn(1, 8, *[s + 1 for s in spatial])
+    assert gate(odd, g[:1]).shape == odd.shape
+
+
+def test_gate_stride_must_be_positive():
+    with pytest.raises(ValueError, match="stride"):
+        AttentionGate(8, 16, nn.Conv2d, stride=0)

@@ -1,0 +1,53 @@
+"""bench_segmentation's saved-run key: a run is redone when the code it depends on changes, and only then."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench_segmentation.py"
+WINDOWED = "nnunet_liver.architectures.windowed"
+DUAL_STREAM = "nnunet_liver.architectures.dual_stream"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_segmentation_fingerprint", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_network_code_enters_only_the_runs_of_the_networks_that_import_it(bench):
+    unet = {p.name for p in bench._import_closure(WINDOWED)}
+    dual = {p.name for p in bench._import_closure(DUAL_STREAM)}
+    assert {"windowed.py", "windowing.py"} <= unet and not {"attention.py", "dual_stream.py"} & unet
+    assert {"dual_stream.py", "attention.py", "context.py", "residual.py", "windowing.py"} <= dual
+    keys = {bench.code_fingerprint(WINDOWED), bench.code_fingerprint(DUAL_STREAM), bench.code_fingerprint()}
+    assert len(keys) == 3
+
+
+def test_a_change_to_dual_stream_blocks_keeps_the_unet_key(bench, monkeypatch):
+    before = bench.code_fingerprint(WINDOWED), bench.code_fingerprint(DUAL_STREAM)
+    real = Path.read_bytes
+    monkeypatch.setattr(Path, "read_bytes", lambda self: real(self) + b"# edited" if self.name == "attention.py"
+                        else real(self))
+    after = bench.code_fingerprint(WINDOWED), bench.code_fingerprint(DUAL_STREAM)
+    assert after[0] == before[0] and after[1] != before[1]
+
+
+def test_network_module_follows_the_trainers_plans(bench, tmp_path, monkeypatch):
+    from nnunet_liver.planners.lits_like import lits_like_plans
+
+    plans = lits_like_plans()[0]
+    folder = tmp_path / "Dataset990_LiverPhantom"
+    folder.mkdir()
+    (folder / "nnUNetPlans.json").write_text(json.dumps(plans), encoding="utf-8")
+    monkeypatch.setenv("nnUNet_preprocessed", str(tmp_path))
+    assert bench.network_module("LiverUNetTrainer_CPU", "3d_fullres") == WINDOWED
+    assert bench.network_module("LiverUNetTrainer_CPU", "2d") == WINDOWED
+    assert bench.network_module("DualStreamTrainer_CPU", "3d_fullres") == DUAL_STREAM
+    monkeypatch.setenv("nnUNet_preprocessed", str(tmp_path / "missing"))
+    assert bench.network_module("DualStreamTrainer_CPU", "3d_fullres") is None
