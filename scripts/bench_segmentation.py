@@ -125,6 +125,10 @@ def main(argv: list[str] | None = None) -> None:
                    "(instead of --epochs; --iters is then the epoch length)")
     p.add_argument("--models", help="comma-separated subset of the model labels' trainers (default: all)")
     p.add_argument("--quick", action="store_true", help="= --preset quick")
+    p.add_argument("--jobs", type=int, default=1, help="training runs at a time, each in its own process with "
+                   "one torch thread per job when > 1 (2 on 2 cores: twice the runs per hour; the thread count is "
+                   "part of a saved run's key, so runs of different --jobs are not mixed)")
+    p.add_argument("--run", help=argparse.SUPPRESS)  # internal: one TRAINER:CONFIG:SEED run (a --jobs child)
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="training and prediction device")
     g = p.add_argument_group("cost part (sizes of the CPU measurement; CUDA, when present, runs the planned patch)")
     g.add_argument("--cost-inplane", type=int, metavar="N",
@@ -146,6 +150,8 @@ def main(argv: list[str] | None = None) -> None:
     for key, value in {**PRESETS[args.preset], **COST_PRESETS[args.preset]}.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    if args.jobs < 1:
+        p.error(f"--jobs must be >= 1, got {args.jobs}")
     parts = set(args.parts.split(","))
     if parts - set(PARTS):
         p.error(f"--parts: unknown part(s) {', '.join(sorted(parts - set(PARTS)))}; choose from {', '.join(PARTS)}")
@@ -162,7 +168,12 @@ def main(argv: list[str] | None = None) -> None:
     activate(out / "work")
     # cost options stay out of the training runs' settings: saved runs are reused only when these match
     settings = {k: v for k, v in vars(args).items()
-                if k not in ("out", "quick", "parts", "models") and not k.startswith("cost_")}
+                if k not in ("out", "quick", "parts", "models", "jobs", "run") and not k.startswith("cost_")}
+    if args.run:  # a --jobs child: one run into runs/, nothing else
+        trainer, config, seed = args.run.split(":")
+        label = next(m[0] for m in MODELS if m[1] == trainer and m[2] == config)
+        cached_run(label, trainer, config, int(seed), args, out, settings)
+        return
     report = {"machine": machine(args.device), "settings": settings}
 
     def save() -> None:
@@ -177,6 +188,8 @@ def main(argv: list[str] | None = None) -> None:
     if parts & {"accuracy", "robustness", "speed"}:
         prepare_dataset(args)
         runs: dict[str, list[dict]] = {}
+        if args.jobs > 1:
+            run_in_parallel(models, args, out, argv)
         # seed-major, so that an interrupted run has every model for the first seeds
         for seed in args.seeds:
             for label, trainer, config in models:
@@ -263,13 +276,50 @@ def network_module(trainer: str, config: str) -> str | None:
     return name.rsplit(".", 1)[0]
 
 
+def run_in_parallel(models, args, out: Path, argv: list[str] | None) -> None:
+    """Every (seed, model) run not saved yet, ``args.jobs`` at a time, each in a child process of this script
+    (``--run``) with one torch/OpenMP thread, seed-major; a failed child stops the benchmark with its log.
+    The caller then reads the saved runs as a one-job benchmark would."""
+    import subprocess
+    import sys
+
+    base = [a for a in (sys.argv[1:] if argv is None else argv)]
+    todo = [(seed, m) for seed in args.seeds for m in models]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    running: list[tuple[subprocess.Popen, Path]] = []
+
+    def reap(block: bool) -> None:
+        for proc, log in list(running):
+            if block or proc.poll() is not None:
+                if proc.wait() != 0:
+                    for other, _ in running:
+                        other.kill()
+                    raise RuntimeError(f"benchmark run failed (exit code {proc.returncode}); log: {log}")
+                running.remove((proc, log))
+                break
+
+    for seed, (label, trainer, config) in todo:
+        while len(running) >= args.jobs:
+            time.sleep(5)
+            reap(block=False)
+        log = out / "logs" / f"{trainer}__{config}__seed{seed}.log"
+        cmd = [sys.executable, str(Path(__file__).resolve()), *base, "--run", f"{trainer}:{config}:{seed}"]
+        print(f"== {label}, seed {seed}: started (log {log.name})", flush=True)
+        with open(log, "a", encoding="utf-8") as f:
+            running.append((subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT), log))
+    while running:
+        reap(block=True)
+
+
 def cached_run(label: str, trainer: str, config: str, seed: int, args, out: Path, settings: dict) -> dict:
     """One model and seed: trained, predicted and evaluated once; a rerun with the same settings reads the
     saved result (runs/<trainer>__<config>__seed<k>.json), so a long benchmark resumes run by run."""
     path = out / "runs" / f"{trainer}__{config}__seed{seed}.json"
     # the machine is part of the key: CPU seconds on another CPU (or with/without native bf16) buy other runs
     key = {**{k: v for k, v in settings.items() if k != "seeds"},
-           "code": code_fingerprint(network_module(trainer, config)), "cpu": cpu_identity()}
+           "code": code_fingerprint(network_module(trainer, config)), "cpu": cpu_identity(),
+           "threads": 1 if args.jobs > 1 else _torch_threads()}  # --jobs children train on one thread
     if path.is_file():
         saved = json.loads(path.read_text(encoding="utf-8"))
         if saved.get("settings") == key:
@@ -300,6 +350,12 @@ def cpu_identity() -> str:
     from nnunet_liver.trainers._mixins import cpu_bf16_supported
 
     return f"{cpu_model()}, {os.cpu_count()} cores, native bf16 {'yes' if cpu_bf16_supported() else 'no'}"
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 def machine(device: str = "cpu") -> dict:

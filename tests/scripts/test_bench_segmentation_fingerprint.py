@@ -51,3 +51,9 @@ def test_network_module_follows_the_trainers_plans(bench, tmp_path, monkeypatch)
     assert bench.network_module("DualStreamTrainer_CPU", "3d_fullres") == DUAL_STREAM
     monkeypatch.setenv("nnUNet_preprocessed", str(tmp_path / "missing"))
     assert bench.network_module("DualStreamTrainer_CPU", "3d_fullres") is None
+
+
+def test_jobs_must_be_positive(bench, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        bench.main(["--out", str(tmp_path / "b"), "--parts", "accuracy", "--jobs", "0"])
+    assert "--jobs must be >= 1" in capsys.readouterr().err
