@@ -28,6 +28,7 @@ GPU measurement and nnU-Net's own design target; see their comments, and re-cali
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
@@ -170,6 +171,22 @@ class SavedTensorProfile:
                                   {k: round(v * f) for k, v in self.bytes_by_dtype.items()}, self.n_tensors)
 
 
+def _fake_mode():
+    """torch's FakeTensorMode: every operation yields a tensor of the right shape, dtype and storage sharing
+    without computing it, so counting saved tensors costs no arithmetic (bf16 autocast on a CPU without
+    native bf16 took 42 s for one 16 x 32^2 U-Net forward; fake: 0.3 s and the same bytes within 0.02 %:
+    only the norms' per-channel statistics come out bf16 instead of float32)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    return FakeTensorMode(allow_non_fake_inputs=True)
+
+
+def _storage_key(t: torch.Tensor) -> int:
+    """Identity of a tensor's storage: the StorageImpl's address, which also tells apart the storages of
+    fake tensors (whose data pointers are all 0)."""
+    return int(t.untyped_storage()._cdata)
+
+
 def _is_parameter_copy(t: torch.Tensor, param_ids: set[int]) -> bool:
     """A cast of a parameter made by autocast (ToCopyBackward0 whose input is a parameter's AccumulateGrad)."""
     fn = t.grad_fn
@@ -207,12 +224,14 @@ def _autocast_dtype(device: torch.device, dtype: torch.dtype) -> torch.dtype | N
 
 def measure_saved_tensors(net: nn.Module, patch_size: Sequence[int], batch_size: int = 1,
                           input_channels: int = 1, dtype: torch.dtype = torch.float16, *,
-                          loss_fn: Callable | None = None, device: str | torch.device = "cpu"
-                          ) -> SavedTensorProfile:
+                          loss_fn: Callable | None = None, device: str | torch.device = "cpu",
+                          fake: bool = True) -> SavedTensorProfile:
     """Run one training forward (``net.train()``, autocast, ``loss_fn`` over the outputs) at exactly
     ``patch_size`` x ``batch_size`` and count the tensors autograd saves for backward.
 
-    Each storage is counted once (``untyped_storage().data_ptr()``): an in-place LeakyReLU and the
+    With ``fake`` (default) nothing is computed: the pass runs under torch's FakeTensorMode, which gives
+    every tensor its real shape, dtype and storage; ``fake=False`` computes it (the tests check both agree).
+    Each storage is counted once (its StorageImpl): an in-place LeakyReLU and the
     convolution that follows save the same tensor. Saved tensors stay alive until backward, so a pointer
     cannot be reused during the pass. Tensors a custom ``autograd.Function`` keeps as plain ``ctx``
     attributes (instead of ``ctx.save_for_backward``) are not seen. Activation checkpointing
@@ -223,7 +242,7 @@ def measure_saved_tensors(net: nn.Module, patch_size: Sequence[int], batch_size:
     device = torch.device(device)
     loss_fn = nnunet_like_loss if loss_fn is None else loss_fn
     params = list(net.parameters())
-    param_ptrs = {p.untyped_storage().data_ptr() for p in params}
+    param_ptrs = {_storage_key(p) for p in params}
     param_ids = {id(p) for p in params}
     seen: dict[int, tuple[int, int, str]] = {}  # storage pointer: bytes, elements, dtype
     copies: dict[int, int] = {}
@@ -234,7 +253,7 @@ def measure_saved_tensors(net: nn.Module, patch_size: Sequence[int], batch_size:
             storage = t.untyped_storage()
         except (RuntimeError, NotImplementedError):  # no storage (e.g. a nested or sparse tensor)
             return t
-        ptr, nbytes = storage.data_ptr(), storage.nbytes()
+        ptr, nbytes = _storage_key(t), storage.nbytes()
         if ptr in param_ptrs:
             param_bytes[ptr] = nbytes
         elif _is_parameter_copy(t, param_ids):
@@ -243,14 +262,15 @@ def measure_saved_tensors(net: nn.Module, patch_size: Sequence[int], batch_size:
             seen[ptr] = (nbytes, nbytes // t.element_size(), str(t.dtype).replace("torch.", ""))
         return t
 
-    x = torch.randn(int(batch_size), int(input_channels), *(int(p) for p in patch_size), device=device)
     cast = _autocast_dtype(device, dtype)
     was_training = net.training
     buffers = {name: b.detach().clone() for name, b in net.named_buffers()}  # e.g. batch-norm statistics
     net.train()
     try:
-        with torch.autocast(device.type, dtype=cast or torch.bfloat16, enabled=cast is not None), \
+        with _fake_mode() if fake else contextlib.nullcontext(), \
+                torch.autocast(device.type, dtype=cast or torch.bfloat16, enabled=cast is not None), \
                 torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            x = torch.randn(int(batch_size), int(input_channels), *(int(p) for p in patch_size), device=device)
             loss = loss_fn(net(x))
         del loss
     finally:

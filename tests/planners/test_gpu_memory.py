@@ -41,12 +41,18 @@ def test_hand_count_conv_norm_relu():
     #   instance norm: its input, the conv output (4 ch x 64 x 2 B = 512), and 3 per-channel float32 vectors
     #         (the affine weight repeated over the batch, mean, inverse std: 3 x 4 x 4 B = 48)
     #   in-place LeakyReLU: its result (4 x 64 x 2 B = 512)
-    prof = gm.measure_saved_tensors(conv_norm_relu(), (4, 4, 4), loss_fn=_sum_loss)
+    prof = gm.measure_saved_tensors(conv_norm_relu(), (4, 4, 4), loss_fn=_sum_loss, fake=False)
     assert prof.bytes_by_dtype == {"bfloat16": 128 + 512 + 512, "float32": 48}
     assert prof.activation_bytes == 1200
     assert prof.largest_activation_elements == 4 * 64
     assert prof.weight_copy_bytes == 216
     assert prof.parameter_bytes == 0
+    # the default, fake pass: the same tensors, but torch's shape functions give the norm's mean and inverse
+    # std the input's dtype (bf16) where the CPU kernel returns float32: 2 x 4 x 2 B instead of 2 x 4 x 4 B
+    fake = gm.measure_saved_tensors(conv_norm_relu(), (4, 4, 4), loss_fn=_sum_loss)
+    assert fake.bytes_by_dtype == {"bfloat16": 128 + 512 + 512 + 16, "float32": 16}
+    assert (fake.n_tensors, fake.weight_copy_bytes, fake.largest_activation_elements) == \
+        (prof.n_tensors, prof.weight_copy_bytes, prof.largest_activation_elements)
 
 
 def test_float32_counts_parameters_apart():
@@ -63,6 +69,20 @@ def test_storage_shared_by_inplace_relu_and_next_conv_counted_once():
     two = gm.measure_saved_tensors(nn.Sequential(*net, nn.Conv3d(4, 2, 3, padding=1)), (4, 4, 4), loss_fn=_sum_loss)
     assert two.activation_bytes == one.activation_bytes  # the next conv saves the ReLU's (already bf16) output
     assert two.weight_copy_bytes == one.weight_copy_bytes + 2 * 4 * 27 * 2
+
+
+def test_fake_count_equals_the_computed_one_for_a_unet():
+    # the default pass runs under FakeTensorMode (no arithmetic); it must see what a computed pass saves, but
+    # for the norms' per-channel statistics (bf16 instead of float32: 0.5 % of the bytes at this tiny 8^3
+    # patch, where those vectors weigh 1.5 %; nothing at a real patch)
+    net = tiny_unet()
+    fake = gm.measure_saved_tensors(net, (8, 8, 8), 2)
+    computed = gm.measure_saved_tensors(net, (8, 8, 8), 2, fake=False)
+    assert fake.n_tensors == computed.n_tensors
+    assert fake.weight_copy_bytes == computed.weight_copy_bytes
+    assert fake.largest_activation_elements == computed.largest_activation_elements
+    assert fake.activation_bytes == pytest.approx(computed.activation_bytes, rel=0.01)
+    assert fake.activation_bytes <= computed.activation_bytes
 
 
 def test_measure_restores_mode_and_buffers():
