@@ -283,8 +283,9 @@ def run_in_parallel(models, args, out: Path, argv: list[str] | None) -> None:
     import subprocess
     import sys
 
-    base = [a for a in (sys.argv[1:] if argv is None else argv)]
+    base = list(sys.argv[1:] if argv is None else argv)
     todo = [(seed, m) for seed in args.seeds for m in models]
+    _write_default_splits()  # else concurrent trainers would each write splits_final.json
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     (out / "logs").mkdir(parents=True, exist_ok=True)
     running: list[tuple[subprocess.Popen, Path]] = []
@@ -310,6 +311,23 @@ def run_in_parallel(models, args, out: Path, argv: list[str] | None) -> None:
             running.append((subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT), log))
     while running:
         reap(block=True)
+
+
+def _write_default_splits() -> None:
+    """nnU-Net's default 5-fold split of the bench data set (``nnUNetTrainer.do_split``: seed 12345), written
+    once, atomically, if the preprocessed folder has none."""
+    from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
+    from nnunetv2.utilities.crossval_split import generate_crossval_split
+
+    base = Path(os.environ["nnUNet_preprocessed"]) / "Dataset990_LiverPhantom"
+    splits = base / "splits_final.json"
+    if splits.is_file():
+        return
+    folder = str(base / "nnUNetPlans_3d_fullres")
+    keys = sorted(infer_dataset_class(folder).get_identifiers(folder))
+    tmp = splits.with_suffix(".tmp")
+    tmp.write_text(json.dumps(generate_crossval_split(keys, seed=12345, n_splits=5), indent=4), encoding="utf-8")
+    tmp.replace(splits)
 
 
 def cached_run(label: str, trainer: str, config: str, seed: int, args, out: Path, settings: dict) -> dict:
