@@ -175,6 +175,8 @@ def main(argv: list[str] | None = None) -> None:
         cached_run(label, trainer, config, int(seed), args, out, settings)
         return
     report = {"machine": machine(args.device), "settings": settings}
+    if args.jobs > 1 and "cost" not in parts:  # the training runs' threads (their children's)
+        report["machine"].update(threads=1, jobs=args.jobs)
 
     def save() -> None:
         (out / "results.json").write_text(json.dumps(report, indent=2, default=float), encoding="utf-8")
