@@ -12,6 +12,17 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+def load_script(name: str, module_name: str | None = None):
+    """``scripts/<name>.py`` imported as a module (the scripts are not a package); ``module_name`` keeps
+    two loads of one script apart."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(module_name or name, REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.fixture(scope="session")
 def real_dir() -> Path:
     """The real CTs the repository carries (nnunet_liver/data/real), not ../shared: a clone has only itself."""

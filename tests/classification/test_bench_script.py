@@ -1,23 +1,20 @@
 """scripts/bench_classification.py runs end to end on a tiny setting (two models, half-second budgets)."""
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
+from tests.conftest import load_script
+
 pytestmark = pytest.mark.slow
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench_classification.py"
 
 
 def test_bench_script_tiny(tmp_path, monkeypatch):
     for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_extTrainer"):
         monkeypatch.setenv(name, str(tmp_path / "unused"))  # the script sets them; restored after the test
     monkeypatch.setenv("nnUNet_def_n_proc", "1")
-    spec = importlib.util.spec_from_file_location("bench_classification", SCRIPT)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script("bench_classification")
     out = tmp_path / "out"
     assert bench.main(["--out", str(out), "--num-cases", "8", "--size", "48", "--folds", "2", "--budget-s", "0.3",
                        "--models", "hybrid3d", "hybrid3d_noatt"]) == 0

@@ -1,24 +1,20 @@
 """scripts/bench_predict.py runs end to end with given models (one repeat, a phantom as the case)."""
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
+from tests.conftest import load_script
 from tests.inference.helpers import lesion_region
 
 pytestmark = pytest.mark.slow
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench_predict.py"
 
 
 def test_bench_predict_with_given_models(predict_models, tmp_path, monkeypatch):
     for k, v in predict_models["env"].items():
         monkeypatch.setenv(k, v)
-    spec = importlib.util.spec_from_file_location("bench_predict", SCRIPT)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script("bench_predict")
     out = tmp_path / "out"
     case, reference = tmp_path / "case_0000.nii.gz", tmp_path / "case.nii.gz"
     lesion_region(predict_models["raw"] / "imagesTs" / "liver_005_0000.nii.gz",

@@ -1,7 +1,6 @@
 """Pieces of the cost part of scripts/bench_segmentation.py (tests/cli/test_bench.py runs it end to end)."""
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -9,15 +8,12 @@ import torch
 from dynamic_network_architectures.architectures.unet import PlainConvUNet
 from torch import nn
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench_segmentation.py"
+from tests.conftest import load_script
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_segmentation", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("bench_segmentation")
 
 
 def tiny_unet(deep_supervision=True):

@@ -2,20 +2,15 @@
 plotting style nnU-Net's progress plot leaves behind."""
 from __future__ import annotations
 
-import importlib.util
 import math
-from pathlib import Path
 
 import matplotlib
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench_segmentation.py"
+from tests.conftest import load_script
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("bench_segmentation_curves", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("bench_segmentation", "bench_segmentation_curves")
 
 
 def _curve(n, tumour):

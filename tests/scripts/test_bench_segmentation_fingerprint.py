@@ -1,23 +1,20 @@
 """bench_segmentation's saved-run key: a run is redone when the code it depends on changes, and only then."""
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench_segmentation.py"
+from tests.conftest import load_script
+
 WINDOWED = "nnunet_liver.architectures.windowed"
 DUAL_STREAM = "nnunet_liver.architectures.dual_stream"
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_segmentation_fingerprint", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("bench_segmentation", "bench_segmentation_fingerprint")
 
 
 def test_network_code_enters_only_the_runs_of_the_networks_that_import_it(bench):
