@@ -181,10 +181,10 @@ def _fake_mode():
     return FakeTensorMode(allow_non_fake_inputs=True)
 
 
-def _storage_key(t: torch.Tensor) -> int:
-    """Identity of a tensor's storage: the StorageImpl's address, which also tells apart the storages of
-    fake tensors (whose data pointers are all 0)."""
-    return int(t.untyped_storage()._cdata)
+def _storage_key(storage: torch.UntypedStorage) -> int:
+    """Identity of a storage: its StorageImpl's address, which also tells apart the storages of fake tensors
+    (whose data pointers are all 0)."""
+    return int(storage._cdata)
 
 
 def _is_parameter_copy(t: torch.Tensor, param_ids: set[int]) -> bool:
@@ -242,7 +242,7 @@ def measure_saved_tensors(net: nn.Module, patch_size: Sequence[int], batch_size:
     device = torch.device(device)
     loss_fn = nnunet_like_loss if loss_fn is None else loss_fn
     params = list(net.parameters())
-    param_ptrs = {_storage_key(p) for p in params}
+    param_ptrs = {_storage_key(p.untyped_storage()) for p in params}
     param_ids = {id(p) for p in params}
     seen: dict[int, tuple[int, int, str]] = {}  # storage pointer: bytes, elements, dtype
     copies: dict[int, int] = {}
@@ -253,7 +253,7 @@ def measure_saved_tensors(net: nn.Module, patch_size: Sequence[int], batch_size:
             storage = t.untyped_storage()
         except (RuntimeError, NotImplementedError):  # no storage (e.g. a nested or sparse tensor)
             return t
-        ptr, nbytes = _storage_key(t), storage.nbytes()
+        ptr, nbytes = _storage_key(storage), storage.nbytes()
         if ptr in param_ptrs:
             param_bytes[ptr] = nbytes
         elif _is_parameter_copy(t, param_ids):

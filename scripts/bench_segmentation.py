@@ -354,22 +354,13 @@ def cached_run(label: str, trainer: str, config: str, seed: int, args, out: Path
     return run
 
 
-def cpu_model() -> str:
-    """The CPU's model name (/proc/cpuinfo), or the platform's processor string."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            line = next((line for line in f if line.startswith("model name")), "")
-    except OSError:
-        line = ""
-    return line.split(":", 1)[1].strip() if ":" in line else (platform.processor() or platform.machine())
-
-
 def cpu_identity() -> str:
     """What a CPU-seconds budget buys depends on: the CPU model, its core count and native bf16 (the CPU
     presets train under bf16 autocast only where it is native). Part of a saved run's key."""
+    from nnunet_liver.cli.bench import cpu_name
     from nnunet_liver.trainers._mixins import cpu_bf16_supported
 
-    return f"{cpu_model()}, {os.cpu_count()} cores, native bf16 {'yes' if cpu_bf16_supported() else 'no'}"
+    return f"{cpu_name()}, {os.cpu_count()} cores, native bf16 {'yes' if cpu_bf16_supported() else 'no'}"
 
 
 def _torch_threads() -> int:

@@ -186,7 +186,7 @@ def run(args: argparse.Namespace) -> int:
 def machine(device: str) -> dict:
     import torch
 
-    info = {"cpu": _cpu_name(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+    info = {"cpu": cpu_name(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
             "device": device}
     if device == "cuda" and torch.cuda.is_available():
@@ -195,7 +195,8 @@ def machine(device: str) -> dict:
     return info
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
+    """The CPU's model name (/proc/cpuinfo), or the platform's processor string."""
     try:
         for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
             if line.startswith("model name"):
