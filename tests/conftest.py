@@ -23,25 +23,6 @@ def load_script(name: str, module_name: str | None = None):
     return module
 
 
-# Folders whose files share a session fixture that trains a model (tests/inference: predict_models;
-# tests/evaluation/report: results_source): their files run on one pytest-xdist worker, so it trains once.
-_SHARED_FIXTURE_FOLDERS = ("inference", "report")
-
-
-def pytest_collection_modifyitems(config, items):
-    """Group tests for ``pytest -n N --dist loadgroup`` (scripts/test.sh): one group per file, so that a
-    module fixture runs once, and one per folder in ``_SHARED_FIXTURE_FOLDERS``. Without xdist the marks
-    are inert."""
-    for item in items:
-        path = Path(str(item.fspath)).resolve()
-        try:
-            path = path.relative_to(REPO)
-        except ValueError:  # a test file outside the repository (pytester)
-            continue
-        group = path.parent if path.parent.name in _SHARED_FIXTURE_FOLDERS else path
-        item.add_marker(pytest.mark.xdist_group(str(group)))
-
-
 @pytest.fixture(scope="session")
 def real_dir() -> Path:
     """The real CTs the repository carries (nnunet_liver/data/real), not ../shared: a clone has only itself."""

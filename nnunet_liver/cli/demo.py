@@ -193,10 +193,14 @@ class _Demo:
         from nnunet_liver.data.io import staged_dir
 
         final = self.out / "predictions" / m.key
+        # on the CPU, -npp 0 -nps 0: nnU-Net predicts in its own process; its worker processes start by
+        # spawn and each imports nnU-Net again (about 10 s per worker on a 2-core machine), which cost more
+        # than the demo's small cases take to predict
+        workers = "0" if self.device == "cpu" else "1"
         with staged_dir(final, overwrite=True) as tmp:
             self.pipe.run(["nnUNetv2_predict", "-i", str(self.raw / "imagesTs"), "-o", str(tmp),
                            "-d", str(DATASET_ID), "-c", m.configuration, "-f", "0", "-tr", m.trainer,
-                           "-device", self.device, "-npp", "1", "-nps", "1", "--disable_progress_bar"],
+                           "-device", self.device, "-npp", workers, "-nps", workers, "--disable_progress_bar"],
                           f"predict_{m.key}")
 
     @staticmethod

@@ -59,14 +59,16 @@ def test_dual_stream_plans_and_regions_are_saved_for_the_predictor(trained):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("start_method", ["fork", "spawn"])
-def test_predict_and_evaluate_dual_stream(trained, tmp_path, start_method):
+@pytest.mark.parametrize("start_method, workers", [("fork", "0"), ("spawn", "1")])
+def test_predict_and_evaluate_dual_stream(trained, tmp_path, start_method, workers):
+    """Stock nnUNetv2_predict in its own process (-npp 0 -nps 0, as the demo runs it on the CPU) and with
+    its worker processes, which nnU-Net always starts by spawn."""
     env, _ = trained
     raw = Path(env["nnUNet_raw"]) / "Dataset990_LiverPhantom"
     pred = tmp_path / "pred"
     proc = stock(["nnUNetv2_predict", "-i", str(raw / "imagesTs"), "-o", str(pred), "-d", "990", "-c",
-                  "3d_fullres", "-f", "0", "-tr", "DualStreamTrainer_CPU", "-device", "cpu", "-npp", "1",
-                  "-nps", "1"], env, start_method, tmp_path)
+                  "3d_fullres", "-f", "0", "-tr", "DualStreamTrainer_CPU", "-device", "cpu", "-npp", workers,
+                  "-nps", workers], env, start_method, tmp_path)
     assert_ok(proc)
     for img_path in sorted((raw / "imagesTs").glob("*_0000.nii.gz")):
         img = sitk.ReadImage(str(img_path))
@@ -319,8 +321,8 @@ def test_real_ct_convert_predict_submit_keeps_geometry(trained, real_dir, tmp_pa
     assert main(["convert", "lits", str(src), "-o", str(raw), "-np", "1", "--no-progress"]) == 0
     pred = tmp_path / "pred"
     proc = stock(["nnUNetv2_predict", "-i", str(raw / "Dataset501_LiTS" / "imagesTs"), "-o", str(pred), "-d", "990",
-                  "-c", "3d_fullres", "-f", "0", "-tr", "DualStreamTrainer_CPU", "-device", "cpu", "-npp", "1",
-                  "-nps", "1"], env, "fork", tmp_path)
+                  "-c", "3d_fullres", "-f", "0", "-tr", "DualStreamTrainer_CPU", "-device", "cpu", "-npp", "0",
+                  "-nps", "0"], env, "fork", tmp_path)
     assert_ok(proc)
     out = tmp_path / "submission.zip"
     assert main(["submit", str(pred), "--test-images", str(src), "-o", str(out), "--mapping",
