@@ -1,0 +1,59 @@
+"""scripts/false_liver_tissues.py: false liver voxels by phantom tissue, below / on / above the liver."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from tests.conftest import load_script
+
+script = load_script("false_liver_tissues")
+
+
+def test_counts_by_region_and_tissue():
+    label = np.zeros((5, 2, 2), np.uint8)
+    label[1:4, 0, 0] = 1
+    label[2, 0, 0] = 2
+    tissues = np.zeros((5, 2, 2), np.uint8)
+    tissues[:, 1, :] = 2  # tissue "b" on row 1
+    pred = np.zeros_like(label)
+    pred[0, 1, 1] = 1  # below, tissue b
+    pred[2, 1, 0] = 2  # on the liver's slices, tissue b (a false tumour is false liver too)
+    pred[4, 0, 1] = 1  # above, tissue a
+    pred[4, 1, 1] = 1  # above, tissue b
+    pred[1:4, 0, 0] = 1  # true liver: not counted
+    counts = script.tissue_counts(label, tissues, pred, ["a", "x", "b"])
+    assert counts == {"below the liver": {"b": 1}, "liver slices": {"b": 1}, "above the liver": {"a": 1, "b": 1}}
+    with pytest.raises(ValueError, match="no liver"):
+        script.tissue_counts(np.zeros_like(label), tissues, pred, ["a", "x", "b"])
+
+
+def test_demo_folder_and_a_settings_mismatch(tmp_path, capsys):
+    from nnunet_liver.data.synth_dataset import SynthSettings, write_phantom_dataset
+
+    out = tmp_path / "demo"
+    raw = write_phantom_dataset(out / "nnunet" / "nnUNet_raw", SynthSettings(num_train=1, num_test=1, size=48, seed=2),
+                                progress=False)
+    (ref_path,) = sorted((raw / "labelsTs").glob("*.nii.gz"))
+    ref = sitk.ReadImage(str(ref_path))
+    arr = sitk.GetArrayFromImage(ref)
+    pred = np.ones_like(arr)  # liver everywhere: every background voxel is false liver
+    img = sitk.GetImageFromArray(pred)
+    img.CopyInformation(ref)
+    (out / "predictions" / "M").mkdir(parents=True)
+    sitk.WriteImage(img, str(out / "predictions" / "M" / ref_path.name))
+
+    assert script.main([str(out), "--size", "48", "--seed", "2", "--fov", "abdomen",
+                        "--json", str(tmp_path / "c.json")]) == 0
+    counts = json.loads((tmp_path / "c.json").read_text())["M"]
+    assert sum(sum(c.values()) for c in counts.values()) == int((arr == 0).sum())
+    assert "lung" in counts["above the liver"]  # the phantom's chest is above its liver
+    assert "lung" not in counts["below the liver"]
+
+    assert script.main([str(out), "--size", "48", "--seed", "3", "--fov", "abdomen"]) == 2
+    assert ref_path.name in capsys.readouterr().err
+    shutil.rmtree(out / "predictions")
+    assert script.main([str(out)]) == 2
