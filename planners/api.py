@@ -48,9 +48,9 @@ class _ThreadPoolContext:
 
 
 @contextlib.contextmanager
-def in_process_pools(enabled: bool = True) -> Iterator[None]:
-    """With ``enabled``, nnU-Net's integrity check, fingerprinting and preprocessing run their pool in this
-    process (threads) instead of spawned processes.
+def in_process_pools(enabled: bool = True, modules: Sequence[str] = _SPAWNING_MODULES) -> Iterator[None]:
+    """With ``enabled``, the pools that the nnU-Net ``modules`` start (by default its integrity check,
+    fingerprinting and preprocessing) are threads of this process instead of spawned processes.
 
     Each spawned worker imports nnU-Net and torch again, about 10 s on a 2-core machine, while one worker
     buys no parallelism: for ``num_processes=1`` that start-up was most of the time of planning a small
@@ -62,7 +62,7 @@ def in_process_pools(enabled: bool = True) -> Iterator[None]:
         return
     import importlib
 
-    modules = [importlib.import_module(m) for m in _SPAWNING_MODULES]
+    modules = [importlib.import_module(m) for m in modules]
     saved = [m.multiprocessing for m in modules]
     stand_in = _ThreadPoolContext()
     for m in modules:

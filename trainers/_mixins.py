@@ -20,6 +20,21 @@ class NoInferenceMirroringMixin:
         return result
 
 
+class InProcessValidationPoolsMixin:
+    """With ``nnUNet_def_n_proc=1``, the final validation's export and metric pools run as threads of the
+    training process: nnU-Net starts them by spawn, and each spawned worker imports nnU-Net and torch again
+    (about 10 s each on a 2-core machine) to buy no parallelism. Same files, same summary.json."""
+
+    def perform_actual_validation(self, save_probabilities: bool = False):
+        from nnunetv2.configuration import default_num_processes
+
+        from nnunet_liver.planners.api import in_process_pools
+
+        modules = ("nnunetv2.training.nnUNetTrainer.nnUNetTrainer", "nnunetv2.evaluation.evaluate_predictions")
+        with in_process_pools(default_num_processes == 1, modules):
+            return super().perform_actual_validation(save_probabilities)
+
+
 class ShortBudgetAugmentationMixin:
     """Spatial augmentation for budgets of hundreds of iterations: no mirroring (training or test time) and
     rotations within +-``max_rotation_deg`` instead of nnU-Net's +-180 degrees in-plane for anisotropic

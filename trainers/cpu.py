@@ -27,6 +27,7 @@ import torch.distributed as dist
 from nnunet_liver.trainers import _plans
 from nnunet_liver.trainers._mixins import (
     CPUBF16Mixin,
+    InProcessValidationPoolsMixin,
     NoInferenceMirroringMixin,
     ShortBudgetAugmentationMixin,
     ShortBudgetOptimizerMixin,
@@ -60,7 +61,8 @@ def cpu_budget_from_env(env=os.environ) -> dict:
     }
 
 
-class CPUBudgetMixin(ShortBudgetOptimizerMixin, CPUBF16Mixin, ShortBudgetAugmentationMixin, NoInferenceMirroringMixin):
+class CPUBudgetMixin(ShortBudgetOptimizerMixin, CPUBF16Mixin, ShortBudgetAugmentationMixin, NoInferenceMirroringMixin,
+                     InProcessValidationPoolsMixin):
     """Few epochs and iterations (see module doc), AdamW with a one-cycle schedule made for such budgets,
     bf16 autocast where the CPU has native bf16, no test-time mirroring; put it first among the bases."""
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-from nnunet_liver.trainers._mixins import NoInferenceMirroringMixin
+from nnunet_liver.trainers._mixins import InProcessValidationPoolsMixin, NoInferenceMirroringMixin
 from nnunet_liver.trainers._plans import cpu_sized_unet_plans
 
 
-class LiverSmokeTrainer(NoInferenceMirroringMixin, nnUNetTrainer):
+class LiverSmokeTrainer(InProcessValidationPoolsMixin, NoInferenceMirroringMixin, nnUNetTrainer):
     """nnU-Net's default trainer with 2 epochs of 2 iterations, small patch and widths, no test-time
     mirroring (CPU tests, demo)."""
 
