@@ -22,11 +22,16 @@ Parts (``--parts``, default all):
 
 Models run one after the other in this one process; results go to ``--out`` as ``results.json`` and
 ``results.md``, each finished run also to ``runs/<trainer>__<configuration>__seed<k>.json``: a rerun with
-the same settings and code skips it, so a long benchmark resumes run by run. Trainers and predictions run
-through nnU-Net's own training loop and predictor.
+the same settings and code skips it, so a long benchmark resumes run by run; ``--saved-only`` writes the
+tables from the runs saved so far and trains nothing. Each run's predictions stay under
+``work/predictions/seed<k>/<trainer>__<configuration>/{normal,shifted}/`` for inspection
+(``scripts/false_liver_tissues.py --labels ... --predictions ...``). Trainers and predictions run through
+nnU-Net's own training loop and predictor.
 
     python scripts/bench_segmentation.py --out bench/segmentation                       # ~1 h on 2 cores
     python scripts/bench_segmentation.py --out bench/converged --preset converged        # hours; resumable
+    python scripts/bench_segmentation.py --out bench/converged --preset converged --jobs 2 --saved-only
+                                      # the tables so far (the options of the training runs, --jobs included)
     python scripts/bench_segmentation.py --out /tmp/b --quick                           # minutes: a smoke run
     python scripts/bench_segmentation.py --out bench/cost --parts cost           # cost only: CPU at <= 128^2
     python scripts/bench_segmentation.py --out bench/cost --parts cost --cost-inplane 0
@@ -39,6 +44,7 @@ import dataclasses
 import json
 import os
 import platform
+import shutil
 import time
 import warnings
 from pathlib import Path
@@ -125,6 +131,8 @@ def main(argv: list[str] | None = None) -> None:
                    "(instead of --epochs; --iters is then the epoch length)")
     p.add_argument("--models", help="comma-separated subset of the model labels' trainers (default: all)")
     p.add_argument("--quick", action="store_true", help="= --preset quick")
+    p.add_argument("--saved-only", action="store_true",
+                   help="write the tables from the runs saved so far (same settings, code and machine); train nothing")
     p.add_argument("--jobs", type=int, default=1, help="training runs at a time, each in its own process with "
                    "one torch thread per job when > 1 (2 on 2 cores: twice the runs per hour; the thread count is "
                    "part of a saved run's key, so runs of different --jobs are not mixed)")
@@ -168,7 +176,8 @@ def main(argv: list[str] | None = None) -> None:
     activate(out / "work")
     # cost options stay out of the training runs' settings: saved runs are reused only when these match
     settings = {k: v for k, v in vars(args).items()
-                if k not in ("out", "quick", "parts", "models", "jobs", "run") and not k.startswith("cost_")}
+                if k not in ("out", "quick", "parts", "models", "jobs", "run", "saved_only")
+                and not k.startswith("cost_")}
     if args.run:  # a --jobs child: one run into runs/, nothing else
         trainer, config, seed = args.run.split(":")
         label = next(m[0] for m in MODELS if m[1] == trainer and m[2] == config)
@@ -182,29 +191,43 @@ def main(argv: list[str] | None = None) -> None:
         (out / "results.json").write_text(json.dumps(report, indent=2, default=float), encoding="utf-8")
         (out / "results.md").write_text(markdown(report), encoding="utf-8")
 
+    if args.saved_only:  # tables only: no measurement, and the data set of a running benchmark stays as it is
+        parts -= {"cost"}
     if "cost" in parts:
         report["cost"] = bench_cost(inplane=args.cost_inplane, depth=args.cost_depth, steps=args.cost_steps,
                                     case=args.cost_case, cpu_predict=args.cost_cpu_predict == "on")
         report["cost"]["command"] = cost_command(argv)
         save()
     if parts & {"accuracy", "robustness", "speed"}:
-        prepare_dataset(args)
+        if args.saved_only:
+            check_dataset(args)
+        else:
+            prepare_dataset(args)
         runs: dict[str, list[dict]] = {}
-        if args.jobs > 1:
+        if args.jobs > 1 and not args.saved_only:
             run_in_parallel(models, args, out, argv)
         # seed-major, so that an interrupted run has every model for the first seeds
         for seed in args.seeds:
             for label, trainer, config in models:
-                runs.setdefault(label, []).append(cached_run(label, trainer, config, seed, args, out, settings))
+                run = cached_run(label, trainer, config, seed, args, out, settings, train=not args.saved_only)
+                if run is None:
+                    print(f"== {label}, seed {seed}: not saved yet (--saved-only)", flush=True)
+                    continue
+                runs.setdefault(label, []).append(run)
                 report["runs"] = runs
                 save()
+        if not runs:
+            raise SystemExit(f"error: {out / 'runs'} holds no saved run for these options, code and machine: pass "
+                             "the options the training runs had (--preset, --seeds, --jobs: one thread per run when "
+                             "> 1), on the same kind of CPU")
         report["accuracy"] = summarise(runs, "normal")
+        report["ablation_steps"] = ablation_steps(runs)
         report["robustness"] = robustness(runs)
         report["rwa_control"] = rwa_control(runs)
         report["window_sweep"] = dict(runs.get(DUALSTREAM, [{}])[0].get("window_sweep", {}))
         report["speed"] = speed(runs)
         report["curves"] = plot_curves(runs, out / "curves.png")
-        if "speed" in parts:
+        if "speed" in parts and not args.saved_only:
             report["speed"]["rwa_overhead"] = bench_rwa_overhead(torch, args.device)
         save()
     print(markdown(report))
@@ -332,9 +355,11 @@ def _write_default_splits() -> None:
     tmp.replace(splits)
 
 
-def cached_run(label: str, trainer: str, config: str, seed: int, args, out: Path, settings: dict) -> dict:
+def cached_run(label: str, trainer: str, config: str, seed: int, args, out: Path, settings: dict,
+               train: bool = True) -> dict | None:
     """One model and seed: trained, predicted and evaluated once; a rerun with the same settings reads the
-    saved result (runs/<trainer>__<config>__seed<k>.json), so a long benchmark resumes run by run."""
+    saved result (runs/<trainer>__<config>__seed<k>.json), so a long benchmark resumes run by run. With
+    ``train=False`` a run not saved yet gives None."""
     path = out / "runs" / f"{trainer}__{config}__seed{seed}.json"
     # the machine is part of the key: CPU seconds on another CPU (or with/without native bf16) buy other runs
     key = {**{k: v for k, v in settings.items() if k != "seeds"},
@@ -345,6 +370,8 @@ def cached_run(label: str, trainer: str, config: str, seed: int, args, out: Path
         if saved.get("settings") == key:
             print(f"== {label}, seed {seed}: done earlier ({path.name})", flush=True)
             return saved
+    if not train:
+        return None
     run = train_and_predict(label, trainer, config, seed, args, out)
     run["settings"] = key
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -859,14 +886,32 @@ def cost_markdown(cost: dict) -> list[str]:
 
 # ---- training and prediction ------------------------------------------------------------------------------
 
+def _dataset_marker(args):
+    """The bench data set's marker file, its synthesis settings for these options, and whether the data set on
+    disk was made with them."""
+    from nnunet_liver.data.synth_dataset import SynthSettings
+
+    marker = Path(os.environ["nnUNet_preprocessed"]) / "Dataset990_LiverPhantom" / ".bench_ready"
+    settings = SynthSettings(args.num_train, args.num_test, args.size, seed=0, fov=args.fov)
+    ready = marker.is_file() and json.loads(marker.read_text(encoding="utf-8")) == dataclasses.asdict(settings)
+    return marker, settings, ready
+
+
+def check_dataset(args) -> None:
+    """--saved-only: the data set must be the one these options would make (never rewritten here)."""
+    marker, settings, ready = _dataset_marker(args)
+    if not ready:
+        raise SystemExit(f"error: {marker}: missing, or made with other data settings than these "
+                         f"({dataclasses.asdict(settings)}); pass the --preset of the training runs")
+
+
 def prepare_dataset(args) -> None:
-    from nnunet_liver.data.synth_dataset import SynthSettings, write_phantom_dataset
+    from nnunet_liver.data.synth_dataset import write_phantom_dataset
     from nnunet_liver.planners.api import plan_and_preprocess
 
     raw = Path(os.environ["nnUNet_raw"])
-    marker = Path(os.environ["nnUNet_preprocessed"]) / "Dataset990_LiverPhantom" / ".bench_ready"
-    settings = SynthSettings(args.num_train, args.num_test, args.size, seed=0, fov=args.fov)
-    if marker.is_file() and json.loads(marker.read_text(encoding="utf-8")) == dataclasses.asdict(settings):
+    marker, settings, ready = _dataset_marker(args)
+    if ready:
         return
     write_phantom_dataset(raw, settings, overwrite=True, num_processes=2, progress=False)
     plan_and_preprocess(990, configurations=("2d", "3d_fullres"), num_processes=2, overwrite=True)
@@ -904,8 +949,8 @@ def train_and_predict(label: str, trainer_name: str, config: str, seed: int, arg
 
     predictor = load_predictor(model_dir, args.device)
     raw = Path(os.environ["nnUNet_raw"]) / "Dataset990_LiverPhantom"
-    run["normal"], run["predict_s_per_case"] = evaluate_split(predictor, raw / "imagesTs", raw / "labelsTs")
-    run["shifted"], _ = evaluate_split(predictor, raw / "imagesTs_shifted", raw / "labelsTs")
+    keep = out / "work" / "predictions" / f"seed{seed}" / f"{trainer_name}__{config}"
+    run["normal"], run["predict_s_per_case"], run["shifted"] = evaluate_splits(predictor, raw, keep)
     window = getattr(predictor.network, "window", None)
     if window is not None and window.config.is_random and seed == args.seeds[0]:
         sweep = {}
@@ -929,10 +974,25 @@ def load_predictor(model_dir: Path, device: str = "cpu"):
     return predictor
 
 
-def evaluate_split(predictor, images: Path, labels: Path) -> tuple[dict, float]:
+def evaluate_splits(predictor, raw: Path, keep: Path) -> tuple[dict, float, dict]:
+    """The normal and the shifted test scans of the raw data set ``raw``: their summaries (see
+    :func:`evaluate_split`) and the normal scans' prediction seconds per case. The predictions are kept in
+    ``keep/normal`` and ``keep/shifted``, written to a temporary folder and moved into place when both are
+    complete (a redone run replaces the folder whole)."""
+    tmp = keep.with_name(keep.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    normal, seconds = evaluate_split(predictor, raw / "imagesTs", raw / "labelsTs", tmp / "normal")
+    shifted, _ = evaluate_split(predictor, raw / "imagesTs_shifted", raw / "labelsTs", tmp / "shifted")
+    shutil.rmtree(keep, ignore_errors=True)
+    tmp.replace(keep)
+    return normal, seconds, shifted
+
+
+def evaluate_split(predictor, images: Path, labels: Path, save_to: Path | None = None) -> tuple[dict, float]:
     """LiTS metrics of every case (``nnunet_liver.evaluation.lits``): per structure the per-case means of
     METRICS plus the global Dice, lesion recall for lesions of 10 mm or more, the largest liver overshoot in
-    slices; and the mean prediction seconds per case."""
+    slices; and the mean prediction seconds per case. ``save_to``: also write each case's segmentation there
+    (the reference's grid; written to a temporary name, then moved into place)."""
     import SimpleITK as sitk
     from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
 
@@ -945,9 +1005,17 @@ def evaluate_split(predictor, images: Path, labels: Path) -> tuple[dict, float]:
         t = time.perf_counter()
         seg = predictor.predict_single_npy_array(data, props)
         seconds.append(time.perf_counter() - t)
-        ref_img = sitk.ReadImage(str(labels / img.name.replace("_0000", "")))
+        name = img.name.replace("_0000", "")
+        ref_img = sitk.ReadImage(str(labels / name))
         ref = sitk.GetArrayFromImage(ref_img)
         cases[img.name] = evaluate_case(ref, seg.astype(np.uint8), ref_img.GetSpacing()[::-1])
+        if save_to is not None:
+            save_to.mkdir(parents=True, exist_ok=True)
+            seg_img = sitk.GetImageFromArray(seg.astype(np.uint8))
+            seg_img.CopyInformation(ref_img)
+            tmp = save_to / f".{name}.tmp.nii.gz"
+            sitk.WriteImage(seg_img, str(tmp), useCompression=True)
+            tmp.replace(save_to / name)
     agg = aggregate(cases)
     summary = {name: {**{m: agg[name]["metrics"][m]["mean"] for m in METRICS},
                       "dice": agg[name]["dice_per_case"], "dice_global": agg[name]["dice_global"]}
@@ -976,6 +1044,30 @@ def summarise(runs: dict, split: str) -> dict:
     return {label: {c: (float(np.nanmean(v)), float(np.nanstd(v)))
                     for c in TABLE_COLUMNS for v in [[_value(r[split], c) for r in seeds]]}
             for label, seeds in runs.items()}
+
+
+ABLATION = ("Ablation 0: spatial stream, fixed window", "Ablation 1: + RWA", "Ablation 2: + attention gates",
+            DUALSTREAM)
+
+
+def ablation_steps(runs: dict) -> list[dict]:
+    """Each ablation step against the step before it, paired by seed (the seeds both have): liver Dice and
+    tumour global Dice on the normal test scans, the per-seed differences, their mean, and in how many seeds
+    the step raised the figure."""
+    rows = []
+    for before, after in zip(ABLATION, ABLATION[1:]):
+        a = {r["seed"]: r for r in runs.get(before, [])}
+        b = {r["seed"]: r for r in runs.get(after, [])}
+        seeds = sorted(set(a) & set(b))
+        if not seeds:
+            continue
+        row = {"before": before, "after": after, "seeds": seeds}
+        for name, (structure, metric) in (("liver_dice", ("liver", "dice")),
+                                          ("tumour_dice_global", ("tumour", "dice_global"))):
+            deltas = [b[k]["normal"][structure][metric] - a[k]["normal"][structure][metric] for k in seeds]
+            row[name] = {"deltas": deltas, "mean": float(np.mean(deltas)), "raised": int(sum(d > 0 for d in deltas))}
+        rows.append(row)
+    return rows
 
 
 def robustness(runs: dict) -> dict:
@@ -1102,9 +1194,9 @@ def bench_rwa_overhead(torch, device: str = "cpu", repeats: int = 20) -> dict:
     return result
 
 
-def fmt(v) -> str:
+def fmt(v, n_seeds: int = 2) -> str:
     if isinstance(v, (list, tuple)) and len(v) == 2:
-        return f"{v[0]:.3f} ± {v[1]:.3f}"
+        return f"{v[0]:.3f} ± {v[1]:.3f}" if n_seeds > 1 else f"{v[0]:.3f}"
     if isinstance(v, float):
         return f"{v:.3g}"
     return str(v)
@@ -1135,10 +1227,30 @@ def markdown(report: dict) -> str:
     for key, title in (("accuracy", "Accuracy (test phantoms, mean ± std over seeds)"),):
         if key in report:
             cols = list(TABLE_COLUMNS)
-            lines += [f"## {title}", "", "| model | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+            seeds = {label: [r["seed"] for r in rs] for label, rs in report.get("runs", {}).items()}
+            lines += [f"## {title}", "", "A single seed shows no ± (no spread to show).", "",
+                      "| model | seeds | " + " | ".join(cols) + " |", "|---" * (len(cols) + 2) + "|"]
             for label, row in report[key].items():
-                lines.append(f"| {label} | " + " | ".join(fmt(row[c]) for c in cols) + " |")
+                n = len(seeds.get(label, [])) or 2
+                lines.append(f"| {label} | {', '.join(map(str, seeds.get(label, [])))} | "
+                             + " | ".join(fmt(row[c], n) for c in cols) + " |")
             lines.append("")
+    if report.get("ablation_steps"):
+        lines += ["## Ablation, step by step (paired by seed; normal test scans)", "",
+                  "Each step minus the step before it, per seed; \"raised\": in how many of the seeds the step "
+                  "raised the figure.", "",
+                  "| step | seeds | liver Dice: per seed (mean) | raised "
+                  "| tumour global Dice: per seed (mean) | raised |",
+                  "|---|---|---|---|---|---|"]
+        for r in report["ablation_steps"]:
+            cells = []
+            for name in ("liver_dice", "tumour_dice_global"):
+                d = r[name]
+                cells += [", ".join(f"{x:+.3f}" for x in d["deltas"]) + f" ({d['mean']:+.3f})",
+                          f"{d['raised']} of {len(r['seeds'])}"]
+            lines.append(f"| {r['before']} -> {r['after']} | {', '.join(map(str, r['seeds']))} | "
+                         + " | ".join(cells) + " |")
+        lines.append("")
     if report.get("rwa_control"):
         lines += ["## RWA control: random windows vs the same window held fixed (mean over seeds)", "",
                   "RWA models evaluate at 71/213.5 HU (-36..178 HU); the twin trains and evaluates at the paper's "

@@ -1,14 +1,23 @@
 #!/usr/bin/env python
-"""On which phantom tissues a demo's models paint false liver (issue 11's overshoot).
+"""On which phantom tissues a demo's models paint false liver, and what they make of each lesion (issue 11).
 
-The phantoms are deterministic, so their tissue maps can be regenerated from the synthesis settings; each
-test case's regenerated liver/tumour label must equal the ``labelsTs`` file, or the script stops with an
-error that names the case. False liver voxels (predicted liver or tumour where the reference is
-background) are counted by tissue on the slices below the reference liver, on its slices, and above it
-(the phantoms' z runs from the feet towards the head).
+The phantoms are deterministic, so their tissue maps and lesion instances can be regenerated from the
+synthesis settings; each test case's regenerated liver/tumour label must equal the ``labelsTs`` file, or the
+script stops with an error that names the case. Per model it prints:
+
+* false liver voxels (predicted liver or tumour where the reference is background) by tissue, on the
+  slices below the reference liver, on its slices, and above it (the phantoms' z runs from the feet towards
+  the head);
+* per lesion subtype (cyst, haemangioma, metastasis, HCC): how many lesions have at least one voxel
+  predicted tumour, and where their voxels go (background, liver or tumour). A lesion "lost to background"
+  is cut out of the liver as if it were outside it (a gallbladder, a bowel loop); one "lost to liver" is
+  not seen at all.
 
     python scripts/false_liver_tissues.py nnunet_liver_demo                  # the default demo's output
     python scripts/false_liver_tissues.py OUT --size 224 --seed 0 --fov liver --json counts.json
+    # a converged benchmark's seed-0 predictions (its phantoms: --size 224 --fov liver, data seed 0)
+    python scripts/false_liver_tissues.py --labels bench/converged/work/nnUNet_raw/Dataset990_LiverPhantom/labelsTs \
+        --predictions bench/converged/work/predictions/seed0 --normal-only
 """
 from __future__ import annotations
 
@@ -35,9 +44,42 @@ def tissue_counts(label, tissues, prediction, names) -> dict[str, dict[str, int]
     return out
 
 
+OUTCOMES = ("background", "liver", "tumour")
+
+
+def lesion_outcomes(instances, prediction) -> dict[int, list[int]]:
+    """Voxels of each reference lesion (``instances`` id > 0) predicted background, liver and tumour."""
+    import numpy as np
+
+    inside = instances > 0
+    pred = prediction[inside].astype(np.int64)
+    if pred.size and (pred.min() < 0 or pred.max() > 2):
+        raise ValueError(f"prediction labels must be 0, 1, 2; found {sorted(set(np.unique(pred)) - {0, 1, 2})}")
+    ids = instances[inside].astype(np.int64)
+    counts = np.bincount(ids * 3 + pred, minlength=3 * (int(ids.max(initial=0)) + 1)).reshape(-1, 3)
+    return {int(i): [int(v) for v in counts[i]] for i in np.unique(ids)}
+
+
+def add_lesions(total: dict, anatomy, prediction) -> None:
+    """Add one case's lesion outcomes to ``total`` (per subtype: lesions, found, voxels per outcome)."""
+    subtypes = {les["lesion_id"]: les["subtype"] for les in anatomy.lesions}
+    for lesion_id, voxels in lesion_outcomes(anatomy.instances, prediction).items():
+        row = total.setdefault(subtypes[lesion_id], {"lesions": 0, "found": 0, **{k: 0 for k in OUTCOMES}})
+        row["lesions"] += 1
+        row["found"] += int(voxels[2] > 0)
+        for k, v in zip(OUTCOMES, voxels):
+            row[k] += v
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("demo_out", type=Path, help="the demo's output folder (with predictions/ and nnunet/)")
+    parser.add_argument("demo_out", type=Path, nargs="?",
+                        help="the demo's output folder (with predictions/ and nnunet/)")
+    parser.add_argument("--labels", type=Path, help="the test labels (labelsTs) instead of the demo's")
+    parser.add_argument("--predictions", type=Path,
+                        help="a folder with one folder of predictions per model, instead of the demo's")
+    parser.add_argument("--normal-only", action="store_true",
+                        help="in each model folder read its normal/ subfolder (the segmentation benchmark's layout)")
     parser.add_argument("--size", type=int, default=224, help="synthesis size (default: the default demo's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--fov", default="liver", choices=("liver", "abdomen"))
@@ -47,25 +89,38 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
     import SimpleITK as sitk
 
-    from nnunet_liver.data.phantoms import TISSUES, _case_generators, sample_anatomy
+    from nnunet_liver.data.phantoms import TISSUES, case_anatomy
     from nnunet_liver.data.synth_dataset import SynthSettings
 
-    labels_dir = next(iter(sorted(args.demo_out.glob("nnunet/nnUNet_raw/*/labelsTs"))), None)
-    pred_root = args.demo_out / "predictions"
-    if labels_dir is None or not pred_root.is_dir():
-        print(f"error: {args.demo_out} has no nnunet/nnUNet_raw/*/labelsTs or predictions/: not a demo output",
-              file=sys.stderr)
+    if args.demo_out is None and (args.labels is None or args.predictions is None):
+        parser.error("give the demo's output folder, or both --labels and --predictions")
+    labels_dir, pred_root = args.labels, args.predictions
+    if args.demo_out is not None:
+        labels_dir = labels_dir or next(iter(sorted(args.demo_out.glob("nnunet/nnUNet_raw/*/labelsTs"))), None)
+        pred_root = pred_root or args.demo_out / "predictions"
+    if labels_dir is None or not labels_dir.is_dir() or not pred_root.is_dir():
+        where = args.demo_out if args.demo_out is not None else f"{args.labels} / {args.predictions}"
+        print(f"error: {where}: no labelsTs folder or no predictions folder (a demo output has "
+              "nnunet/nnUNet_raw/*/labelsTs and predictions/)", file=sys.stderr)
         return 2
     margin = SynthSettings(size=args.size, seed=args.seed, fov=args.fov).liver_margin_mm
     anatomies = {}
     result = {}
-    for folder in sorted(p for p in pred_root.iterdir() if p.is_dir()):
+    for model in sorted(p for p in pred_root.iterdir() if p.is_dir()):
+        folder = model / "normal" if args.normal_only else model
+        predictions = sorted(folder.glob("*.nii.gz"))
+        if not predictions:
+            hint = " (a segmentation benchmark's model folder: add --normal-only)" if (model / "normal").is_dir() \
+                else ""
+            print(f"error: {folder}: no predictions (*.nii.gz){hint}", file=sys.stderr)
+            return 2
         total = {r: {} for r in REGIONS}
-        for pred_path in sorted(folder.glob("*.nii.gz")):
+        lesions = {}
+        for pred_path in predictions:
             ref_path = labels_dir / pred_path.name
             if pred_path.name not in anatomies:
                 index = int(pred_path.name.split(".")[0].rsplit("_", 1)[1])
-                anatomy = sample_anatomy(_case_generators(args.seed, index)[0], args.size, margin)
+                anatomy = case_anatomy(args.seed, index, args.size, margin)
                 ref = sitk.GetArrayFromImage(sitk.ReadImage(str(ref_path)))
                 if ref.shape != anatomy.label.shape or not np.array_equal(ref, anatomy.label):
                     print(f"error: {ref_path}: the phantom regenerated with --size {args.size} --seed {args.seed} "
@@ -78,13 +133,19 @@ def main(argv: list[str] | None = None) -> int:
             for region, counts in tissue_counts(anatomy.label, anatomy.tissues, pred, TISSUES).items():
                 for name, n in counts.items():
                     total[region][name] = total[region].get(name, 0) + n
-        result[folder.name] = total
-        print(folder.name)
+            add_lesions(lesions, anatomy, pred)
+        result[model.name] = {"false liver": total, "lesions": lesions}
+        print(model.name)
         for region, counts in total.items():
             n = sum(counts.values())
             top = sorted(counts.items(), key=lambda kv: -kv[1])[:4]
             shares = ", ".join(f"{k} {v / n:.0%}" for k, v in top) if n else "-"
             print(f"  {region:16s} {n:8d} false liver voxels: {shares}")
+        for subtype, row in sorted(lesions.items()):
+            n = sum(row[k] for k in OUTCOMES)
+            shares = " / ".join(f"{row[k] / n:.0%}" for k in OUTCOMES) if n else "-"
+            print(f"  {subtype:16s} {row['found']:3d} of {row['lesions']:3d} lesions found; their {n} voxels "
+                  f"predicted background / liver / tumour: {shares}")
     if args.json:
         args.json.write_text(json.dumps(result, indent=1), encoding="utf-8")
     return 0

@@ -1319,6 +1319,13 @@ def _case_generators(seed: int, case_index: int) -> list[np.random.Generator]:
     return np.random.default_rng([int(seed), int(case_index)]).spawn(4)
 
 
+def case_anatomy(seed: int, case_index: int, size: int = 128,
+                 liver_margin_mm: tuple[float, float] | None = None) -> Anatomy:
+    """The anatomy (tissue map, labels, lesion instances) of case ``case_index`` of a data set synthesised
+    with ``seed``, without rendering it: the same draws as :func:`generate_case` and :func:`generate_shifted`."""
+    return sample_anatomy(_case_generators(seed, case_index)[0], size, liver_margin_mm)
+
+
 def generate_case(seed: int, case_index: int, size: int = 128,
                   liver_margin_mm: tuple[float, float] | None = None) -> tuple[Anatomy, ScanConditions, np.ndarray]:
     """One phantom under normal scan conditions. Deterministic in (seed, case_index, size, liver_margin_mm)."""

@@ -1,4 +1,5 @@
-"""scripts/false_liver_tissues.py: false liver voxels by phantom tissue, below / on / above the liver."""
+"""scripts/false_liver_tissues.py: false liver voxels by phantom tissue, below / on / above the liver, and
+where each lesion subtype's voxels go."""
 from __future__ import annotations
 
 import json
@@ -31,11 +32,25 @@ def test_counts_by_region_and_tissue():
         script.tissue_counts(np.zeros_like(label), tissues, pred, ["a", "x", "b"])
 
 
+def test_lesion_outcomes_count_each_lesions_voxels():
+    instances = np.zeros((2, 3, 3), np.uint16)
+    instances[0, 0, :] = 1  # lesion 1: three voxels
+    instances[1, 2, 2] = 4  # lesion 4: one voxel
+    pred = np.zeros_like(instances, dtype=np.uint8)
+    pred[0, 0, 0] = 2
+    pred[0, 0, 1] = 1
+    pred[1, 1, 1] = 2  # a false tumour outside any lesion: not a lesion outcome
+    assert script.lesion_outcomes(instances, pred) == {1: [1, 1, 1], 4: [1, 0, 0]}
+    pred[0, 0, 2] = 3
+    with pytest.raises(ValueError, match="0, 1, 2"):
+        script.lesion_outcomes(instances, pred)
+
+
 def test_demo_folder_and_a_settings_mismatch(tmp_path, capsys):
     from nnunet_liver.data.synth_dataset import SynthSettings, write_phantom_dataset
 
     out = tmp_path / "demo"
-    raw = write_phantom_dataset(out / "nnunet" / "nnUNet_raw", SynthSettings(num_train=1, num_test=1, size=48, seed=2),
+    raw = write_phantom_dataset(out / "nnunet" / "nnUNet_raw", SynthSettings(num_train=1, num_test=1, size=64, seed=2),
                                 progress=False)
     (ref_path,) = sorted((raw / "labelsTs").glob("*.nii.gz"))
     ref = sitk.ReadImage(str(ref_path))
@@ -46,14 +61,35 @@ def test_demo_folder_and_a_settings_mismatch(tmp_path, capsys):
     (out / "predictions" / "M").mkdir(parents=True)
     sitk.WriteImage(img, str(out / "predictions" / "M" / ref_path.name))
 
-    assert script.main([str(out), "--size", "48", "--seed", "2", "--fov", "abdomen",
+    assert script.main([str(out), "--size", "64", "--seed", "2", "--fov", "abdomen",
                         "--json", str(tmp_path / "c.json")]) == 0
-    counts = json.loads((tmp_path / "c.json").read_text())["M"]
+    result = json.loads((tmp_path / "c.json").read_text())["M"]
+    counts = result["false liver"]
     assert sum(sum(c.values()) for c in counts.values()) == int((arr == 0).sum())
     assert "lung" in counts["above the liver"]  # the phantom's chest is above its liver
     assert "lung" not in counts["below the liver"]
+    # liver everywhere: every lesion voxel is lost to the liver, none is found
+    lesions = result["lesions"]
+    assert lesions and sum(row["lesions"] for row in lesions.values()) == len(
+        [r for r in (raw / "lesions.csv").read_text().splitlines()[1:] if ",test," in r])
+    assert sum(row["liver"] for row in lesions.values()) == int((arr == 2).sum())
+    assert all(row["found"] == 0 and row["background"] == 0 and row["tumour"] == 0 for row in lesions.values())
 
-    assert script.main([str(out), "--size", "48", "--seed", "3", "--fov", "abdomen"]) == 2
+    # the segmentation benchmark's layout: <predictions>/<model>/normal/, labels given apart
+    bench = tmp_path / "bench" / "M" / "normal"
+    bench.mkdir(parents=True)
+    shutil.copy(out / "predictions" / "M" / ref_path.name, bench / ref_path.name)
+    assert script.main(["--labels", str(raw / "labelsTs"), "--predictions", str(tmp_path / "bench"),
+                        "--normal-only", "--size", "64", "--seed", "2", "--fov", "abdomen",
+                        "--json", str(tmp_path / "b.json")]) == 0
+    assert json.loads((tmp_path / "b.json").read_text()) == json.loads((tmp_path / "c.json").read_text())
+    assert script.main(["--labels", str(raw / "labelsTs"), "--predictions", str(tmp_path / "bench"),
+                        "--size", "64", "--seed", "2", "--fov", "abdomen"]) == 2  # forgot --normal-only
+    assert "add --normal-only" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # neither a demo folder nor both of --labels and --predictions
+        script.main(["--labels", str(raw / "labelsTs")])
+
+    assert script.main([str(out), "--size", "64", "--seed", "3", "--fov", "abdomen"]) == 2
     assert ref_path.name in capsys.readouterr().err
     shutil.rmtree(out / "predictions")
     assert script.main([str(out)]) == 2

@@ -1,0 +1,137 @@
+"""bench_segmentation's tables from saved runs: the ablation paired by seed, no ± for one seed, --saved-only,
+and the predictions each run keeps."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shutil
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from tests.conftest import load_script
+
+
+@pytest.fixture(scope="module")
+def bench():
+    return load_script("bench_segmentation", "bench_segmentation_report")
+
+
+def _run(seed: int, liver: float, tumour: float) -> dict:
+    split = {"liver": {"dice": liver, "iou": 0.8, "sensitivity": 0.9, "specificity": 0.99, "dice_global": liver},
+             "tumour": {"dice": tumour, "iou": 0.2, "sensitivity": 0.3, "specificity": 1.0, "dice_global": tumour},
+             "lesion_recall_10mm": 0.5, "liver_max_slices_beyond": 3}
+    return {"seed": seed, "normal": split, "shifted": split, "train_iter_per_s": 1.0, "predict_s_per_case": 1.0,
+            "iterations": 100, "params": 1000, "curve": []}
+
+
+def test_ablation_steps_pair_seeds_and_count_the_seeds_a_step_helped(bench):
+    a0, a1, a2, ds = bench.ABLATION
+    runs = {a0: [_run(0, 0.90, 0.30), _run(1, 0.92, 0.20), _run(2, 0.91, 0.25)],
+            a1: [_run(0, 0.91, 0.35), _run(2, 0.90, 0.20)],  # seed 1 missing: pairs on 0 and 2 only
+            ds: [_run(0, 0.80, 0.10)]}  # ablation 2 missing: no 1 -> 2 or 2 -> 3 step
+    (step,) = bench.ablation_steps(runs)
+    assert (step["before"], step["after"], step["seeds"]) == (a0, a1, [0, 2])
+    assert step["liver_dice"]["deltas"] == pytest.approx([0.01, -0.01])
+    assert step["liver_dice"]["raised"] == 1
+    assert step["tumour_dice_global"]["mean"] == pytest.approx((0.05 - 0.05) / 2)
+    report = {"settings": {}, "machine": {}, "runs": runs, "accuracy": bench.summarise(runs, "normal"),
+              "ablation_steps": [step]}
+    text = bench.markdown(report)
+    assert f"| {a0} -> {a1} | 0, 2 | +0.010, -0.010 (+0.000) | 1 of 2 |" in text
+    assert f"| {ds} | 0 | 0.800 |" in text  # one seed: no ± 0.000
+    assert f"| {a0} | 0, 1, 2 | 0.910 ± 0.008 |" in text
+
+
+def test_saved_only_writes_tables_from_saved_runs_and_trains_nothing(bench, tmp_path, monkeypatch, capsys):
+    from nnunet_liver.env import EXT_TRAINER_VAR, NNUNET_PATH_VARS
+
+    # main() sets these for its run: set them here first, so that they are restored after the test
+    for var in (*NNUNET_PATH_VARS, EXT_TRAINER_VAR):
+        monkeypatch.setenv(var, str(tmp_path / var))
+    monkeypatch.setenv("nnUNet_def_n_proc", "1")
+    monkeypatch.setenv("nnUNet_compile", "f")
+    out = tmp_path / "b"
+    monkeypatch.setattr(bench, "prepare_dataset", lambda args: None)
+    monkeypatch.setattr(bench, "check_dataset", lambda args: None)
+    monkeypatch.setattr(bench, "network_module", lambda trainer, config: None)
+    monkeypatch.setattr(bench, "plot_curves", lambda runs, path: {})
+    argv = ["--out", str(out), "--preset", "quick", "--parts", "accuracy", "--models", "LiverUNetTrainer_CPU"]
+
+    def refuse(*args, **kwargs):
+        pytest.fail("--saved-only trained a model")
+
+    monkeypatch.setattr(bench, "train_and_predict", refuse)
+    with pytest.raises(SystemExit, match="no saved run.*--jobs"):
+        bench.main([*argv, "--seeds", "0", "1", "--saved-only"])
+    # seed 0 trained (a stand-in run), saved under the benchmark's own key
+    monkeypatch.setattr(bench, "train_and_predict",
+                        lambda label, trainer, config, seed, args, o: _run(seed, 0.9, 0.4))
+    bench.main([*argv, "--seeds", "0"])
+    assert sorted(p.name for p in (out / "runs").glob("*.json")) == [
+        "LiverUNetTrainer_CPU__2d__seed0.json", "LiverUNetTrainer_CPU__3d_fullres__seed0.json"]
+    monkeypatch.setattr(bench, "train_and_predict", refuse)
+    capsys.readouterr()
+    bench.main([*argv, "--seeds", "0", "1", "--saved-only"])  # the key ignores --saved-only: seed 0 is reused
+    assert "seed 1: not saved yet (--saved-only)" in capsys.readouterr().out
+    report = json.loads((out / "results.json").read_text())
+    assert {label: [r["seed"] for r in runs] for label, runs in report["runs"].items()} == {
+        "2D U-Net": [0], "3D U-Net": [0]}
+    assert "| 2D U-Net | 0 | 0.900 |" in (out / "results.md").read_text()
+
+
+def test_saved_only_never_rewrites_the_data_set(bench, tmp_path, monkeypatch):
+    monkeypatch.setenv("nnUNet_preprocessed", str(tmp_path))
+    args = argparse.Namespace(num_train=2, num_test=1, size=48, fov="abdomen")
+    with pytest.raises(SystemExit, match=r"\.bench_ready: missing"):
+        bench.check_dataset(args)
+    marker, settings, ready = bench._dataset_marker(args)
+    assert not ready
+    marker.parent.mkdir(parents=True)
+    marker.write_text(json.dumps({**dataclasses.asdict(settings), "size": 224}))
+    with pytest.raises(SystemExit, match="--preset of the training runs"):
+        bench.check_dataset(args)
+    marker.write_text(json.dumps(dataclasses.asdict(settings)))
+    bench.check_dataset(args)
+
+
+def test_evaluate_split_keeps_each_prediction_on_the_reference_grid(bench, tmp_path):
+    label = np.zeros((6, 20, 20), np.uint8)
+    label[1:5, 4:16, 4:16] = 1
+    label[2:4, 8:11, 8:11] = 2
+    img = sitk.GetImageFromArray(label.astype(np.int16) * 50)
+    img.SetSpacing((2.0, 2.0, 4.0))
+    img.SetOrigin((1.0, 2.0, 3.0))
+    (tmp_path / "img").mkdir()
+    (tmp_path / "lab").mkdir()
+    sitk.WriteImage(img, str(tmp_path / "img" / "c_001_0000.nii.gz"))
+    ref = sitk.GetImageFromArray(label)
+    ref.CopyInformation(img)
+    sitk.WriteImage(ref, str(tmp_path / "lab" / "c_001.nii.gz"))
+    prediction = label.copy()
+    prediction[0] = 1  # one slice of false liver below the liver
+
+    class Predictor:
+        def predict_single_npy_array(self, data, props):
+            return prediction
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (tmp_path / "img").rename(raw / "imagesTs")
+    shutil.copytree(raw / "imagesTs", raw / "imagesTs_shifted")
+    (tmp_path / "lab").rename(raw / "labelsTs")
+    keep = tmp_path / "predictions" / "seed0" / "M__3d_fullres"
+    (keep / "normal").mkdir(parents=True)
+    (keep / "normal" / "c_999.nii.gz").write_bytes(b"a case of an earlier run")
+    normal, _, shifted = bench.evaluate_splits(Predictor(), raw, keep)
+    assert normal["tumour"]["dice_global"] == pytest.approx(1.0) and shifted == normal
+    assert normal["liver_max_slices_beyond"] == 1
+    # the earlier run's folder is replaced whole; no temporary folder stays behind
+    assert sorted(str(p.relative_to(keep)) for p in keep.rglob("*.nii.gz")) == [
+        "normal/c_001.nii.gz", "shifted/c_001.nii.gz"]
+    assert [p.name for p in keep.parent.iterdir()] == ["M__3d_fullres"]
+    kept = sitk.ReadImage(str(keep / "normal" / "c_001.nii.gz"))
+    assert kept.GetSpacing() == img.GetSpacing() and kept.GetOrigin() == img.GetOrigin()
+    assert np.array_equal(sitk.GetArrayFromImage(kept), prediction)
