@@ -76,10 +76,10 @@ def test_saved_only_writes_tables_from_saved_runs_and_trains_nothing(bench, tmp_
     capsys.readouterr()
     bench.main([*argv, "--seeds", "0", "1", "--saved-only"])  # the key ignores --saved-only: seed 0 is reused
     assert "seed 1: not saved yet (--saved-only)" in capsys.readouterr().out
-    report = json.loads((out / "results.json").read_text())
+    report = json.loads((out / "results.json").read_text(encoding="utf-8"))
     assert {label: [r["seed"] for r in runs] for label, runs in report["runs"].items()} == {
         "2D U-Net": [0], "3D U-Net": [0]}
-    assert "| 2D U-Net | 0 | 0.900 |" in (out / "results.md").read_text()
+    assert "| 2D U-Net | 0 | 0.900 |" in (out / "results.md").read_text(encoding="utf-8")
 
 
 def test_saved_only_never_rewrites_the_data_set(bench, tmp_path, monkeypatch):

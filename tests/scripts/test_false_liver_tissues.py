@@ -63,7 +63,7 @@ def test_demo_folder_and_a_settings_mismatch(tmp_path, capsys):
 
     assert script.main([str(out), "--size", "64", "--seed", "2", "--fov", "abdomen",
                         "--json", str(tmp_path / "c.json")]) == 0
-    result = json.loads((tmp_path / "c.json").read_text())["M"]
+    result = json.loads((tmp_path / "c.json").read_text(encoding="utf-8"))["M"]
     counts = result["false liver"]
     assert sum(sum(c.values()) for c in counts.values()) == int((arr == 0).sum())
     assert "lung" in counts["above the liver"]  # the phantom's chest is above its liver
@@ -71,7 +71,7 @@ def test_demo_folder_and_a_settings_mismatch(tmp_path, capsys):
     # liver everywhere: every lesion voxel is lost to the liver, none is found
     lesions = result["lesions"]
     assert lesions and sum(row["lesions"] for row in lesions.values()) == len(
-        [r for r in (raw / "lesions.csv").read_text().splitlines()[1:] if ",test," in r])
+        [r for r in (raw / "lesions.csv").read_text(encoding="utf-8").splitlines()[1:] if ",test," in r])
     assert sum(row["liver"] for row in lesions.values()) == int((arr == 2).sum())
     assert all(row["found"] == 0 and row["background"] == 0 and row["tumour"] == 0 for row in lesions.values())
 
@@ -82,7 +82,8 @@ def test_demo_folder_and_a_settings_mismatch(tmp_path, capsys):
     assert script.main(["--labels", str(raw / "labelsTs"), "--predictions", str(tmp_path / "bench"),
                         "--normal-only", "--size", "64", "--seed", "2", "--fov", "abdomen",
                         "--json", str(tmp_path / "b.json")]) == 0
-    assert json.loads((tmp_path / "b.json").read_text()) == json.loads((tmp_path / "c.json").read_text())
+    b, c = ((tmp_path / name).read_text(encoding="utf-8") for name in ("b.json", "c.json"))
+    assert json.loads(b) == json.loads(c)
     assert script.main(["--labels", str(raw / "labelsTs"), "--predictions", str(tmp_path / "bench"),
                         "--size", "64", "--seed", "2", "--fov", "abdomen"]) == 2  # forgot --normal-only
     assert "add --normal-only" in capsys.readouterr().err
