@@ -23,7 +23,8 @@ Parts (``--parts``, default all):
 Models run one after the other in this one process; results go to ``--out`` as ``results.json`` and
 ``results.md``, each finished run also to ``runs/<trainer>__<configuration>__seed<k>.json``: a rerun with
 the same settings and code skips it, so a long benchmark resumes run by run; ``--saved-only`` writes the
-tables from the runs saved so far and trains nothing. Each run's predictions stay under
+tables from the runs saved so far (on any CPU; a clean clone's ``runs/`` suffice) and trains nothing.
+Each run's predictions stay under
 ``work/predictions/seed<k>/<trainer>__<configuration>/{normal,shifted}/`` for inspection
 (``scripts/false_liver_tissues.py --labels ... --predictions ...``). Trainers and predictions run through
 nnU-Net's own training loop and predictor.
@@ -41,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import platform
@@ -132,7 +134,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--models", help="comma-separated subset of the model labels' trainers (default: all)")
     p.add_argument("--quick", action="store_true", help="= --preset quick")
     p.add_argument("--saved-only", action="store_true",
-                   help="write the tables from the runs saved so far (same settings, code and machine); train nothing")
+                   help="write the tables from the runs saved so far (same settings and code; saved on any "
+                   "CPU, which the report names; the data set need not be here); train nothing")
     p.add_argument("--jobs", type=int, default=1, help="training runs at a time, each in its own process with "
                    "one torch thread per job when > 1 (2 on 2 cores: twice the runs per hour; the thread count is "
                    "part of a saved run's key, so runs of different --jobs are not mixed)")
@@ -200,7 +203,7 @@ def main(argv: list[str] | None = None) -> None:
         save()
     if parts & {"accuracy", "robustness", "speed"}:
         if args.saved_only:
-            check_dataset(args)
+            check_dataset(args, missing_ok=True)
         else:
             prepare_dataset(args)
         runs: dict[str, list[dict]] = {}
@@ -220,6 +223,10 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(f"error: {out / 'runs'} holds no saved run for these options, code and machine: pass "
                              "the options the training runs had (--preset, --seeds, --jobs: one thread per run when "
                              "> 1), on the same kind of CPU")
+        if args.saved_only:  # the runs' machine, not this one
+            cpus = sorted({r["settings"]["cpu"] for rs in runs.values() for r in rs})
+            report["machine"]["cpu"] = "; ".join(cpus)
+            report["machine"].pop("cores", None)  # part of each CPU's name
         report["accuracy"] = summarise(runs, "normal")
         report["ablation_steps"] = ablation_steps(runs)
         report["robustness"] = robustness(runs)
@@ -370,6 +377,9 @@ def cached_run(label: str, trainer: str, config: str, seed: int, args, out: Path
         if saved.get("settings") == key:
             print(f"== {label}, seed {seed}: done earlier ({path.name})", flush=True)
             return saved
+        if not train and tables_may_use(saved.get("settings") or {}, key, trainer, config):
+            print(f"== {label}, seed {seed}: saved on {saved['settings']['cpu']} ({path.name})", flush=True)
+            return saved
     if not train:
         return None
     run = train_and_predict(label, trainer, config, seed, args, out)
@@ -379,6 +389,32 @@ def cached_run(label: str, trainer: str, config: str, seed: int, args, out: Path
     tmp.write_text(json.dumps(run, indent=1, default=float), encoding="utf-8")
     tmp.replace(path)
     return run
+
+
+def tables_may_use(saved: dict, key: dict, trainer: str, config: str) -> bool:
+    """--saved-only: a run saved on another CPU still goes into the tables (the report names the runs' CPUs;
+    training would not reuse it), and so does one whose data set is not here (a clean clone keeps only
+    ``runs/``): its settings must be these and its code this code, for the network the plans name or,
+    without the plans, for one of the networks a run can build."""
+    def rest(k: dict) -> dict:
+        return {name: v for name, v in k.items() if name not in ("cpu", "code")}
+
+    if "cpu" not in saved or rest(saved) != rest(key):
+        return False
+    module = network_module(trainer, config)
+    if module is not None:
+        return saved.get("code") == key["code"]
+    return saved.get("code") in {key["code"], *_code_candidates()}
+
+
+@functools.cache
+def _code_candidates() -> frozenset[str]:
+    import nnunet_liver.architectures
+
+    folder = Path(nnunet_liver.architectures.__file__).parent
+    modules = [f"nnunet_liver.architectures.{f.stem}" for f in folder.glob("*.py") if f.stem != "__init__"]
+    # nnU-Net's own U-Net (dynamic_network_architectures) imports none of our network code
+    return frozenset(code_fingerprint(m) for m in [*modules, "dynamic_network_architectures.architectures.unet"])
 
 
 def cpu_identity() -> str:
@@ -897,10 +933,11 @@ def _dataset_marker(args):
     return marker, settings, ready
 
 
-def check_dataset(args) -> None:
-    """--saved-only: the data set must be the one these options would make (never rewritten here)."""
+def check_dataset(args, missing_ok: bool = False) -> None:
+    """--saved-only: the data set must be the one these options would make (never rewritten here); with
+    ``missing_ok``, or absent."""
     marker, settings, ready = _dataset_marker(args)
-    if not ready:
+    if not ready and not (missing_ok and not marker.is_file()):
         raise SystemExit(f"error: {marker}: missing, or made with other data settings than these "
                          f"({dataclasses.asdict(settings)}); pass the --preset of the training runs")
 

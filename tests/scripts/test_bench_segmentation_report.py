@@ -55,7 +55,7 @@ def test_saved_only_writes_tables_from_saved_runs_and_trains_nothing(bench, tmp_
     monkeypatch.setenv("nnUNet_compile", "f")
     out = tmp_path / "b"
     monkeypatch.setattr(bench, "prepare_dataset", lambda args: None)
-    monkeypatch.setattr(bench, "check_dataset", lambda args: None)
+    monkeypatch.setattr(bench, "check_dataset", lambda args, missing_ok=False: None)
     monkeypatch.setattr(bench, "network_module", lambda trainer, config: None)
     monkeypatch.setattr(bench, "plot_curves", lambda runs, path: {})
     argv = ["--out", str(out), "--preset", "quick", "--parts", "accuracy", "--models", "LiverUNetTrainer_CPU"]
@@ -81,6 +81,23 @@ def test_saved_only_writes_tables_from_saved_runs_and_trains_nothing(bench, tmp_
         "2D U-Net": [0], "3D U-Net": [0]}
     assert "| 2D U-Net | 0 | 0.900 |" in (out / "results.md").read_text(encoding="utf-8")
 
+    # a run saved on another CPU goes into the tables, which name that CPU; training does not reuse it
+    saved = out / "runs" / "LiverUNetTrainer_CPU__2d__seed0.json"
+    run = json.loads(saved.read_text(encoding="utf-8"))
+    saved.write_text(json.dumps({**run, "settings": {**run["settings"], "cpu": "Other CPU, 2 cores"}}),
+                     encoding="utf-8")
+    bench.main([*argv, "--seeds", "0", "--saved-only"])
+    assert "saved on Other CPU, 2 cores" in capsys.readouterr().out
+    text = (out / "results.md").read_text(encoding="utf-8")
+    assert "| 2D U-Net | 0 | 0.900 |" in text and "Other CPU, 2 cores" in text
+    with pytest.raises(pytest.fail.Exception, match="trained a model"):
+        bench.main([*argv, "--seeds", "0"])
+    # ... but not one made by other code, nor with other settings
+    for changed in ({"code": "0" * 16}, {"cpu_seconds": 1.0}):
+        saved.write_text(json.dumps({**run, "settings": {**run["settings"], **changed}}), encoding="utf-8")
+        bench.main([*argv, "--seeds", "0", "--saved-only"])
+        assert "2D U-Net, seed 0: not saved yet" in capsys.readouterr().out
+
 
 def test_saved_only_never_rewrites_the_data_set(bench, tmp_path, monkeypatch):
     monkeypatch.setenv("nnUNet_preprocessed", str(tmp_path))
@@ -90,9 +107,11 @@ def test_saved_only_never_rewrites_the_data_set(bench, tmp_path, monkeypatch):
     marker, settings, ready = bench._dataset_marker(args)
     assert not ready
     marker.parent.mkdir(parents=True)
+    bench.check_dataset(args, missing_ok=True)  # a clean clone: runs/ without the data set
     marker.write_text(json.dumps({**dataclasses.asdict(settings), "size": 224}))
-    with pytest.raises(SystemExit, match="--preset of the training runs"):
-        bench.check_dataset(args)
+    for missing_ok in (False, True):
+        with pytest.raises(SystemExit, match="--preset of the training runs"):
+            bench.check_dataset(args, missing_ok=missing_ok)
     marker.write_text(json.dumps(dataclasses.asdict(settings)))
     bench.check_dataset(args)
 
