@@ -1107,7 +1107,18 @@ def ablation_steps(runs: dict) -> list[dict]:
     return rows
 
 
+def shared_seeds(runs: dict, labels) -> tuple[list[int], dict[str, list[dict]]]:
+    """The seeds every one of ``labels`` has, and each label's runs of those seeds (a comparison of means
+    over different seeds would mix the seeds' spread into the difference)."""
+    if not all(label in runs for label in labels):
+        return [], {}
+    seeds = sorted(set.intersection(*({r["seed"] for r in runs[label]} for label in labels)))
+    return seeds, {label: [r for r in runs[label] if r["seed"] in seeds] for label in labels}
+
+
 def robustness(runs: dict) -> dict:
+    """Dice drop from the normal to the shifted test scans per model (mean over its seeds) and, for each RWA
+    model and its fixed-window twin, over the seeds both have."""
     def drop(seeds, structure, metric):
         return float(np.mean([r["normal"][structure][metric] - r["shifted"][structure][metric] for r in seeds]))
 
@@ -1115,31 +1126,41 @@ def robustness(runs: dict) -> dict:
     liver = {label: drop(seeds, "liver", "dice") for label, seeds in runs.items()}
     pairs = []
     for rwa, twin in TWINS:
-        if rwa in drops and twin in drops:
-            ratio = drops[rwa] / drops[twin] if drops[twin] > 1e-9 else float("nan")
-            pairs.append({"rwa": rwa, "twin": twin, "tumour_dice_drop_rwa": drops[rwa],
-                          "tumour_dice_drop_twin": drops[twin], "ratio": ratio,
-                          "liver_dice_drop_rwa": liver[rwa], "liver_dice_drop_twin": liver[twin],
-                          "target_met": bool(drops[rwa] <= 0.5 * drops[twin]) if drops[twin] > 0 else None})
+        seeds, paired = shared_seeds(runs, (rwa, twin))
+        if not seeds:
+            continue
+        t_rwa, t_twin = drop(paired[rwa], "tumour", "dice_global"), drop(paired[twin], "tumour", "dice_global")
+        ratio = t_rwa / t_twin if t_twin > 1e-9 else float("nan")
+        pairs.append({"rwa": rwa, "twin": twin, "seeds": seeds, "tumour_dice_drop_rwa": t_rwa,
+                      "tumour_dice_drop_twin": t_twin, "ratio": ratio,
+                      "liver_dice_drop_rwa": drop(paired[rwa], "liver", "dice"),
+                      "liver_dice_drop_twin": drop(paired[twin], "liver", "dice"),
+                      "target_met": bool(t_rwa <= 0.5 * t_twin) if t_twin > 0 else None})
     return {"tumour_dice_drop": drops, "liver_dice_drop": liver, "pairs": pairs}
 
 
 def rwa_control(runs: dict) -> list[dict]:
     """Random windows against the same window held fixed (the control) and against the paper's wider fixed
     window (the twin), on the normal and the shifted test scans: tumour global Dice and liver Dice, mean over
-    seeds. RWA minus control is the effect of randomising alone; control minus twin that of the narrower window."""
+    seeds the three share. RWA minus control is the effect of randomising alone; control minus twin that of the
+    narrower window."""
     rows = []
     for rwa, control, twin in RWA_CONTROLS:
-        if not all(k in runs for k in (rwa, control, twin)):
+        seeds, paired = shared_seeds(runs, (rwa, control, twin))
+        if not seeds:
             continue
-        row = {"rwa": rwa, "control": control, "twin": twin}
+        row = {"rwa": rwa, "control": control, "twin": twin, "seeds": seeds}
         for split in ("normal", "shifted"):
             for structure, metric in (("tumour", "dice_global"), ("liver", "dice")):
                 for role, label in (("rwa", rwa), ("control", control), ("twin", twin)):
                     row[f"{split}_{structure}_{role}"] = float(np.mean([r[split][structure][metric]
-                                                                        for r in runs[label]]))
+                                                                        for r in paired[label]]))
         rows.append(row)
     return rows
+
+
+def _seed_list(row: dict) -> str:
+    return ", ".join(map(str, row["seeds"])) if "seeds" in row else "-"  # reports written before the column
 
 
 def plot_curves(runs: dict, path: Path) -> dict:
@@ -1289,26 +1310,27 @@ def markdown(report: dict) -> str:
                          + " | ".join(cells) + " |")
         lines.append("")
     if report.get("rwa_control"):
-        lines += ["## RWA control: random windows vs the same window held fixed (mean over seeds)", "",
+        lines += ["## RWA control: random windows vs the same window held fixed (mean over the seeds all three "
+                  "have)", "",
                   "RWA models evaluate at 71/213.5 HU (-36..178 HU); the twin trains and evaluates at the paper's "
                   "-100..400 HU. The control holds RWA's evaluation window fixed in training: RWA - control is "
                   "the effect of randomising alone.", "",
-                  "| model | split | tumour Dice (global) RWA / control / twin | liver Dice RWA / control / twin |",
-                  "|---|---|---|---|"]
+                  "| model | seeds | split | tumour Dice (global) RWA / control / twin | liver Dice RWA / control / "
+                  "twin |", "|---|---|---|---|---|"]
         for r in report["rwa_control"]:
             for split in ("normal", "shifted"):
                 t = " / ".join(f"{r[f'{split}_tumour_{k}']:.3f}" for k in ("rwa", "control", "twin"))
                 v = " / ".join(f"{r[f'{split}_liver_{k}']:.3f}" for k in ("rwa", "control", "twin"))
-                lines.append(f"| {r['rwa']} | {split} | {t} | {v} |")
+                lines.append(f"| {r['rwa']} | {_seed_list(r)} | {split} | {t} | {v} |")
         lines.append("")
     if report.get("curves"):
         lines += ["Learning curves (validation pseudo Dice against training CPU seconds): `curves.png`.", ""]
     if "robustness" in report:
-        lines += ["## Robustness (imagesTs_shifted): Dice drop normal - shifted", "",
-                  "| RWA model | non-RWA twin | tumour drop RWA | tumour drop twin | ratio | target <= 0.5 met |"
-                  " liver drop RWA | liver drop twin |", "|---|---|---|---|---|---|---|---|"]
+        lines += ["## Robustness (imagesTs_shifted): Dice drop normal - shifted (mean over the seeds both have)", "",
+                  "| RWA model | non-RWA twin | seeds | tumour drop RWA | tumour drop twin | ratio | "
+                  "target <= 0.5 met | liver drop RWA | liver drop twin |", "|---|---|---|---|---|---|---|---|---|"]
         for r in report["robustness"]["pairs"]:
-            lines.append(f"| {r['rwa']} | {r['twin']} | {r['tumour_dice_drop_rwa']:.3f} | "
+            lines.append(f"| {r['rwa']} | {r['twin']} | {_seed_list(r)} | {r['tumour_dice_drop_rwa']:.3f} | "
                          f"{r['tumour_dice_drop_twin']:.3f} | {r['ratio']:.2f} | {r['target_met']} | "
                          f"{r['liver_dice_drop_rwa']:.3f} | {r['liver_dice_drop_twin']:.3f} |")
         lines.append("")

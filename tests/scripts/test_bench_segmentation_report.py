@@ -45,6 +45,30 @@ def test_ablation_steps_pair_seeds_and_count_the_seeds_a_step_helped(bench):
     assert f"| {a0} | 0, 1, 2 | 0.910 ± 0.008 |" in text
 
 
+def _shifted(run: dict, liver: float, tumour: float) -> dict:
+    shifted = {**run["shifted"], "liver": {**run["shifted"]["liver"], "dice": liver},
+               "tumour": {**run["shifted"]["tumour"], "dice_global": tumour}}
+    return {**run, "shifted": shifted}
+
+
+def test_robustness_and_rwa_control_compare_the_seeds_the_models_share(bench):
+    (rwa, control, twin), = [r for r in bench.RWA_CONTROLS if r[0] == "3D U-Net + RWA"]
+    runs = {rwa: [_shifted(_run(0, 0.90, 0.40), 0.80, 0.35), _shifted(_run(2, 0.90, 0.10), 0.90, 0.10)],
+            control: [_run(0, 0.92, 0.50)],  # seed 2 not run yet
+            twin: [_shifted(_run(0, 0.91, 0.45), 0.81, 0.25), _shifted(_run(2, 0.91, 0.05), 0.91, 0.05)]}
+    (pair,) = [p for p in bench.robustness(runs)["pairs"] if p["rwa"] == rwa]
+    assert pair["seeds"] == [0, 2]
+    assert pair["tumour_dice_drop_rwa"] == pytest.approx(0.025)  # (0.05 + 0) / 2
+    assert pair["tumour_dice_drop_twin"] == pytest.approx(0.1)
+    assert pair["target_met"] is True
+    (row,) = bench.rwa_control(runs)
+    assert row["seeds"] == [0]  # only seed 0 has all three: seed 2's RWA run does not enter the mean
+    assert row["normal_tumour_rwa"] == pytest.approx(0.40) and row["normal_tumour_twin"] == pytest.approx(0.45)
+    text = bench.markdown({"settings": {}, "machine": {}, "rwa_control": [row], "robustness": {"pairs": [pair]}})
+    assert f"| {rwa} | 0 | normal | 0.400 / 0.500 / 0.450 |" in text
+    assert f"| {rwa} | {twin} | 0, 2 | 0.025 | 0.100 | 0.25 | True |" in text
+
+
 def test_saved_only_writes_tables_from_saved_runs_and_trains_nothing(bench, tmp_path, monkeypatch, capsys):
     from nnunet_liver.env import EXT_TRAINER_VAR, NNUNET_PATH_VARS
 
