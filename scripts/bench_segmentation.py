@@ -1083,6 +1083,15 @@ def summarise(runs: dict, split: str) -> dict:
             for label, seeds in runs.items()}
 
 
+def shared_seeds(runs: dict, labels) -> tuple[list[int], dict[str, list[dict]]]:
+    """The seeds every one of ``labels`` has, and each label's runs of those seeds (a comparison of means
+    over different seeds would mix the seeds' spread into the difference)."""
+    if not all(label in runs for label in labels):
+        return [], {}
+    seeds = sorted(set.intersection(*({r["seed"] for r in runs[label]} for label in labels)))
+    return seeds, {label: [r for r in runs[label] if r["seed"] in seeds] for label in labels}
+
+
 ABLATION = ("Ablation 0: spatial stream, fixed window", "Ablation 1: + RWA", "Ablation 2: + attention gates",
             DUALSTREAM)
 
@@ -1093,11 +1102,10 @@ def ablation_steps(runs: dict) -> list[dict]:
     the step raised the figure."""
     rows = []
     for before, after in zip(ABLATION, ABLATION[1:]):
-        a = {r["seed"]: r for r in runs.get(before, [])}
-        b = {r["seed"]: r for r in runs.get(after, [])}
-        seeds = sorted(set(a) & set(b))
+        seeds, paired = shared_seeds(runs, (before, after))
         if not seeds:
             continue
+        a, b = ({r["seed"]: r for r in paired[label]} for label in (before, after))
         row = {"before": before, "after": after, "seeds": seeds}
         for name, (structure, metric) in (("liver_dice", ("liver", "dice")),
                                           ("tumour_dice_global", ("tumour", "dice_global"))):
@@ -1105,15 +1113,6 @@ def ablation_steps(runs: dict) -> list[dict]:
             row[name] = {"deltas": deltas, "mean": float(np.mean(deltas)), "raised": int(sum(d > 0 for d in deltas))}
         rows.append(row)
     return rows
-
-
-def shared_seeds(runs: dict, labels) -> tuple[list[int], dict[str, list[dict]]]:
-    """The seeds every one of ``labels`` has, and each label's runs of those seeds (a comparison of means
-    over different seeds would mix the seeds' spread into the difference)."""
-    if not all(label in runs for label in labels):
-        return [], {}
-    seeds = sorted(set.intersection(*({r["seed"] for r in runs[label]} for label in labels)))
-    return seeds, {label: [r for r in runs[label] if r["seed"] in seeds] for label in labels}
 
 
 def robustness(runs: dict) -> dict:
@@ -1159,8 +1158,8 @@ def rwa_control(runs: dict) -> list[dict]:
     return rows
 
 
-def _seed_list(row: dict) -> str:
-    return ", ".join(map(str, row["seeds"])) if "seeds" in row else "-"  # reports written before the column
+def _seed_list(seeds) -> str:
+    return ", ".join(map(str, seeds))
 
 
 def plot_curves(runs: dict, path: Path) -> dict:
@@ -1290,7 +1289,7 @@ def markdown(report: dict) -> str:
                       "| model | seeds | " + " | ".join(cols) + " |", "|---" * (len(cols) + 2) + "|"]
             for label, row in report[key].items():
                 n = len(seeds.get(label, [])) or 2
-                lines.append(f"| {label} | {', '.join(map(str, seeds.get(label, [])))} | "
+                lines.append(f"| {label} | {_seed_list(seeds.get(label, []))} | "
                              + " | ".join(fmt(row[c], n) for c in cols) + " |")
             lines.append("")
     if report.get("ablation_steps"):
@@ -1306,7 +1305,7 @@ def markdown(report: dict) -> str:
                 d = r[name]
                 cells += [", ".join(f"{x:+.3f}" for x in d["deltas"]) + f" ({d['mean']:+.3f})",
                           f"{d['raised']} of {len(r['seeds'])}"]
-            lines.append(f"| {r['before']} -> {r['after']} | {', '.join(map(str, r['seeds']))} | "
+            lines.append(f"| {r['before']} -> {r['after']} | {_seed_list(r['seeds'])} | "
                          + " | ".join(cells) + " |")
         lines.append("")
     if report.get("rwa_control"):
@@ -1321,7 +1320,7 @@ def markdown(report: dict) -> str:
             for split in ("normal", "shifted"):
                 t = " / ".join(f"{r[f'{split}_tumour_{k}']:.3f}" for k in ("rwa", "control", "twin"))
                 v = " / ".join(f"{r[f'{split}_liver_{k}']:.3f}" for k in ("rwa", "control", "twin"))
-                lines.append(f"| {r['rwa']} | {_seed_list(r)} | {split} | {t} | {v} |")
+                lines.append(f"| {r['rwa']} | {_seed_list(r['seeds'])} | {split} | {t} | {v} |")
         lines.append("")
     if report.get("curves"):
         lines += ["Learning curves (validation pseudo Dice against training CPU seconds): `curves.png`.", ""]
@@ -1330,7 +1329,7 @@ def markdown(report: dict) -> str:
                   "| RWA model | non-RWA twin | seeds | tumour drop RWA | tumour drop twin | ratio | "
                   "target <= 0.5 met | liver drop RWA | liver drop twin |", "|---|---|---|---|---|---|---|---|---|"]
         for r in report["robustness"]["pairs"]:
-            lines.append(f"| {r['rwa']} | {r['twin']} | {_seed_list(r)} | {r['tumour_dice_drop_rwa']:.3f} | "
+            lines.append(f"| {r['rwa']} | {r['twin']} | {_seed_list(r['seeds'])} | {r['tumour_dice_drop_rwa']:.3f} | "
                          f"{r['tumour_dice_drop_twin']:.3f} | {r['ratio']:.2f} | {r['target_met']} | "
                          f"{r['liver_dice_drop_rwa']:.3f} | {r['liver_dice_drop_twin']:.3f} |")
         lines.append("")
