@@ -124,6 +124,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="data and budget (other options override it): quick, default, converged")
     p.add_argument("--size", type=int, help="phantom in-plane matrix of the whole abdomen")
     p.add_argument("--fov", choices=("abdomen", "liver"), help="phantom field of view")
+    p.add_argument("--z-margin-mm", type=float, help="--fov liver: mm kept above and below the liver (default 30, "
+                   "as the saved converged runs; bench/margin70: 70)")
     p.add_argument("--num-train", type=int)
     p.add_argument("--num-test", type=int)
     p.add_argument("--seeds", type=int, nargs="+")
@@ -180,7 +182,8 @@ def main(argv: list[str] | None = None) -> None:
     # cost options stay out of the training runs' settings: saved runs are reused only when these match
     settings = {k: v for k, v in vars(args).items()
                 if k not in ("out", "quick", "parts", "models", "jobs", "run", "saved_only")
-                and not k.startswith("cost_")}
+                and not k.startswith("cost_")
+                and not (k == "z_margin_mm" and v is None)}  # runs saved before the option keep their key
     if args.run:  # a --jobs child: one run into runs/, nothing else
         trainer, config, seed = args.run.split(":")
         label = next(m[0] for m in MODELS if m[1] == trainer and m[2] == config)
@@ -928,8 +931,13 @@ def _dataset_marker(args):
     from nnunet_liver.data.synth_dataset import SynthSettings
 
     marker = Path(os.environ["nnUNet_preprocessed"]) / "Dataset990_LiverPhantom" / ".bench_ready"
-    settings = SynthSettings(args.num_train, args.num_test, args.size, seed=0, fov=args.fov)
-    ready = marker.is_file() and json.loads(marker.read_text(encoding="utf-8")) == dataclasses.asdict(settings)
+    settings = SynthSettings(args.num_train, args.num_test, args.size, seed=0, fov=args.fov,
+                             **({"z_margin_mm": args.z_margin_mm} if args.z_margin_mm is not None else {}))
+    # as settings objects: a marker written before a field existed holds that field's default
+    try:
+        ready = marker.is_file() and SynthSettings(**json.loads(marker.read_text(encoding="utf-8"))) == settings
+    except (TypeError, ValueError):  # a marker of another version, or damaged: not this data set
+        ready = False
     return marker, settings, ready
 
 

@@ -83,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=224, help="synthesis size (default: the default demo's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--fov", default="liver", choices=("liver", "abdomen"))
+    parser.add_argument("--z-margin-mm", type=float,
+                        help="synthesis z margin (default: the data set's dataset.json, else 30)")
     parser.add_argument("--json", type=Path, help="also write the counts here")
     args = parser.parse_args(argv)
 
@@ -103,7 +105,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {where}: no labelsTs folder or no predictions folder (a demo output has "
               "nnunet/nnUNet_raw/*/labelsTs and predictions/)", file=sys.stderr)
         return 2
-    margin = SynthSettings(size=args.size, seed=args.seed, fov=args.fov).liver_margin_mm
+    z_margin = args.z_margin_mm
+    if z_margin is None:
+        dataset_json = labels_dir.parent / "dataset.json"
+        extra = json.loads(dataset_json.read_text(encoding="utf-8")).get("nnunet_liver", {}) \
+            if dataset_json.is_file() else {}
+        z_margin = extra.get("z_margin_mm", 30.0)
+    margin = SynthSettings(size=args.size, seed=args.seed, fov=args.fov, z_margin_mm=z_margin).liver_margin_mm
     anatomies = {}
     result = {}
     for model in sorted(p for p in pred_root.iterdir() if p.is_dir()):

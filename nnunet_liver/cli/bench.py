@@ -57,13 +57,16 @@ def add_parser(subparsers) -> None:
     g.add_argument("--cost-case", metavar="Z,Y,X", help="cost: prediction case size (default 200,512,512)")
     g.add_argument("--cost-cpu-predict", choices=("on", "off"), help="cost: sliding-window prediction on the CPU "
                    "when there is no GPU (slow; default off)")
+    g.add_argument("--z-margin-mm", type=float, metavar="MM", help="accuracy/robustness: phantoms with MM above and "
+                   "below the liver (default 30; e.g. 70 with --converged)")
     p.set_defaults(func=run)
 
 
 SEGMENTATION_PARTS = ("cost", "accuracy", "robustness", "speed")
 # bench option -> script flag, forwarded to the segmentation script when given
 SEGMENTATION_OPTIONS = {"parts": "--parts", "cost_inplane": "--cost-inplane", "cost_depth": "--cost-depth",
-                        "cost_steps": "--cost-steps", "cost_case": "--cost-case", "cost_cpu_predict": "--cost-cpu-predict"}
+                        "cost_steps": "--cost-steps", "cost_case": "--cost-case", "cost_cpu_predict": "--cost-cpu-predict",
+                        "z_margin_mm": "--z-margin-mm"}
 
 
 def _parts(text: str) -> str:

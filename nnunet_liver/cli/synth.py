@@ -20,7 +20,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--size", type=int, default=128, help="in-plane voxels per side (default 128)")
     p.add_argument("--fov", default="abdomen", choices=("abdomen", "liver"),
                    help="field of view: the whole abdomen (default) or cropped around the liver (25 mm in-plane, "
-                   "30 mm in z), as liver pipelines crop; --size stays the whole abdomen's matrix")
+                   "--z-margin-mm in z), as liver pipelines crop; --size stays the whole abdomen's matrix")
+    p.add_argument("--z-margin-mm", type=float, default=30.0,
+                   help="--fov liver: mm kept above and below the liver, as far as the abdomen reaches (default 30)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("-np", dest="num_processes", type=int, default=min(2, os.cpu_count() or 1),
                    help="worker processes (default min(2, cores))")
@@ -36,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     root = raw_root(args)
     check_num_processes(args)
     settings = SynthSettings(num_train=args.num_train, num_test=args.num_test, size=args.size, seed=args.seed,
-                             fov=args.fov)
+                             fov=args.fov, z_margin_mm=args.z_margin_mm)
     try:
         folder = write_phantom_dataset(root, settings, dataset_id=args.dataset_id, name=args.name,
                                        overwrite=args.overwrite, num_processes=args.num_processes,

@@ -36,7 +36,8 @@ CASE_COLUMNS = (
 
 FOVS = ("abdomen", "liver")
 #: margin around the liver's bounding box of a "liver" field of view, (in-plane, z) mm: enough body wall,
-#: stomach, kidney, lung base and heart around the liver that the network learns where the liver ends
+#: stomach, kidney, lung base and heart around the liver that the network learns where the liver ends. The z
+#: margin is a setting (``SynthSettings.z_margin_mm``); this is its default.
 LIVER_MARGIN_MM = (25.0, 30.0)
 
 
@@ -48,10 +49,15 @@ class SynthSettings:
     seed: int = 0
     #: "abdomen": the whole abdominal field of view; "liver": cropped to the liver's box + LIVER_MARGIN_MM
     fov: str = "abdomen"
+    #: "liver" field of view: mm kept above and below the liver, as far as the abdomen's grid reaches (above the
+    #: liver it can end first, at the dome). LiTS scans hold far more than the default's
+    #: 30 mm: with 30 mm every slice beyond the liver is in almost every training patch, and models trained
+    #: briefly paint liver over all of them
+    z_margin_mm: float = LIVER_MARGIN_MM[1]
 
     @property
     def liver_margin_mm(self) -> tuple[float, float] | None:
-        return LIVER_MARGIN_MM if self.fov == "liver" else None
+        return (LIVER_MARGIN_MM[0], float(self.z_margin_mm)) if self.fov == "liver" else None
 
     def validate(self) -> None:
         if self.fov not in FOVS:
@@ -62,6 +68,8 @@ class SynthSettings:
             raise ValueError(f"--num-test must be zero or positive, got {self.num_test}")
         if not 32 <= self.size <= 512:
             raise ValueError(f"--size must be between 32 and 512 voxels, got {self.size}")
+        if not 0 <= self.z_margin_mm <= 300:
+            raise ValueError(f"--z-margin-mm must be between 0 and 300 mm, got {self.z_margin_mm:g}")
 
 
 def case_id(index: int) -> str:
@@ -151,13 +159,15 @@ def write_phantom_dataset(raw_root: str | os.PathLike, settings: SynthSettings, 
         case_rows = [r for i in sorted(results) for r in results[i][1]]
         _write_csv(tmp / "lesions.csv", LESION_COLUMNS, lesion_rows)
         _write_csv(tmp / "cases.csv", CASE_COLUMNS, case_rows)
+        margin = f", {settings.z_margin_mm:g} mm above and below the liver" if settings.fov == "liver" else ""
         write_dataset_json(
             tmp, num_training=settings.num_train, name=name,
             description=(f"Synthetic liver-CT phantoms from nnunet-liver (seed {settings.seed}, size "
-                         f"{settings.size}, field of view {settings.fov}). Raw HU. Labels: 0 background, 1 liver, "
-                         f"2 tumour; benign/malignant per lesion in lesions.csv. imagesTs_shifted: the test anatomy under shifted "
+                         f"{settings.size}, field of view {settings.fov}{margin}). Raw HU. Labels: 0 background, "
+                         f"1 liver, 2 tumour; benign/malignant per lesion in lesions.csv. imagesTs_shifted: the test anatomy under shifted "
                          f"contrast/window conditions (robustness split). Synthetic data: not for clinical use."),
             extra={"nnunet_liver": {"generator": "phantoms", "seed": settings.seed, "size": settings.size,
-                                    "fov": settings.fov, "num_test": settings.num_test}},
+                                    "fov": settings.fov, "num_test": settings.num_test,
+                                    **({"z_margin_mm": settings.z_margin_mm} if settings.fov == "liver" else {})}},
         )
     return final

@@ -148,3 +148,31 @@ def test_real_ct_predicted_on_its_grid_and_reported_with_the_dice_of_its_summary
     assert f"Target: liver Dice ≥ 0.85: {verdict}</strong> (liver Dice {dice:.3f})" in html
     assert data["figures"]["real_ct"]["file"] == "figures/real_ct_contours.png"
     assert (out / "report" / "figures" / "real_ct_contours.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_predictions_keep_the_largest_liver_component_and_the_report_shows_extent_and_lesions(demo):
+    """predictions/ = the largest connected liver component of nnUNetv2_predict's raw_predictions/, both are
+    evaluated, and the report's extent table shows the post-processed summaries' aggregate figures."""
+    from nnunet_liver.inference.postprocess import keep_largest_liver
+
+    out, _ = demo
+    data = json.loads((out / "report" / "report_data.json").read_text(encoding="utf-8"))
+    html = (out / "report" / "report.html").read_text(encoding="utf-8")
+    extent = {r["label"]: r for r in data["table1_extent"]}
+    assert set(extent) == {m.label for m in SEG_MODELS}
+    for m in SEG_MODELS:
+        raw = sorted((out / "raw_predictions" / m.key).glob("*.nii.gz"))
+        assert len(raw) == 2
+        for path in raw:
+            kept = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "predictions" / m.key / path.name)))
+            expected, _ = keep_largest_liver(sitk.GetArrayFromImage(sitk.ReadImage(str(path))))
+            assert np.array_equal(kept, expected), (m.key, path.name)
+        agg = json.loads((out / "evaluation" / m.key / "summary.json").read_text(encoding="utf-8"))["aggregate"]
+        assert (out / "evaluation" / "raw" / m.key / "summary.json").is_file()
+        row = extent[m.label]
+        assert _close(row["tumour_dice_global"], agg["tumour"]["dice_global"])
+        assert row["extent"] == agg["liver_extent"]
+        assert row["lesions"]["large"]["n"] == agg["lesion_recall_by_size"]["large"]["n"]
+        assert f"{agg['liver']['dice_global']:.3f}" in html
+    assert "Post-processing:" in html and "largest connected liver component" in html
+    assert "Liver slices beyond the liver (max)" in html

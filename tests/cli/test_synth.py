@@ -120,3 +120,28 @@ def test_interrupted_run_leaves_nothing_that_looks_complete(tmp_path, monkeypatc
     monkeypatch.setattr(synth_dataset, "_write_case", failing)
     assert main(["synth", "-o", str(tmp_path), *ARGS]) == 130
     assert list(tmp_path.iterdir()) == []
+
+
+def test_z_margin_keeps_that_many_mm_above_and_below_the_liver(tmp_path):
+    """--fov liver --z-margin-mm: the same anatomy with more slices above and below the liver, recorded in
+    dataset.json; a negative margin is refused."""
+    args = ["--size", "64", "--num-train", "1", "--num-test", "0", "-np", "1", "--no-progress", "--fov", "liver"]
+    extents = {}
+    for margin in (30, 70):
+        root = tmp_path / f"m{margin}"
+        assert main(["synth", "-o", str(root), *args, "--z-margin-mm", str(margin)]) == 0
+        ds = root / "Dataset990_LiverPhantom"
+        label = sitk.ReadImage(str(ds / "labelsTr" / "liver_000.nii.gz"))
+        z = np.flatnonzero(sitk.GetArrayFromImage(label).any(axis=(1, 2)))
+        sz = label.GetSpacing()[2]
+        extents[margin] = (z[0] * sz, (label.GetSize()[2] - 1 - z[-1]) * sz, len(z))
+        extra = json.loads((ds / "dataset.json").read_text(encoding="utf-8"))["nnunet_liver"]
+        assert extra["z_margin_mm"] == margin
+    assert extents[30][2] == extents[70][2]  # the same liver
+    for side in (0, 1):
+        # up to the margin: the whole abdomen's grid may end first (above the liver, at the dome)
+        assert extents[70][side] >= extents[30][side] >= min(30, extents[70][side]) - sz
+        assert extents[70][side] <= 70 + sz
+    assert extents[70][0] + extents[70][1] > extents[30][0] + extents[30][1] + 20
+    with pytest.raises(ValueError, match="--z-margin-mm"):
+        synth_dataset.SynthSettings(fov="liver", z_margin_mm=-1).validate()

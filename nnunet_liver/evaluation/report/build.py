@@ -186,6 +186,8 @@ class _Builder:
             parts.append(f"**Data:** {prov['data']}.")
         if prov.get("budget"):
             parts.append(f"**Training budget:** {prov['budget']}.")
+        if prov.get("postprocessing"):
+            parts.append(f"**Post-processing:** {prov['postprocessing']}.")
         device = prov.get("device")
         machine = prov.get("machine")
         if isinstance(machine, dict):
@@ -258,6 +260,29 @@ class _Builder:
                      html_header=short, notes=notes + self._small_n_note(rows, key))
 
     @staticmethod
+    def _extent_table(rows: list[dict]) -> Table:
+        """Data-set figures per model: global Dice, lesions found by size, liver beyond the reference liver."""
+        def found(r: dict, key: str) -> str:
+            f, n = r["lesions"][key]["found"], r["lesions"][key]["n"]
+            return f"{f}/{n} ({f / n:.0%})" if n else "none"
+
+        split = rows[0]["lesions"]["split_mm"] if rows else 10.0
+        body = [[Cell(r["label"]), fmt_num(r["liver_dice_global"]), fmt_num(r["tumour_dice_global"]),
+                 found(r, "large"), found(r, "small"),
+                 "—" if r["extent"]["n"] == 0 else str(r["extent"]["max_slices_beyond"]),
+                 f"{r['extent']['cases_2_or_more']}/{r['extent']['n']}"] for r in rows]
+        header = ["Model", "Liver Dice (global)", "Tumour Dice (global)", f"Lesions >= {split:g} mm found",
+                  f"Lesions < {split:g} mm found", "Liver slices beyond the liver (max)",
+                  "Cases with liver 2+ slices beyond"]
+        return Table("table1-extent", "Over the whole test set: global Dice, lesions found, liver beyond the liver",
+                     header, body, notes=[
+                         "Global Dice: 2 |ref ∩ pred| / (|ref| + |pred|) over all test voxels together (LiTS's "
+                         "'Dice global'). A lesion counts as found when a predicted tumour component overlaps it "
+                         f"(IoU > 0); sizes are equivalent-sphere diameters, split at {split:g} mm. Slices beyond: "
+                         "axial slices with predicted liver above the reference liver's first or below its last "
+                         "slice (the larger side, per case)."])
+
+    @staticmethod
     def _small_n_note(rows: list[dict], key: str) -> list[str]:
         ns = [r[key]["tumour_dice"]["n"] for r in rows if r.get(key)]
         if ns and min(ns) < 6:
@@ -300,6 +325,10 @@ class _Builder:
                 [f"Paired t-test and Wilcoxon signed-rank test (two-sided) of each model against "
                  f"**{t1['reference']}**{ref_how} on per-case Dice over the cases both hold; Δ: mean difference, "
                  "model - reference. No correction for multiple comparisons."]))
+            extent = tables.extent_and_lesions(self.m.group("table1"))
+            self.data["table1_extent"] = extent
+            if extent:
+                self.blocks.append(self._extent_table(extent))
 
         self.heading(3, "Ablation study" + tag, "ablation", "Ablation")
         if abl is None:

@@ -63,6 +63,21 @@ def segmentation_row(model: SegmentationModel) -> dict:
     return out
 
 
+def extent_and_lesions(models: list[SegmentationModel]) -> list[dict]:
+    """Per model, from its summary's aggregate: global liver and tumour Dice, reference lesions found below and
+    at/above the size split, and the liver predicted beyond the reference liver's slices (models whose
+    summary.json predates these figures are left out)."""
+    out = []
+    for m in models:
+        agg = m.summary.get("aggregate") or {}
+        if "lesion_recall_by_size" not in agg or "liver_extent" not in agg:  # a summary.json of an older version
+            continue
+        out.append(dict(label=m.label, liver_dice_global=_none(agg["liver"]["dice_global"]),
+                        tumour_dice_global=_none(agg["tumour"]["dice_global"]),
+                        lesions=agg["lesion_recall_by_size"], extent=agg["liver_extent"]))
+    return out
+
+
 def paired(model_a: SegmentationModel, model_b: SegmentationModel) -> dict:
     """Paired tests of A - B on per-case tumour and liver Dice over the cases both hold."""
     from nnunet_liver.evaluation.compare import compare_cases

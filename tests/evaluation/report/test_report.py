@@ -363,7 +363,7 @@ def test_missing_sections_say_what_is_missing_and_which_command_makes_it(results
     assert {k for k, v in data["figures"].items() if v} == {"figure4"}
     # what is there is still rendered: Table 1 with its only model as the reference, Figure 4
     assert data["table1"]["reference"] == "DualStream" and not data["table1"]["reference_given"]
-    assert set(page.tables) == {"table1-metrics", "table1-tests"}
+    assert set(page.tables) == {"table1-metrics", "table1-tests", "table1-extent"}
     assert len(page.images) == 1 and (report / "figures" / FIGURES["figure4"]).is_file()
     assert "results.json names no reference" in html
 
@@ -565,3 +565,30 @@ def test_real_ct_target_not_met_and_figure_without_image(results, tmp_path):
     missing = {m["section"]: m for m in data["missing"]}
     assert "results.json names no real_ct.image" in missing["real_ct_figure"]["message"]
     assert not (tmp_path / "out" / "figures" / "real_ct_contours.png").exists()
+
+
+def test_extent_table_shows_global_dice_lesions_found_and_liver_beyond_from_the_cases(report, results_source):
+    """The whole-test-set table recomputed from each summary's cases: global Dice over the summed voxels, lesions
+    found by equivalent diameter, and the most slices of liver beyond the reference liver."""
+    from nnunet_liver.evaluation.lits import equivalent_diameter_mm
+
+    rows = report["page"].body("table1-extent")
+    data = {r["label"]: r for r in report["data"]["table1_extent"]}
+    assert list(data) == ["2D U-Net", "3D U-Net", "DualStream"]
+    for label, r in data.items():
+        cases = summaries(results_source)[(label, "table1")]["cases"].values()
+        cells = [c[0] for c in rows[label]]
+        for i, s in enumerate(("liver", "tumour")):
+            inter = sum(c[s]["intersection_voxels"] for c in cases)
+            total = sum(c[s]["reference_voxels"] + c[s]["prediction_voxels"] for c in cases)
+            assert r[f"{s}_dice_global"] == pytest.approx(2 * inter / total)
+            assert cells[1 + i] == fmt_num(2 * inter / total)
+        large = [(found, n) for c in cases for n, found in zip(c["lesions"]["reference_lesion_voxels"],
+                                                              c["lesions"]["reference_lesion_found"])
+                 if equivalent_diameter_mm(n, c["spacing"]) >= 10]
+        found = sum(bool(f) for f, _ in large)
+        assert (r["lesions"]["large"]["found"], r["lesions"]["large"]["n"]) == (found, len(large))
+        assert cells[3] == (f"{found}/{len(large)} ({found / len(large):.0%})" if large else "none")
+        beyond = [c["liver_extent"]["slices_beyond"] for c in cases]
+        assert cells[5] == str(max(beyond)) and cells[6] == f"{sum(b >= 2 for b in beyond)}/{len(beyond)}"
+    assert "Liver slices beyond the liver (max)" in report["md"]
