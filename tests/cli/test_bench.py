@@ -174,3 +174,13 @@ def test_segmentation_options_need_the_segmentation_benchmark(tmp_path):
     with pytest.raises(UsageError, match="segmentation"):
         bench.run(ns)
     assert bench.segmentation_options(ns) == ["--parts", "cost", "--cost-inplane", "64"]
+
+
+def test_z_margin_is_forwarded_to_the_segmentation_benchmark(tmp_path):
+    """`nnunet-liver bench --z-margin-mm 70` reaches the segmentation script; absent, nothing is forwarded."""
+    from nnunet_liver.cli.main import build_parser
+
+    args = build_parser().parse_args(["bench", "--only", "segmentation", "--z-margin-mm", "70", "-o", str(tmp_path)])
+    assert bench.segmentation_options(args)[-2:] == ["--z-margin-mm", "70.0"]
+    args = build_parser().parse_args(["bench", "--only", "segmentation", "-o", str(tmp_path)])
+    assert "--z-margin-mm" not in bench.segmentation_options(args)
