@@ -2,8 +2,8 @@
 
 Steps: synthesise phantoms -> plan and preprocess (raw HU kept; ``2d`` and ``3d_fullres``) -> train
 DualStream, the 3D U-Net and the 2D U-Net (CPU presets) with the stock ``nnUNetv2_train`` -> predict the test
-cases with the stock ``nnUNetv2_predict``, keep the largest connected liver component (as ``nnunet-liver predict``
-does) -> LiTS metrics and cost (parameters, FLOPs, seconds per case) ->
+cases with the stock ``nnUNetv2_predict`` -> ``nnunet-liver postprocess`` (the largest connected liver component,
+as ``nnunet-liver predict`` keeps) -> LiTS metrics and cost (parameters, FLOPs, seconds per case) ->
 lesion crops from the preprocessed data -> hybrid 3D CNN, its no-attention ablation, ResNet-50 2D and
 DenseNet-121 2D, cross-validated -> Table 2 -> ``nnunet-liver predict`` with DualStream on the real CT the
 repository carries (``crlm_liver_ct``, a radiologist's liver and tumour mask; never trained or tuned on) and
@@ -196,12 +196,9 @@ class _Demo:
         return self.preset.epochs * self.preset.iters
 
     def predict(self, m: SegModel) -> None:
-        """``nnUNetv2_predict`` into ``raw_predictions/<model>``, then the post-processing ``nnunet-liver
-        predict`` applies by default (the largest connected liver component) into ``predictions/<model>``."""
-        import SimpleITK as sitk
-
+        """``nnUNetv2_predict`` into ``raw_predictions/<model>``, then ``nnunet-liver postprocess`` (the largest
+        connected liver component, as ``nnunet-liver predict`` keeps) into ``predictions/<model>``."""
         from nnunet_liver.data.io import staged_dir
-        from nnunet_liver.inference.postprocess import keep_largest_liver
 
         raw = self.out / "raw_predictions" / m.key
         # on the CPU, -npp 0 -nps 0: nnU-Net predicts in its own process; its worker processes start by
@@ -213,13 +210,7 @@ class _Demo:
                            "-d", str(DATASET_ID), "-c", m.configuration, "-f", "0", "-tr", m.trainer,
                            "-device", self.device, "-npp", workers, "-nps", workers, "--disable_progress_bar"],
                           f"predict_{m.key}")
-        with staged_dir(self.out / "predictions" / m.key, overwrite=True) as tmp:
-            for path in sorted(raw.glob("*.nii.gz")):
-                image = sitk.ReadImage(str(path))
-                seg, _ = keep_largest_liver(sitk.GetArrayFromImage(image))
-                kept = sitk.GetImageFromArray(seg)
-                kept.CopyInformation(image)
-                sitk.WriteImage(kept, str(tmp / path.name), useCompression=True)
+        self._cli("postprocess", "-i", str(raw), "-o", str(self.out / "predictions" / m.key), "--overwrite")
 
     @staticmethod
     def _cli(*argv: str) -> None:
@@ -379,8 +370,9 @@ class _Demo:
             (d0, b0), (d1, b1) = (figures(self.out / "evaluation" / "raw" / m.key),
                                   figures(self.out / "evaluation" / m.key))
             changes.append(f"{m.label} {d0:.3f} -> {d1:.3f} ({b0} -> {b1} slices beyond)")
-        return ("each test prediction of nnUNetv2_predict (raw_predictions/) keeps its largest connected liver "
-                "component, liver and tumour together, as nnunet-liver predict does by default (predictions/); "
+        return ("nnunet-liver postprocess: each test prediction of nnUNetv2_predict (raw_predictions/) keeps its "
+                "largest connected liver component, liver and tumour together, as nnunet-liver predict does by "
+                "default (predictions/); "
                 "liver Dice, mean over cases, and the most liver slices beyond the reference liver, before -> "
                 "after: " + "; ".join(changes))
 

@@ -24,6 +24,7 @@ COMMANDS = (
     "nnunet_liver.cli.submit",
     "nnunet_liver.cli.classify",
     "nnunet_liver.cli.predict",
+    "nnunet_liver.cli.postprocess",
     "nnunet_liver.cli.cohort",
     "nnunet_liver.cli.report",
     "nnunet_liver.cli.bench",
