@@ -125,7 +125,7 @@ def test_saved_only_writes_tables_from_saved_runs_and_trains_nothing(bench, tmp_
 
 def test_saved_only_never_rewrites_the_data_set(bench, tmp_path, monkeypatch):
     monkeypatch.setenv("nnUNet_preprocessed", str(tmp_path))
-    args = argparse.Namespace(num_train=2, num_test=1, size=48, fov="abdomen")
+    args = argparse.Namespace(num_train=2, num_test=1, size=48, fov="liver", z_margin_mm=None)
     with pytest.raises(SystemExit, match=r"\.bench_ready: missing"):
         bench.check_dataset(args)
     marker, settings, ready = bench._dataset_marker(args)
@@ -138,6 +138,12 @@ def test_saved_only_never_rewrites_the_data_set(bench, tmp_path, monkeypatch):
             bench.check_dataset(args, missing_ok=missing_ok)
     marker.write_text(json.dumps(dataclasses.asdict(settings)))
     bench.check_dataset(args)
+    # a marker written before --z-margin-mm existed is the default 30 mm data set, not another margin's
+    old = {k: v for k, v in dataclasses.asdict(settings).items() if k != "z_margin_mm"}
+    marker.write_text(json.dumps(old))
+    bench.check_dataset(args)
+    with pytest.raises(SystemExit, match="--preset of the training runs"):
+        bench.check_dataset(argparse.Namespace(**{**vars(args), "z_margin_mm": 70.0}))
 
 
 def test_evaluate_split_keeps_each_prediction_on_the_reference_grid(bench, tmp_path):
