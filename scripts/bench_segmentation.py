@@ -1274,7 +1274,9 @@ def markdown(report: dict) -> str:
     if "runs" in report:
         lines = [f"# Segmentation benchmarks (synthetic phantoms, {report['machine'].get('device', 'cpu').upper()})",
                  "", f"Machine: {report['machine']}. Data: {s.get('num_train')} training / {s.get('num_test')} test "
-                 f"phantoms (whole-abdomen matrix {s.get('size')}, field of view: {s.get('fov')}); budget per model: "
+                 f"phantoms (whole-abdomen matrix {s.get('size')}, field of view: {s.get('fov')}"
+                 + (f", {s['z_margin_mm']:g} mm above and below the liver" if s.get("z_margin_mm") is not None else "")
+                 + "); budget per model: "
                  f"{budget}, fold 0, seeds {s.get('seeds')}. Synthetic data on a CPU: not LiTS results.", ""]
     else:  # the cost part alone: no phantoms involved
         lines = ["# Segmentation benchmarks: cost", "", f"Machine: {report['machine']}.", ""]
