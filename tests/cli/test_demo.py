@@ -176,3 +176,15 @@ def test_predictions_keep_the_largest_liver_component_and_the_report_shows_exten
         assert f"{agg['liver']['dice_global']:.3f}" in html
     assert "Post-processing:" in html and "largest connected liver component" in html
     assert "Liver slices beyond the liver (max)" in html
+
+
+def test_iterations_must_be_whole_epochs_and_refusal_writes_nothing(tmp_path, capsys):
+    """Fast (no demo run): --iterations that are not whole epochs of the preset stop before any folder exists."""
+    from nnunet_liver.cli.main import main
+
+    for bad in ("0", "310", "-25"):
+        assert main(["demo", "--out", str(tmp_path / "out"), "--iterations", bad]) == 2
+        assert "--iterations must be a positive multiple of the epoch length, 25" in capsys.readouterr().err
+    assert main(["demo", "--quick", "--out", str(tmp_path / "out"), "--iterations", "7"]) == 2
+    assert "epoch length, 5" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
