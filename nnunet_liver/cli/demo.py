@@ -43,21 +43,27 @@ class DemoPreset:
     fov: str = "abdomen"  # phantom field of view: "abdomen", or "liver" (cropped around the liver)
     z_margin_mm: float = 30.0  # "liver" field of view: mm kept above and below the liver
     cpu_seconds: float | None = None  # segmentation: equal CPU-seconds budget per model (None: epochs x iters)
+    #: epochs where training is fast (CUDA, or a CPU with native bf16, which trains about 2.7x faster here than
+    #: one without): what fits the 15-minute demo there (None: ``epochs`` everywhere)
+    epochs_fast: int | None = None
 
 
 PRESETS = {
     "quick": DemoPreset(num_train=8, num_test=2, size=48, epochs=2, iters=5, val_iters=1, cls_folds=2,
                         cls_seconds=2.0),
     # the learnable regime of issue 11: liver field of view at ~2 mm in-plane (a 10 mm lesion spans ~5 voxels),
-    # every segmentation model the same 300 iterations. Not a CPU-seconds budget: with other work on the
+    # every segmentation model the same number of iterations. Not a CPU-seconds budget: with other work on the
     # machine, OpenMP threads spin-waiting burn CPU seconds without progress (a 150 CPU s budget gave the 3D
     # U-Net 50 iterations on a loaded machine, where a quiet one spends about 0.5 CPU s per iteration), so the
     # models' quality followed the load.
     # 30 mm above and below the liver: at 300 iterations every model paints liver on every slice beyond the
     # liver with 70 mm as with 30 mm (27 and 12 slices), and 70 mm costs liver Dice (DualStream 0.839 vs 0.859
     # after post-processing, 2026-12-03); 70 mm pays off only after thousands of iterations (README)
+    # 600 iterations where training is fast: tumours appear between 300 and 600 (DualStream, tumour global Dice
+    # 0.014 -> 0.366, lesions >= 10 mm found 2 -> 5 of 6; whole demo 7:58 -> 10:49 on a Xeon with AMX,
+    # 2026-12-03); a float32 CPU (13:58 at 300 on an AMD EPYC) would need about 20 minutes for 600
     "default": DemoPreset(num_train=24, num_test=4, size=224, fov="liver", z_margin_mm=30.0, epochs=12, iters=25,
-                          val_iters=2, cls_folds=3, cls_seconds=10.0),
+                          val_iters=2, cls_folds=3, cls_seconds=10.0, epochs_fast=24),
 }
 
 
@@ -81,6 +87,13 @@ SEG_MODELS = (
 REAL_CT_MODEL = SEG_MODELS[0]
 
 
+def fast_training(device: str) -> bool:
+    """CUDA, or a CPU with native bf16 that the CPU presets train in (``NNUNET_LIVER_BF16`` not 0)."""
+    from nnunet_liver.trainers._mixins import cpu_bf16_supported
+
+    return device == "cuda" or (os.environ.get("NNUNET_LIVER_BF16", "auto") != "0" and cpu_bf16_supported())
+
+
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "demo",
@@ -94,8 +107,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--quick", action="store_true", help="smallest preset (about 4 minutes on 2 cores)")
     p.add_argument("--iterations", type=int, metavar="N",
                    help="training iterations of every segmentation model, a multiple of the epoch length (default "
-                   "preset: 300 in epochs of 25; 600 learns far more and takes about 3 more minutes on a fast "
-                   "2-core CPU, 8 on a slow one)")
+                   "preset, epochs of 25: 600 on CUDA or a CPU with native bf16, 300 on other CPUs, where 600 "
+                   "would take about 20 minutes on 2 cores)")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="training/prediction device")
     p.add_argument("-np", dest="num_processes", type=int, default=min(2, os.cpu_count() or 1),
                    help="worker processes (default min(2, cores))")
@@ -116,6 +129,8 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(f"--iterations must be a positive multiple of the epoch length, {preset.iters}, "
                              f"got {args.iterations}")
         preset = replace(preset, epochs=args.iterations // preset.iters)
+    elif preset.epochs_fast is not None and fast_training(args.device):
+        preset = replace(preset, epochs=preset.epochs_fast)
     out = Path(args.out).resolve()
     try:
         check_writable_dir(out)
@@ -129,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
     pipe = Pipeline(out=out, env=env, signature={"preset": preset_name, "device": args.device, **asdict(preset)})
     demo = _Demo(out, env, preset, preset_name, args.device, args.num_processes, pipe)
     print(f"nnunet-liver demo ({preset_name}): {preset.num_train} training + {preset.num_test} test phantoms of "
-          f"{preset.size} voxels; out={out}")
+          f"{preset.size} voxels, {preset.epochs * preset.iters} iterations per segmentation model; out={out}")
     steps = [("synthesise phantoms", demo.synth),
              ("plan and preprocess, raw HU (2d, 3d_fullres)", demo.preprocess)]
     steps += [(f"train {m.label} ({m.trainer}, {m.configuration}) with nnUNetv2_train", partial(demo.train, m))
@@ -360,7 +375,7 @@ class _Demo:
                 "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
                 "synthetic": True,
                 "command": f"nnunet-liver demo{' --quick' if self.preset_name == 'quick' else ''}"
-                           f"{'' if p == PRESETS[self.preset_name] else f' --iterations {p.epochs * p.iters}'} "
+                           f" --iterations {p.epochs * p.iters} "
                            f"--out {self.out} --device {self.device} -np {self.np}",
             },
             "dataset": {"images": rel(self.raw / "imagesTs"), "labels": rel(self.raw / "labelsTs")},

@@ -188,3 +188,17 @@ def test_iterations_must_be_whole_epochs_and_refusal_writes_nothing(tmp_path, ca
     assert main(["demo", "--quick", "--out", str(tmp_path / "out"), "--iterations", "7"]) == 2
     assert "epoch length, 5" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_default_iterations_follow_the_training_speed(monkeypatch):
+    """600 iterations on CUDA or a CPU with native bf16 (unless NNUNET_LIVER_BF16=0), 300 elsewhere."""
+    import nnunet_liver.trainers._mixins as mixins
+    from nnunet_liver.cli import demo
+
+    preset = demo.PRESETS["default"]
+    assert (preset.epochs * preset.iters, preset.epochs_fast * preset.iters) == (300, 600)
+    for native, setting, device, fast in ((False, "auto", "cpu", False), (True, "auto", "cpu", True),
+                                          (True, "0", "cpu", False), (False, "auto", "cuda", True)):
+        monkeypatch.setattr(mixins, "cpu_bf16_supported", lambda native=native: native)
+        monkeypatch.setenv("NNUNET_LIVER_BF16", setting)
+        assert demo.fast_training(device) is fast, (native, setting, device)
