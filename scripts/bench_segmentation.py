@@ -165,6 +165,13 @@ def main(argv: list[str] | None = None) -> None:
             setattr(args, key, value)
     if args.jobs < 1:
         p.error(f"--jobs must be >= 1, got {args.jobs}")
+    if args.z_margin_mm is not None:
+        from nnunet_liver.data.synth_dataset import LIVER_MARGIN_MM
+
+        if args.fov != "liver":
+            p.error("--z-margin-mm needs the liver field of view (--fov liver, or --preset converged)")
+        if args.z_margin_mm == LIVER_MARGIN_MM[1]:  # the default: the same data and the same run keys as without it
+            args.z_margin_mm = None
     parts = set(args.parts.split(","))
     if parts - set(PARTS):
         p.error(f"--parts: unknown part(s) {', '.join(sorted(parts - set(PARTS)))}; choose from {', '.join(PARTS)}")
@@ -958,6 +965,7 @@ def prepare_dataset(args) -> None:
     marker, settings, ready = _dataset_marker(args)
     if ready:
         return
+    marker.unlink(missing_ok=True)  # an interrupted rewrite must not leave the old settings' marker behind
     write_phantom_dataset(raw, settings, overwrite=True, num_processes=2, progress=False)
     plan_and_preprocess(990, configurations=("2d", "3d_fullres"), num_processes=2, overwrite=True)
     marker.write_text(json.dumps(dataclasses.asdict(settings)), encoding="utf-8")

@@ -108,8 +108,12 @@ def main(argv: list[str] | None = None) -> int:
     z_margin = args.z_margin_mm
     if z_margin is None:
         dataset_json = labels_dir.parent / "dataset.json"
-        extra = json.loads(dataset_json.read_text(encoding="utf-8")).get("nnunet_liver", {}) \
-            if dataset_json.is_file() else {}
+        try:
+            extra = json.loads(dataset_json.read_text(encoding="utf-8")).get("nnunet_liver", {}) \
+                if dataset_json.is_file() else {}
+        except ValueError as e:
+            print(f"error: {dataset_json}: not valid JSON ({e}); pass --z-margin-mm", file=sys.stderr)
+            return 2
         z_margin = extra.get("z_margin_mm", 30.0)
     margin = SynthSettings(size=args.size, seed=args.seed, fov=args.fov, z_margin_mm=z_margin).liver_margin_mm
     anatomies = {}

@@ -88,10 +88,11 @@ REAL_CT_MODEL = SEG_MODELS[0]
 
 
 def fast_training(device: str) -> bool:
-    """CUDA, or a CPU with native bf16 that the CPU presets train in (``NNUNET_LIVER_BF16`` not 0)."""
+    """CUDA, or a CPU with native bf16 that the CPU presets train in: ``NNUNET_LIVER_BF16`` auto or 1, as the
+    trainers read it (imports nnU-Net: call it after the run's nnU-Net variables are set)."""
     from nnunet_liver.trainers._mixins import cpu_bf16_supported
 
-    return device == "cuda" or (os.environ.get("NNUNET_LIVER_BF16", "auto") != "0" and cpu_bf16_supported())
+    return device == "cuda" or (os.environ.get("NNUNET_LIVER_BF16", "auto") in ("auto", "1") and cpu_bf16_supported())
 
 
 def add_parser(subparsers) -> None:
@@ -129,8 +130,6 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(f"--iterations must be a positive multiple of the epoch length, {preset.iters}, "
                              f"got {args.iterations}")
         preset = replace(preset, epochs=args.iterations // preset.iters)
-    elif preset.epochs_fast is not None and fast_training(args.device):
-        preset = replace(preset, epochs=preset.epochs_fast)
     out = Path(args.out).resolve()
     try:
         check_writable_dir(out)
@@ -141,6 +140,8 @@ def run(args: argparse.Namespace) -> int:
     # they cost more than the work itself
     env["nnUNet_def_n_proc"] = os.environ.get("nnUNet_def_n_proc", str(args.num_processes))
     os.environ.update(env)
+    if args.iterations is None and preset.epochs_fast is not None and fast_training(args.device):
+        preset = replace(preset, epochs=preset.epochs_fast)
     pipe = Pipeline(out=out, env=env, signature={"preset": preset_name, "device": args.device, **asdict(preset)})
     demo = _Demo(out, env, preset, preset_name, args.device, args.num_processes, pipe)
     print(f"nnunet-liver demo ({preset_name}): {preset.num_train} training + {preset.num_test} test phantoms of "
@@ -386,15 +387,16 @@ class _Demo:
 
     def _postprocessing_note(self) -> str:
         """What the post-processing did, from the evaluations before and after it."""
-        def figures(folder: Path) -> tuple[float, int]:
+        def figures(folder: Path) -> tuple[str, str]:
             agg = json.loads((folder / "summary.json").read_text(encoding="utf-8"))["aggregate"]
-            return agg["liver"]["dice_per_case"], agg["liver_extent"]["max_slices_beyond"]
+            dice, beyond = agg["liver"]["dice_per_case"], agg["liver_extent"]["max_slices_beyond"]
+            return ("n/a" if dice is None else f"{dice:.3f}"), ("n/a" if beyond is None else f"{beyond}")
 
         changes = []
         for m in SEG_MODELS:
             (d0, b0), (d1, b1) = (figures(self.out / "evaluation" / "raw" / m.key),
                                   figures(self.out / "evaluation" / m.key))
-            changes.append(f"{m.label} {d0:.3f} -> {d1:.3f} ({b0} -> {b1} slices beyond)")
+            changes.append(f"{m.label} {d0} -> {d1} ({b0} -> {b1} slices beyond)")
         return ("nnunet-liver postprocess: each test prediction of nnUNetv2_predict (raw_predictions/) keeps its "
                 "largest connected liver component, liver and tumour together, as nnunet-liver predict does by "
                 "default (predictions/); "

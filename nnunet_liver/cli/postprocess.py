@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     import SimpleITK as sitk
 
     from nnunet_liver.cli.main import UsageError
-    from nnunet_liver.data.images import ImageError, read_image
+    from nnunet_liver.data.images import ImageError, label_array_checked, read_image
     from nnunet_liver.data.io import OutputExistsError, staged_dir
     from nnunet_liver.evaluation.lits import EvaluationInputError, list_cases
     from nnunet_liver.inference.postprocess import Postprocessing
@@ -44,8 +44,9 @@ def run(args: argparse.Namespace) -> int:
     source, out = Path(args.input).resolve(), Path(args.output).resolve()
     if not source.is_dir():
         raise UsageError(f"{source}: no such folder")
-    if out == source:
-        raise UsageError(f"{out}: the output folder must not be the input folder (the input is never modified)")
+    if out == source or out.is_relative_to(source) or source.is_relative_to(out):
+        raise UsageError(f"{out}: the output folder must not be, hold or lie inside the input folder {source} "
+                         "(the input is never modified)")
     try:
         cases = list_cases(source)
     except EvaluationInputError as e:
@@ -58,10 +59,8 @@ def run(args: argparse.Namespace) -> int:
         with staged_dir(out, overwrite=args.overwrite) as tmp:
             for case, path in cases.items():
                 image = read_image(path, "label map")
-                seg = sitk.GetArrayFromImage(image)
-                if seg.size and (seg.min() < 0 or seg.max() > TUMOUR_LABEL or not np.array_equal(seg, np.round(seg))):
-                    raise UsageError(f"{path}: not a label map of 0 background, 1 liver, {TUMOUR_LABEL} tumour "
-                                     f"(values {seg.min():g} to {seg.max():g})")
+                seg = np.asarray(label_array_checked(image, path, what="label map (0 background, 1 liver, "
+                                                     f"{TUMOUR_LABEL} tumour)", max_value=TUMOUR_LABEL))
                 voxel_ml = float(np.prod(image.GetSpacing())) / 1000.0
                 kept, counts = post.apply(seg, TUMOUR_LABEL, voxel_ml)
                 written = sitk.GetImageFromArray(kept)

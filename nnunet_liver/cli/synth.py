@@ -37,6 +37,8 @@ def run(args: argparse.Namespace) -> int:
 
     root = raw_root(args)
     check_num_processes(args)
+    if args.fov != "liver" and args.z_margin_mm != SynthSettings.z_margin_mm:
+        raise UsageError("--z-margin-mm needs --fov liver (the whole-abdomen field of view has no margin)")
     settings = SynthSettings(num_train=args.num_train, num_test=args.num_test, size=args.size, seed=args.seed,
                              fov=args.fov, z_margin_mm=args.z_margin_mm)
     try:

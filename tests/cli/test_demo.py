@@ -173,7 +173,7 @@ def test_predictions_keep_the_largest_liver_component_and_the_report_shows_exten
         assert _close(row["tumour_dice_global"], agg["tumour"]["dice_global"])
         assert row["extent"] == agg["liver_extent"]
         assert row["lesions"]["large"]["n"] == agg["lesion_recall_by_size"]["large"]["n"]
-        assert f"{agg['liver']['dice_global']:.3f}" in html
+        assert _close(row["liver_dice_global"], agg["liver"]["dice_global"])
     assert "Post-processing:" in html and "largest connected liver component" in html
     assert "Liver slices beyond the liver (max)" in html
 
@@ -202,3 +202,35 @@ def test_default_iterations_follow_the_training_speed(monkeypatch):
         monkeypatch.setattr(mixins, "cpu_bf16_supported", lambda native=native: native)
         monkeypatch.setenv("NNUNET_LIVER_BF16", setting)
         assert demo.fast_training(device) is fast, (native, setting, device)
+
+
+def test_run_trains_the_fast_budget_only_where_training_is_fast(tmp_path, monkeypatch):
+    """run() puts 600 iterations into the pipeline's settings where training is fast, 300 elsewhere, and
+    --iterations wins over both (stopped at the first step; the process environment is restored)."""
+    import os
+
+    from nnunet_liver.cli import demo
+    from nnunet_liver.cli.main import build_parser
+    from nnunet_liver.cli.steps import Pipeline
+
+    class Stop(Exception):
+        pass
+
+    seen = []
+
+    def first_step(self, name, fn, index, total):
+        seen.append(self.signature["epochs"] * self.signature["iters"])
+        raise Stop
+
+    monkeypatch.setattr(Pipeline, "step", first_step)
+    saved = dict(os.environ)
+    try:
+        for fast, extra, expected in ((True, [], 600), (False, [], 300), (True, ["--iterations", "50"], 50)):
+            monkeypatch.setattr(demo, "fast_training", lambda device, fast=fast: fast)
+            args = build_parser().parse_args(["demo", "--out", str(tmp_path / "out"), *extra])
+            with pytest.raises(Stop):
+                args.func(args)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    assert seen == [600, 300, 50]

@@ -79,7 +79,7 @@ def test_bad_input_names_the_file_and_writes_nothing(tmp_path, capsys):
     write(src / "b.nii.gz", bad)
     assert main(["postprocess", "-i", str(src), "-o", str(out)]) == 2
     err = capsys.readouterr().err
-    assert "b.nii.gz" in err and "not a label map" in err and len(err.strip().splitlines()) == 1
+    assert "b.nii.gz" in err and "above 2" in err and len(err.strip().splitlines()) == 1
     assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["raw"]  # no partial folder left
 
     (src / "b.nii.gz").write_bytes(b"not a nifti")
@@ -92,5 +92,9 @@ def test_bad_input_names_the_file_and_writes_nothing(tmp_path, capsys):
     assert "no label maps" in capsys.readouterr().err
     assert main(["postprocess", "-i", str(tmp_path / "missing"), "-o", str(out)]) == 2
     assert "no such folder" in capsys.readouterr().err
-    assert main(["postprocess", "-i", str(src), "-o", str(src)]) == 2
-    assert "must not be the input folder" in capsys.readouterr().err
+    (src / "b.nii.gz").unlink()
+    before = hashes(src)
+    for inside in (src, src / "post", tmp_path):  # -o the input, inside it, or holding it (--overwrite would delete it)
+        assert main(["postprocess", "-i", str(src), "-o", str(inside), "--overwrite"]) == 2
+        assert "must not be, hold or lie inside the input folder" in capsys.readouterr().err
+    assert hashes(src) == before

@@ -145,3 +145,6 @@ def test_z_margin_keeps_that_many_mm_above_and_below_the_liver(tmp_path):
     assert extents[70][0] + extents[70][1] > extents[30][0] + extents[30][1] + 20
     with pytest.raises(ValueError, match="--z-margin-mm"):
         synth_dataset.SynthSettings(fov="liver", z_margin_mm=-1).validate()
+    # the whole abdomen has no margin to set: refused, nothing written
+    assert main(["synth", "-o", str(tmp_path / "abd"), *args[:-2], "--fov", "abdomen", "--z-margin-mm", "70"]) == 2
+    assert not (tmp_path / "abd").exists()

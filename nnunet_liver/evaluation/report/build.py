@@ -328,7 +328,12 @@ class _Builder:
             extent = tables.extent_and_lesions(self.m.group("table1"))
             self.data["table1_extent"] = extent
             if extent:
-                self.blocks.append(self._extent_table(extent))
+                table = self._extent_table(extent)
+                left_out = [m.label for m in self.m.group("table1") if m.label not in {r["label"] for r in extent}]
+                if left_out:
+                    table.notes.append(f"Not shown: {', '.join(left_out)}, whose summary.json predates these "
+                                       "figures; rerun `nnunet-liver evaluate` on its predictions.")
+                self.blocks.append(table)
 
         self.heading(3, "Ablation study" + tag, "ablation", "Ablation")
         if abl is None:

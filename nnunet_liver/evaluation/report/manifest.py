@@ -278,7 +278,7 @@ def load_manifest(results: str | os.PathLike) -> Manifest:
 
     if data.get("provenance") is not None:
         prov = dict(c.mapping(data["provenance"], "provenance", PROVENANCE_KEYS))
-        for k in ("data", "budget", "device", "created", "command"):
+        for k in ("data", "budget", "postprocessing", "device", "created", "command"):
             c.string(prov.get(k), f"provenance.{k}")
         machine = prov.get("machine")
         if machine is not None and not isinstance(machine, (dict, str)):
