@@ -166,11 +166,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.jobs < 1:
         p.error(f"--jobs must be >= 1, got {args.jobs}")
     if args.z_margin_mm is not None:
-        from nnunet_liver.data.synth_dataset import LIVER_MARGIN_MM
+        from nnunet_liver.data.synth_dataset import SynthSettings
 
         if args.fov != "liver":
             p.error("--z-margin-mm needs the liver field of view (--fov liver, or --preset converged)")
-        if args.z_margin_mm == LIVER_MARGIN_MM[1]:  # the default: the same data and the same run keys as without it
+        if args.z_margin_mm == SynthSettings.z_margin_mm:  # the default: the same data and the same run keys as without it
             args.z_margin_mm = None
     parts = set(args.parts.split(","))
     if parts - set(PARTS):

@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as e:
             print(f"error: {dataset_json}: not valid JSON ({e}); pass --z-margin-mm", file=sys.stderr)
             return 2
-        z_margin = extra.get("z_margin_mm", 30.0)
+        z_margin = extra.get("z_margin_mm", SynthSettings.z_margin_mm)
     margin = SynthSettings(size=args.size, seed=args.seed, fov=args.fov, z_margin_mm=z_margin).liver_margin_mm
     anatomies = {}
     result = {}
