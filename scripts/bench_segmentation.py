@@ -379,7 +379,9 @@ def cached_run(label: str, trainer: str, config: str, seed: int, args, out: Path
     ``train=False`` a run not saved yet gives None."""
     path = out / "runs" / f"{trainer}__{config}__seed{seed}.json"
     # the machine is part of the key: CPU seconds on another CPU (or with/without native bf16) buy other runs
-    key = {**{k: v for k, v in settings.items() if k != "seeds"},
+    from nnunet_liver.data.phantoms import PHANTOM_VERSION
+
+    key = {**{k: v for k, v in settings.items() if k != "seeds"}, "phantoms": PHANTOM_VERSION,
            "code": code_fingerprint(network_module(trainer, config)), "cpu": cpu_identity(),
            "threads": 1 if args.jobs > 1 else _torch_threads()}  # --jobs children train on one thread
     if path.is_file():
@@ -935,6 +937,7 @@ def cost_markdown(cost: dict) -> list[str]:
 def _dataset_marker(args):
     """The bench data set's marker file, its synthesis settings for these options, and whether the data set on
     disk was made with them."""
+    from nnunet_liver.data.phantoms import PHANTOM_VERSION
     from nnunet_liver.data.synth_dataset import SynthSettings
 
     marker = Path(os.environ["nnUNet_preprocessed"]) / "Dataset990_LiverPhantom" / ".bench_ready"
@@ -942,7 +945,10 @@ def _dataset_marker(args):
                              **({"z_margin_mm": args.z_margin_mm} if args.z_margin_mm is not None else {}))
     # as settings objects: a marker written before a field existed holds that field's default
     try:
-        ready = marker.is_file() and SynthSettings(**json.loads(marker.read_text(encoding="utf-8"))) == settings
+        saved = json.loads(marker.read_text(encoding="utf-8")) if marker.is_file() else None
+        # a marker without a version was written by the phantoms of version 1
+        ready = (saved is not None and saved.pop("phantom_version", 1) == PHANTOM_VERSION
+                 and SynthSettings(**saved) == settings)
     except (TypeError, ValueError):  # a marker of another version, or damaged: not this data set
         ready = False
     return marker, settings, ready
@@ -968,7 +974,7 @@ def prepare_dataset(args) -> None:
     marker.unlink(missing_ok=True)  # an interrupted rewrite must not leave the old settings' marker behind
     write_phantom_dataset(raw, settings, overwrite=True, num_processes=2, progress=False)
     plan_and_preprocess(990, configurations=("2d", "3d_fullres"), num_processes=2, overwrite=True)
-    marker.write_text(json.dumps(dataclasses.asdict(settings)), encoding="utf-8")
+    marker.write_text(json.dumps({**dataclasses.asdict(settings), "phantom_version": PHANTOM_VERSION}), encoding="utf-8")
 
 
 def train_and_predict(label: str, trainer_name: str, config: str, seed: int, args, out: Path) -> dict:

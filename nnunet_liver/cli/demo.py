@@ -142,7 +142,11 @@ def run(args: argparse.Namespace) -> int:
     os.environ.update(env)
     if args.iterations is None and preset.epochs_fast is not None and fast_training(args.device):
         preset = replace(preset, epochs=preset.epochs_fast)
-    pipe = Pipeline(out=out, env=env, signature={"preset": preset_name, "device": args.device, **asdict(preset)})
+    from nnunet_liver.data.phantoms import PHANTOM_VERSION
+
+    # a rerun after the phantoms changed redoes every step
+    pipe = Pipeline(out=out, env=env, signature={"preset": preset_name, "device": args.device, **asdict(preset),
+                                                 "phantoms": PHANTOM_VERSION})
     demo = _Demo(out, env, preset, preset_name, args.device, args.num_processes, pipe)
     print(f"nnunet-liver demo ({preset_name}): {preset.num_train} training + {preset.num_test} test phantoms of "
           f"{preset.size} voxels, {preset.epochs * preset.iters} iterations per segmentation model; out={out}")

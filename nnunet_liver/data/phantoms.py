@@ -28,8 +28,9 @@ Anatomy model (all sizes in mm, so that lesion sizes are realistic whatever the 
   subcutaneous fat of varying thickness, a muscle wall, ribs in the wall, paraspinal and psoas muscles,
   a vertebral column (cancellous body with a cortical shell, discs, spinal canal; arch and processes as
   "thin_bone", cortex and marrow mixed at these voxel sizes), aorta, inferior vena cava, a diaphragm
-  with two domes, lung bases and heart above it, stomach with an air-fluid level, bowel loops with gas in
-  visceral fat, spleen, kidneys (cortex, medulla, sinus fat) in perirenal fat, gallbladder.
+  with two domes, lung bases and heart above it, stomach (wall, fluid, an air cap), bowel loops in
+  visceral fat (an enhancing wall around fluid with or without an air-fluid level, faeces with gas
+  bubbles, or gas), spleen, kidneys (cortex, medulla, sinus fat) in perirenal fat, gallbladder.
 * Liver: a smooth union of five ellipsoids (large right lobe, its inferior tip, medial segment, thin
   left lateral lobe reaching across the midline, caudate lobe), warped by a low-frequency random
   displacement field and moulded by the abdominal wall, the diaphragm dome, the kidney, the gallbladder
@@ -85,14 +86,19 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 from scipy import ndimage, special
+from scipy.spatial import cKDTree
 
+#: Changes whenever the same seed draws other images. 1: the bowel as solid soft tissue (35-60 HU); 2: bowel
+#: loops with an enhancing wall around fluid, faeces or gas, and a stomach wall around fluid (every other
+#: tissue, the liver and the lesions drawn as in 1).
+PHANTOM_VERSION = 2
 PHASES = ("arterial", "portal", "delayed")
 SUBTYPES = ("metastasis", "hcc", "cyst", "haemangioma")
 SUBTYPE_LABEL = {"metastasis": "malignant", "hcc": "malignant", "cyst": "benign", "haemangioma": "benign"}
 TISSUES = (
     "air", "lung", "fat", "muscle", "bowel", "gas", "cancellous", "cortical", "disc", "csf", "thin_bone",
     "aorta", "ivc", "portal_vein", "hepatic_vein", "heart", "liver", "spleen", "kidney_cortex",
-    "kidney_medulla", "gallbladder", "lesion",
+    "kidney_medulla", "gallbladder", "lesion", "bowel_fluid", "feces",
 )
 TISSUE_INDEX = {name: i for i, name in enumerate(TISSUES)}
 HU_RANGE = (-1024, 3071)
@@ -115,6 +121,10 @@ _PHASE_HU = {
 _STATIC_HU = {"air": (-1005, -995), "lung": (-870, -820), "fat": (-115, -90), "gas": (-990, -940),
               "cancellous": (200, 300), "cortical": (750, 950), "disc": (80, 100), "csf": (5, 20),
               "thin_bone": (350, 550), "gallbladder": (0, 20)}
+# Bowel and stomach contents: fluid (water, chyme) and faeces (mottled, with gas bubbles). Drawn from a
+# generator of their own (see :func:`sample_conditions`), so the other tissues' draws are those of the
+# phantoms made before the bowel had a lumen.
+_CONTENT_HU = {"bowel_fluid": (0, 25), "feces": (-60, 10)}
 _PHASE_PROBS = (0.25, 0.55, 0.20)
 _BLOOD_NATIVE_HU = 40.0
 # unenhanced HU of the tissues that enhance (the liver's is drawn per scan)
@@ -131,7 +141,7 @@ _NOMINAL_BLOOD = {"arterial": 300.0 - _BLOOD_NATIVE_HU, "portal": 180.0 - _BLOOD
 _TEX_LOW = {"fat": 5, "muscle": 3, "bowel": 8, "lung": 25, "cancellous": 25, "spleen": 3, "kidney_cortex": 4,
             "kidney_medulla": 4, "heart": 5}
 _TEX_MID = {"fat": 4, "muscle": 3, "bowel": 12, "lung": 20, "cancellous": 30, "spleen": 2, "kidney_cortex": 4,
-            "kidney_medulla": 6, "liver": 1.5, "heart": 4, "gallbladder": 1}
+            "kidney_medulla": 6, "liver": 1.5, "heart": 4, "gallbladder": 1, "bowel_fluid": 3, "feces": 35}
 _SPLEEN_ARTERIAL_MOTTLE_HU = 18.0
 
 
@@ -479,6 +489,8 @@ class _Body:
     organ_warp: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # smooth displacement fields
     spine: dict = field(default_factory=dict)
     landmarks: dict = field(default_factory=dict)
+    gut: np.ndarray | None = None  # bowel loops' region as first painted (stomach excluded)
+    stomach: np.ndarray | None = None
 
     def paint(self, mask: np.ndarray, tissue: str, *, cut_liver: bool = True) -> None:
         """Paint ``tissue`` over ``mask``; unless told otherwise the liver loses those voxels."""
@@ -559,6 +571,7 @@ def _paint_chest_and_bowel(rng: np.random.Generator, b: _Body) -> None:
     bowel = b.below & (bowel_f > thr)
     b.paint(bowel, "bowel")
     b.paint(bowel & (gas_f > 1.4), "gas")
+    b.gut = bowel.copy()  # loops, wall and contents are drawn once the other organs have taken their place
 
     # paraspinal muscles (erector spinae) and psoas
     Yv, rv_y = b.spine["y"], b.spine["ry"]
@@ -587,6 +600,70 @@ def _paint_chest_and_bowel(rng: np.random.Generator, b: _Body) -> None:
     stomach = (_ellipsoid_sd(X, Y, Z, st_c, st_ax) + 6 * bowel_f < 0) & b.below
     b.paint(stomach, "bowel")
     b.paint(stomach & (Y < st_c[1] - st_ax[1] * rng.uniform(0.3, 0.7)), "gas")
+    b.gut &= ~stomach
+    b.stomach = stomach
+
+
+def _structure_bowel(rng: np.random.Generator, b: _Body) -> None:
+    """Turn the bowel region left after the organs are painted into loops with walls and contents.
+
+    The region is split into round loops (seeds 9-16 mm in radius, a fifth of them colon-like, 16-25 mm),
+    separated by fat where a voxel lies outside its seed's radius or on the border between two seeds.
+    Each loop keeps a 2.5 mm enhancing wall ("bowel", at least one voxel thick) around a lumen of fluid
+    (half of the loops; a third of those with an air-fluid level), faeces with gas bubbles (three in
+    ten) or gas. The stomach keeps its gas cap and gets a 3 mm wall around fluid. Without this the bowel
+    was solid soft tissue of 35-60 HU, which passes for liver in the arterial phase.
+    """
+    g = b.grid
+    sx, sy, sz = g.spacing
+    t = b.tissues
+    fat, wall_t, fluid, feces, gas = (TISSUE_INDEX[n] for n in ("fat", "bowel", "bowel_fluid", "feces", "gas"))
+    wall_mm = max(2.5, max(sx, sy))  # at least a voxel: contents never touch fat in-plane
+    gut = b.gut & ((t == wall_t) | (t == gas))
+    if gut.any():
+        idx = np.argwhere(gut)
+        pts = idx * np.array([sz, sy, sx])
+        volume = len(idx) * g.voxel_volume
+        colon = rng.random(10_000) < 0.2
+        radius = np.where(colon, rng.uniform(16, 25, 10_000), rng.uniform(9, 16, 10_000))
+        n = int(np.clip(round(2.5 * volume / (4.0 / 3.0 * math.pi * float(np.mean(radius ** 3)))), 1, 10_000))
+        seeds = pts[rng.choice(len(pts), size=min(n, len(pts)), replace=False)]
+        radius = radius[:len(seeds)]
+        kind = rng.choice(3, size=len(seeds), p=(0.5, 0.3, 0.2))  # fluid, faeces, gas
+        level = rng.random(len(seeds)) < 1.0 / 3.0
+        d, i = cKDTree(seeds).query(pts, k=min(2, len(seeds)))
+        d = d.reshape(len(pts), -1)
+        i = i.reshape(len(pts), -1)
+        d1, i1 = d[:, 0], i[:, 0]
+        border = 0.5 * (d[:, 1] - d1) - 0.75 if d.shape[1] > 1 else np.full(len(pts), np.inf)
+        edge = _inner_distance(gut, (sz, sy, sx))[gut]
+        depth = np.minimum(np.minimum(radius[i1] - d1, border), edge)
+        zz, yy, xx = idx.T
+        t[zz, yy, xx] = np.where(depth <= 0, fat, wall_t)
+        lumen = depth > wall_mm
+        k = kind[i1]
+        content = np.where(k == 0, fluid, np.where(k == 1, feces, gas))
+        # supine: the gas of a fluid loop with a level rises anteriorly (small y)
+        content[(k == 0) & level[i1] & (pts[:, 1] < seeds[i1, 1] - 0.3 * radius[i1])] = gas
+        bubbles = _smooth_field(rng, (g.zs, g.ys, g.xs), 6.0)[zz, yy, xx] > 1.0
+        content[(k == 1) & bubbles] = gas
+        t[zz[lumen], yy[lumen], xx[lumen]] = content[lumen]
+    stomach = b.stomach & (t == wall_t)
+    if stomach.any():
+        inner = _inner_distance(b.stomach & ((t == wall_t) | (t == gas)), (sz, sy, sx))
+        t[stomach & (inner > max(3.0, sx, sy))] = fluid
+
+
+def _inner_distance(mask: np.ndarray, sampling: tuple[float, float, float]) -> np.ndarray:
+    """Distance (mm) from each voxel of ``mask`` to the nearest voxel outside it, 0 outside; computed on the
+    mask's bounding box grown by one voxel (the same result as on the whole grid, for a fraction of the cost)."""
+    out = np.zeros(mask.shape, dtype=np.float64)
+    idx = np.argwhere(mask)
+    if len(idx) == 0:
+        return out
+    box = tuple(slice(max(lo - 1, 0), hi + 2) for lo, hi in zip(idx.min(0), idx.max(0)))
+    out[box] = ndimage.distance_transform_edt(mask[box], sampling=sampling)
+    return out
 
 
 def _paint_spleen_and_liver(rng: np.random.Generator, b: _Body) -> None:
@@ -776,6 +853,9 @@ def _build_anatomy(rng: np.random.Generator, grid: _Grid, meta: dict) -> tuple[n
     _paint_gallbladder_and_kidneys(rng, b)
     _paint_vessels(rng, b)
     _paint_bones(rng, b)
+    # from a generator jumped off the anatomy's (which it leaves as it is), so that every other draw is that
+    # of the phantoms made before the bowel had loops
+    _structure_bowel(np.random.Generator(rng.bit_generator.jumped()), b)
     # the liver is one connected piece; fragments cut off by other organs become fat
     main = _largest_component(b.liver_region)
     b.tissues[b.liver_region & ~main] = TISSUE_INDEX["fat"]
@@ -1207,6 +1287,9 @@ def sample_conditions(rng: np.random.Generator, shifted: bool = False) -> ScanCo
         hu[name] = float(rng.uniform(*_STATIC_HU[name]))
     for name in sorted(_PHASE_HU[phase]):
         hu[name] = float(rng.uniform(*_PHASE_HU[phase][name]))
+    contents = np.random.Generator(rng.bit_generator.jumped())  # leaves rng as it is: see _CONTENT_HU
+    for name in sorted(_CONTENT_HU):
+        hu[name] = float(contents.uniform(*_CONTENT_HU[name]))
     liver_native = float(rng.uniform(52, 64))
     hu["liver"] = max(hu["liver"], liver_native + 2.0)
     hu["heart"] = float(rng.uniform(0.8, 0.95) * hu["aorta"] + 0.1 * hu["muscle"])
@@ -1242,7 +1325,7 @@ def sample_conditions(rng: np.random.Generator, shifted: bool = False) -> ScanCo
 
 def reference_conditions(phase: str = "portal") -> ScanConditions:
     """Noise-free, unblurred mid-range conditions (used for ``contrast_hu``)."""
-    hu = {k: 0.5 * (lo + hi) for k, (lo, hi) in _STATIC_HU.items()}
+    hu = {k: 0.5 * (lo + hi) for k, (lo, hi) in (_STATIC_HU | _CONTENT_HU).items()}
     hu.update({k: 0.5 * (lo + hi) for k, (lo, hi) in _PHASE_HU[phase].items()})
     hu["liver"] = _NOMINAL_LIVER[phase]
     hu["heart"] = 0.875 * hu["aorta"] + 0.1 * hu["muscle"]

@@ -23,6 +23,7 @@ from nnunet_liver.data.io import (
     write_dataset_json,
     write_image,
 )
+from nnunet_liver.data.phantoms import PHANTOM_VERSION
 
 LESION_COLUMNS = (
     "case_id", "split", "lesion_id", "label", "subtype", "centroid_x_mm", "centroid_y_mm", "centroid_z_mm",
@@ -166,7 +167,8 @@ def write_phantom_dataset(raw_root: str | os.PathLike, settings: SynthSettings, 
                          f"{settings.size}, field of view {settings.fov}{margin}). Raw HU. Labels: 0 background, "
                          f"1 liver, 2 tumour; benign/malignant per lesion in lesions.csv. imagesTs_shifted: the test anatomy under shifted "
                          f"contrast/window conditions (robustness split). Synthetic data: not for clinical use."),
-            extra={"nnunet_liver": {"generator": "phantoms", "seed": settings.seed, "size": settings.size,
+            extra={"nnunet_liver": {"generator": "phantoms", "generator_version": PHANTOM_VERSION,
+                                    "seed": settings.seed, "size": settings.size,
                                     "fov": settings.fov, "num_test": settings.num_test,
                                     **({"z_margin_mm": settings.z_margin_mm} if settings.fov == "liver" else {})}},
         )

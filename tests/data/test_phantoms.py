@@ -352,3 +352,32 @@ def test_liver_field_of_view_is_the_same_body_cropped_around_the_liver():
             check_lesion_table(crop)
         again = P.sample_anatomy(np.random.default_rng([5, index]), 96, liver_margin_mm=margin)
         assert np.array_equal(again.label, crop.label)
+
+
+def test_bowel_is_loops_with_a_thin_wall_around_fluid_faeces_or_gas():
+    a, _, _ = P.generate_case(2, 0, 128)
+    wall = a.tissues == T["bowel"]
+    contents = np.isin(a.tissues, [T["bowel_fluid"], T["feces"]])
+    assert wall.sum() > 0 and contents.sum() > 0.1 * wall.sum()  # ~3.5 mm voxels here: the lumens are small
+    # a wall, not solid soft tissue (which passes for liver in the arterial phase): an in-plane erosion by one
+    # voxel leaves little of it
+    assert ndimage.binary_erosion(wall, FACE_XY).sum() < 0.25 * wall.sum()
+    # the contents sit inside a wall: hardly any touches fat
+    touching_fat = contents & ndimage.binary_dilation(a.tissues == T["fat"], FACE_XY)
+    assert touching_fat.sum() < 0.05 * contents.sum()
+
+
+def test_the_bowel_loops_change_no_other_tissue_and_no_other_draw(monkeypatch):
+    loops = P.sample_anatomy(np.random.default_rng([5, 1]), 64)
+    c1 = P.sample_conditions(np.random.default_rng(3))
+    monkeypatch.setattr(P, "_structure_bowel", lambda rng, b: None)
+    solid = P.sample_anatomy(np.random.default_rng([5, 1]), 64)
+    monkeypatch.setattr(P, "_CONTENT_HU", {})
+    c0 = P.sample_conditions(np.random.default_rng(3))
+    assert np.array_equal(solid.label, loops.label) and np.array_equal(solid.instances, loops.instances)
+    assert solid.lesions == loops.lesions
+    gut = np.isin(solid.tissues, [T["bowel"], T["gas"]])
+    assert np.array_equal(solid.tissues[~gut], loops.tissues[~gut])
+    assert (solid.tissues[gut] != loops.tissues[gut]).mean() > 0.3
+    assert {k: v for k, v in c1.tissue_hu.items() if k not in ("bowel_fluid", "feces")} == c0.tissue_hu
+    assert (c1.noise_sd, c1.phase, c1.texture_hu) == (c0.noise_sd, c0.phase, c0.texture_hu)

@@ -116,8 +116,8 @@ def test_saved_only_writes_tables_from_saved_runs_and_trains_nothing(bench, tmp_
     assert "| 2D U-Net | 0 | 0.900 |" in text and "Other CPU, 2 cores" in text
     with pytest.raises(pytest.fail.Exception, match="trained a model"):
         bench.main([*argv, "--seeds", "0"])
-    # ... but not one made by other code, nor with other settings
-    for changed in ({"code": "0" * 16}, {"cpu_seconds": 1.0}):
+    # ... but not one made by other code, nor with other settings, nor on other phantoms
+    for changed in ({"code": "0" * 16}, {"cpu_seconds": 1.0}, {"phantoms": 1}):
         saved.write_text(json.dumps({**run, "settings": {**run["settings"], **changed}}), encoding="utf-8")
         bench.main([*argv, "--seeds", "0", "--saved-only"])
         assert "2D U-Net, seed 0: not saved yet" in capsys.readouterr().out
@@ -136,11 +136,18 @@ def test_saved_only_never_rewrites_the_data_set(bench, tmp_path, monkeypatch):
     for missing_ok in (False, True):
         with pytest.raises(SystemExit, match="--preset of the training runs"):
             bench.check_dataset(args, missing_ok=missing_ok)
-    marker.write_text(json.dumps(dataclasses.asdict(settings)))
+    from nnunet_liver.data.phantoms import PHANTOM_VERSION
+
+    version = {"phantom_version": PHANTOM_VERSION}
+    marker.write_text(json.dumps({**dataclasses.asdict(settings), **version}))
     bench.check_dataset(args)
+    # a marker without a version was written by the first phantoms (solid bowel): another data set
+    marker.write_text(json.dumps(dataclasses.asdict(settings)))
+    with pytest.raises(SystemExit, match="--preset of the training runs"):
+        bench.check_dataset(args)
     # a marker written before --z-margin-mm existed is the default 30 mm data set, not another margin's
     old = {k: v for k, v in dataclasses.asdict(settings).items() if k != "z_margin_mm"}
-    marker.write_text(json.dumps(old))
+    marker.write_text(json.dumps({**old, **version}))
     bench.check_dataset(args)
     with pytest.raises(SystemExit, match="--preset of the training runs"):
         bench.check_dataset(argparse.Namespace(**{**vars(args), "z_margin_mm": 70.0}))
