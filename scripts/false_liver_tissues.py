@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
     import SimpleITK as sitk
 
-    from nnunet_liver.data.phantoms import TISSUES, case_anatomy
+    from nnunet_liver.data.phantoms import PHANTOM_VERSION, TISSUES, case_anatomy
     from nnunet_liver.data.synth_dataset import SynthSettings
 
     if args.demo_out is None and (args.labels is None or args.predictions is None):
@@ -105,15 +105,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {where}: no labelsTs folder or no predictions folder (a demo output has "
               "nnunet/nnUNet_raw/*/labelsTs and predictions/)", file=sys.stderr)
         return 2
+    dataset_json = labels_dir.parent / "dataset.json"
+    try:
+        extra = json.loads(dataset_json.read_text(encoding="utf-8")).get("nnunet_liver", {}) \
+            if dataset_json.is_file() else {}
+    except ValueError as e:
+        print(f"error: {dataset_json}: not valid JSON ({e})", file=sys.stderr)
+        return 2
+    # the labels do not tell the versions apart (only the bowel changed), the tissue maps do
+    version = extra.get("generator_version", 1) if extra else PHANTOM_VERSION
+    if version != PHANTOM_VERSION:
+        print(f"error: {dataset_json}: phantoms of version {version}, and this checkout draws version "
+              f"{PHANTOM_VERSION}: their tissue maps differ; run this script from a checkout of version {version}",
+              file=sys.stderr)
+        return 2
     z_margin = args.z_margin_mm
     if z_margin is None:
-        dataset_json = labels_dir.parent / "dataset.json"
-        try:
-            extra = json.loads(dataset_json.read_text(encoding="utf-8")).get("nnunet_liver", {}) \
-                if dataset_json.is_file() else {}
-        except ValueError as e:
-            print(f"error: {dataset_json}: not valid JSON ({e}); pass --z-margin-mm", file=sys.stderr)
-            return 2
         z_margin = extra.get("z_margin_mm", SynthSettings.z_margin_mm)
     margin = SynthSettings(size=args.size, seed=args.seed, fov=args.fov, z_margin_mm=z_margin).liver_margin_mm
     anatomies = {}

@@ -61,7 +61,8 @@ PRESETS = {
     # after post-processing, 2026-12-03); 70 mm pays off only after thousands of iterations (README)
     # 600 iterations where training is fast: tumours appear between 300 and 600 (DualStream, tumour global Dice
     # 0.014 -> 0.366, lesions >= 10 mm found 2 -> 5 of 6; whole demo 7:58 -> 10:49 on a Xeon with AMX,
-    # 2026-12-03); a float32 CPU (13:58 at 300 on an AMD EPYC) would need about 20 minutes for 600
+    # 2026-12-03); a float32 CPU (13:58 at 300 on an AMD EPYC) would need about 20 minutes for 600. Those were
+    # phantoms v1; on v2 (bowel loops) at 600: DualStream liver 0.947, tumour 0.500, whole demo 11:14
     "default": DemoPreset(num_train=24, num_test=4, size=224, fov="liver", z_margin_mm=30.0, epochs=12, iters=25,
                           val_iters=2, cls_folds=3, cls_seconds=10.0, epochs_fast=24),
 }

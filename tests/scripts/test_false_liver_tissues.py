@@ -92,5 +92,11 @@ def test_demo_folder_and_a_settings_mismatch(tmp_path, capsys):
 
     assert script.main([str(out), "--size", "64", "--seed", "3", "--fov", "abdomen"]) == 2
     assert ref_path.name in capsys.readouterr().err
+    # phantoms of another version have the same labels and other tissue maps: refused, naming dataset.json
+    meta = json.loads((raw / "dataset.json").read_text(encoding="utf-8"))
+    del meta["nnunet_liver"]["generator_version"]  # written before versions: version 1
+    (raw / "dataset.json").write_text(json.dumps(meta), encoding="utf-8")
+    assert script.main([str(out), "--size", "64", "--seed", "2", "--fov", "abdomen"]) == 2
+    assert "dataset.json: phantoms of version 1" in capsys.readouterr().err
     shutil.rmtree(out / "predictions")
     assert script.main([str(out)]) == 2
