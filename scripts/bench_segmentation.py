@@ -947,7 +947,7 @@ def _dataset_marker(args):
     try:
         saved = json.loads(marker.read_text(encoding="utf-8")) if marker.is_file() else None
         # a marker without a version was written by the phantoms of version 1
-        ready = (saved is not None and saved.pop("phantom_version", 1) == PHANTOM_VERSION
+        ready = (isinstance(saved, dict) and saved.pop("phantom_version", 1) == PHANTOM_VERSION
                  and SynthSettings(**saved) == settings)
     except (TypeError, ValueError):  # a marker of another version, or damaged: not this data set
         ready = False
@@ -959,11 +959,15 @@ def check_dataset(args, missing_ok: bool = False) -> None:
     ``missing_ok``, or absent."""
     marker, settings, ready = _dataset_marker(args)
     if not ready and not (missing_ok and not marker.is_file()):
+        from nnunet_liver.data.phantoms import PHANTOM_VERSION
+
         raise SystemExit(f"error: {marker}: missing, or made with other data settings than these "
-                         f"({dataclasses.asdict(settings)}); pass the --preset of the training runs")
+                         f"({dataclasses.asdict(settings)}, phantoms of version {PHANTOM_VERSION}); pass the "
+                         "--preset of the training runs (runs of another phantom version need a checkout of it)")
 
 
 def prepare_dataset(args) -> None:
+    from nnunet_liver.data.phantoms import PHANTOM_VERSION
     from nnunet_liver.data.synth_dataset import write_phantom_dataset
     from nnunet_liver.planners.api import plan_and_preprocess
 

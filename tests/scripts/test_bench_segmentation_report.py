@@ -191,3 +191,31 @@ def test_evaluate_split_keeps_each_prediction_on_the_reference_grid(bench, tmp_p
     kept = sitk.ReadImage(str(keep / "normal" / "c_001.nii.gz"))
     assert kept.GetSpacing() == img.GetSpacing() and kept.GetOrigin() == img.GetOrigin()
     assert np.array_equal(sitk.GetArrayFromImage(kept), prediction)
+
+
+def test_prepare_dataset_marks_the_data_set_with_its_settings_and_phantom_version(bench, tmp_path, monkeypatch):
+    import nnunet_liver.data.synth_dataset as synth
+    import nnunet_liver.planners.api as planners
+    from nnunet_liver.data.phantoms import PHANTOM_VERSION
+
+    monkeypatch.setenv("nnUNet_raw", str(tmp_path / "raw"))
+    monkeypatch.setenv("nnUNet_preprocessed", str(tmp_path / "pre"))
+    made = []
+
+    def write(raw, settings, **kwargs):
+        made.append(settings)
+        (tmp_path / "pre" / "Dataset990_LiverPhantom").mkdir(parents=True, exist_ok=True)
+
+    monkeypatch.setattr(synth, "write_phantom_dataset", write)
+    monkeypatch.setattr(planners, "plan_and_preprocess", lambda *a, **k: None)
+    args = argparse.Namespace(num_train=2, num_test=1, size=48, fov="liver", z_margin_mm=None)
+    bench.prepare_dataset(args)
+    marker, settings, ready = bench._dataset_marker(args)
+    assert ready and made == [settings]
+    assert json.loads(marker.read_text(encoding="utf-8"))["phantom_version"] == PHANTOM_VERSION
+    bench.prepare_dataset(args)  # ready: not made again
+    assert len(made) == 1
+    marker.write_text('"not a marker"')
+    assert not bench._dataset_marker(args)[2]
+    bench.prepare_dataset(args)
+    assert len(made) == 2
