@@ -76,10 +76,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def prepare_data(work: Path, args) -> None:
     """Phantoms and preprocessing, reused when the settings match."""
+    from nnunet_liver.data.phantoms import PHANTOM_VERSION
     from nnunet_liver.data.synth_dataset import SynthSettings, write_phantom_dataset
     from nnunet_liver.planners.api import plan_and_preprocess
 
-    settings = {"num_cases": args.num_cases, "size": args.size, "fov": args.fov, "seed": 0, "version": 2}
+    # "version": this stamp's; "phantoms": the generator's (other phantoms, other crops)
+    settings = {"num_cases": args.num_cases, "size": args.size, "fov": args.fov, "seed": 0, "version": 2,
+                "phantoms": PHANTOM_VERSION}
     stamp = work / "settings.json"
     if stamp.is_file() and json.loads(stamp.read_text(encoding="utf-8")) == settings:
         return

@@ -77,7 +77,10 @@ def train_models(work: Path, args, env: dict) -> tuple[Path, Path, Path]:
     env.update(NNUNET_LIVER_EPOCHS=str(args.epochs), NNUNET_LIVER_ITERS=str(args.iters),
                NNUNET_LIVER_VAL_ITERS="1", NNUNET_LIVER_SEED="0")
     log = work / "setup.log"
-    settings = {k: getattr(args, k) for k in ("trainer", "size", "num_train", "epochs", "iters")}
+    from nnunet_liver.data.phantoms import PHANTOM_VERSION
+
+    settings = {**{k: getattr(args, k) for k in ("trainer", "size", "num_train", "epochs", "iters")},
+                "phantoms": PHANTOM_VERSION}
     stamp = work / "settings.json"
     earlier = stamp.read_text(encoding="utf-8").strip() if stamp.is_file() else None
     if earlier is not None and json.loads(earlier) != settings:

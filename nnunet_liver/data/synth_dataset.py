@@ -23,7 +23,6 @@ from nnunet_liver.data.io import (
     write_dataset_json,
     write_image,
 )
-from nnunet_liver.data.phantoms import PHANTOM_VERSION
 
 LESION_COLUMNS = (
     "case_id", "split", "lesion_id", "label", "subtype", "centroid_x_mm", "centroid_y_mm", "centroid_z_mm",
@@ -160,6 +159,8 @@ def write_phantom_dataset(raw_root: str | os.PathLike, settings: SynthSettings, 
         case_rows = [r for i in sorted(results) for r in results[i][1]]
         _write_csv(tmp / "lesions.csv", LESION_COLUMNS, lesion_rows)
         _write_csv(tmp / "cases.csv", CASE_COLUMNS, case_rows)
+        from nnunet_liver.data.phantoms import PHANTOM_VERSION
+
         margin = f", {settings.z_margin_mm:g} mm above and below the liver" if settings.fov == "liver" else ""
         write_dataset_json(
             tmp, num_training=settings.num_train, name=name,
