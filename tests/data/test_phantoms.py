@@ -367,6 +367,15 @@ def test_bowel_is_loops_with_a_thin_wall_around_fluid_faeces_or_gas():
     assert touching_fat.sum() < 0.05 * contents.sum()
 
 
+def test_a_jumped_generator_leaves_its_parent_as_it_is():
+    # what keeps v2's other draws those of v1: the bowel and its contents draw from jumped copies
+    rng = np.random.default_rng([5, 1])
+    state = rng.bit_generator.state
+    np.random.Generator(rng.bit_generator.jumped()).random(100)
+    assert rng.bit_generator.state == state
+    assert rng.random() == np.random.default_rng([5, 1]).random()
+
+
 def test_the_bowel_loops_change_no_other_tissue_and_no_other_draw(monkeypatch):
     loops = P.sample_anatomy(np.random.default_rng([5, 1]), 64)
     c1 = P.sample_conditions(np.random.default_rng(3))
