@@ -14,6 +14,7 @@ script stops with an error that names the case. Per model it prints:
   not seen at all.
 
     python scripts/false_liver_tissues.py nnunet_liver_demo                  # the default demo's output
+    # size, seed, field of view and z margin default to the data set's dataset.json (written by nnunet-liver synth)
     python scripts/false_liver_tissues.py OUT --size 224 --seed 0 --fov liver --json counts.json
     # a converged benchmark's seed-0 predictions (its phantoms: --size 224 --fov liver, data seed 0)
     python scripts/false_liver_tissues.py --labels bench/converged/work/nnUNet_raw/Dataset990_LiverPhantom/labelsTs \
@@ -80,9 +81,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="a folder with one folder of predictions per model, instead of the demo's")
     parser.add_argument("--normal-only", action="store_true",
                         help="in each model folder read its normal/ subfolder (the segmentation benchmark's layout)")
-    parser.add_argument("--size", type=int, default=224, help="synthesis size (default: the default demo's)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--fov", default="liver", choices=("liver", "abdomen"))
+    parser.add_argument("--size", type=int,
+                        help="synthesis size (default: the data set's dataset.json, else the default demo's, 224)")
+    parser.add_argument("--seed", type=int, help="synthesis seed (default: dataset.json, else 0)")
+    parser.add_argument("--fov", choices=("liver", "abdomen"), help="field of view (default: dataset.json, else liver)")
     parser.add_argument("--z-margin-mm", type=float,
                         help="synthesis z margin (default: the data set's dataset.json, else 30)")
     parser.add_argument("--json", type=Path, help="also write the counts here")
@@ -119,9 +121,11 @@ def main(argv: list[str] | None = None) -> int:
               f"{PHANTOM_VERSION}: their tissue maps differ; run this script from a checkout of version {version}",
               file=sys.stderr)
         return 2
+    # what the command line leaves out comes from dataset.json (written by nnunet-liver synth), then the default demo
+    for name, default in (("size", 224), ("seed", 0), ("fov", "liver"), ("z_margin_mm", SynthSettings.z_margin_mm)):
+        if getattr(args, name) is None:
+            setattr(args, name, extra.get(name, default))
     z_margin = args.z_margin_mm
-    if z_margin is None:
-        z_margin = extra.get("z_margin_mm", SynthSettings.z_margin_mm)
     margin = SynthSettings(size=args.size, seed=args.seed, fov=args.fov, z_margin_mm=z_margin).liver_margin_mm
     anatomies = {}
     result = {}

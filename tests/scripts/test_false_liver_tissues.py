@@ -84,6 +84,9 @@ def test_demo_folder_and_a_settings_mismatch(tmp_path, capsys):
                         "--json", str(tmp_path / "b.json")]) == 0
     b, c = ((tmp_path / name).read_text(encoding="utf-8") for name in ("b.json", "c.json"))
     assert json.loads(b) == json.loads(c)
+    # without the settings they come from dataset.json (size 64, seed 2, the whole abdomen)
+    assert script.main([str(out), "--json", str(tmp_path / "d.json")]) == 0
+    assert json.loads((tmp_path / "d.json").read_text(encoding="utf-8")) == json.loads(c)
     assert script.main(["--labels", str(raw / "labelsTs"), "--predictions", str(tmp_path / "bench"),
                         "--size", "64", "--seed", "2", "--fov", "abdomen"]) == 2  # forgot --normal-only
     assert "add --normal-only" in capsys.readouterr().err
@@ -100,3 +103,23 @@ def test_demo_folder_and_a_settings_mismatch(tmp_path, capsys):
     assert "dataset.json: phantoms of version 1" in capsys.readouterr().err
     shutil.rmtree(out / "predictions")
     assert script.main([str(out)]) == 2
+
+
+def test_a_cropped_liver_field_of_view_is_regenerated_from_its_dataset_json(tmp_path):
+    from nnunet_liver.data.synth_dataset import SynthSettings, write_phantom_dataset
+
+    out = tmp_path / "demo"
+    raw = write_phantom_dataset(out / "nnunet" / "nnUNet_raw",
+                                SynthSettings(num_train=1, num_test=1, size=64, seed=3, fov="liver", z_margin_mm=20.0),
+                                progress=False)
+    (ref_path,) = sorted((raw / "labelsTs").glob("*.nii.gz"))
+    (out / "predictions" / "Perfect").mkdir(parents=True)
+    shutil.copy(ref_path, out / "predictions" / "Perfect" / ref_path.name)
+    # size, seed, field of view and margin all from dataset.json: the regenerated label matches the file
+    assert script.main([str(out), "--json", str(tmp_path / "p.json")]) == 0
+    result = json.loads((tmp_path / "p.json").read_text(encoding="utf-8"))["Perfect"]
+    assert all(not counts for counts in result["false liver"].values())
+    assert result["lesions"] and all(row["found"] == row["lesions"] and row["background"] == row["liver"] == 0
+               for row in result["lesions"].values())
+    # another margin crops another volume: refused, naming the label
+    assert script.main([str(out), "--z-margin-mm", "0"]) == 2
