@@ -219,3 +219,8 @@ def test_prepare_dataset_marks_the_data_set_with_its_settings_and_phantom_versio
     assert not bench._dataset_marker(args)[2]
     bench.prepare_dataset(args)
     assert len(made) == 2
+
+
+def test_the_window_sweep_names_the_seed_it_comes_from(bench):
+    text = bench.markdown({"settings": {}, "machine": {}, "window_sweep": {"paper fixed": 0.3}, "window_sweep_seed": 2})
+    assert "RWA-trained DualStream (seed 2, tumour global Dice)" in text and "| paper fixed | 0.300 |" in text
