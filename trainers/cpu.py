@@ -36,6 +36,7 @@ from nnunet_liver.trainers.segmentation import (
     DualStreamAblationBaseTrainer,
     DualStreamAblationRWAAttTrainer,
     DualStreamAblationRWATrainer,
+    DualStreamBNTrainer,
     DualStreamNoRWATrainer,
     DualStreamRWAControlTrainer,
     DualStreamTrainer,
@@ -122,6 +123,10 @@ class LiverUNetRWATrainer_CPU(_CPUUNet, LiverUNetRWATrainer):
 
 
 class DualStreamTrainer_CPU(_CPUDualStream, DualStreamTrainer):
+    pass
+
+
+class DualStreamBNTrainer_CPU(_CPUDualStream, DualStreamBNTrainer):
     pass
 
 

@@ -164,6 +164,9 @@ class DualStreamTrainer(LiverHUTrainerBase):
     #: 3D U-Net per output voxel instead of 1.4x, for ~1.3x the step time of no checkpointing)
     checkpoint_stages = (0, 1, 2, 3)
     checkpoint_gates = True
+    #: norm of the spatial stream's 2D layers: None keeps nnU-Net's instance norm (statistics of one slice),
+    #: "batch" normalises over every slice of the batch (see DualStreamAttentionNet's spatial_norm)
+    spatial_norm: str | None = None
     #: GPU memory the plans are made for (GiB); None: a fixed batch_size and the largest in-plane patch
     gpu_memory_gb: float | None = 24.0
     #: NNUNET_LIVER_GPU_MEMORY_GB overrides gpu_memory_gb (not for the named _11GB/_40GB/_80GB variants)
@@ -211,7 +214,9 @@ class DualStreamTrainer(LiverHUTrainerBase):
             network_kwargs={"use_attention": cls.use_attention, "use_context": cls.use_context,
                             "context_channels": cls.context_channels,
                             "checkpoint_stages": list(cls.checkpoint_stages),
-                            "checkpoint_gates": cls.checkpoint_gates, **cls.window_kwargs(plans)})
+                            "checkpoint_gates": cls.checkpoint_gates,
+                            **({"spatial_norm": cls.spatial_norm} if cls.spatial_norm is not None else {}),
+                            **cls.window_kwargs(plans)})
 
     def train_step(self, batch: dict) -> dict:
         return self._without_z_margin(super().train_step, batch)
@@ -259,6 +264,14 @@ class DualStreamTrainer_80GB(DualStreamTrainer):
 
     gpu_memory_gb = 80.0
     gpu_memory_from_env = False
+
+
+class DualStreamBNTrainer(DualStreamTrainer):
+    """DualStream with batch norm in the spatial stream (ResNet's own norm) instead of nnU-Net's instance norm:
+    a 2D instance norm normalises each slice by its own statistics, a batch norm by those of every slice of
+    the batch (B x Z'). The contextual stream (3D, batch B) keeps instance norm."""
+
+    spatial_norm = "batch"
 
 
 class DualStreamNoRWATrainer(DualStreamTrainer):

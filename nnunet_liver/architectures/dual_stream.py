@@ -212,6 +212,9 @@ class DualStreamAttentionNet(nn.Module):
         fusion_kernel_size: in-plane kernel of the fusion conv's spatial-stream part.
         attention_reduction: CBAM channel-MLP reduction.
         spatial_kernel_size: CBAM spatial-attention kernel.
+        spatial_norm: "batch" or "instance": the norm of the spatial stream's 2D layers (encoder, gates, decoder,
+            fusion) instead of the one matched to norm_op; None keeps norm_op's. A 2D instance norm takes its
+            statistics from one slice, a batch norm from every slice of the batch (B x Z' of them).
         checkpoint_stages: resolution levels (0 = full resolution) whose spatial-stream encoder stage (level 0 with
             the stem) and decoder stage (with its gate) are recomputed in the backward pass instead of storing
             their activations (activation checkpointing; only while autograd records).
@@ -253,6 +256,7 @@ class DualStreamAttentionNet(nn.Module):
         fusion_kernel_size: int = 3,
         attention_reduction: int = 16,
         spatial_kernel_size: int = 7,
+        spatial_norm: str | None = None,
         checkpoint_stages: Sequence[int] = (),
         checkpoint_gates: bool = False,
         deep_supervision: bool = False,
@@ -297,9 +301,13 @@ class DualStreamAttentionNet(nn.Module):
         if nonlin_kwargs is None:
             nonlin_kwargs = {"negative_slope": 1e-2, "inplace": True} if nonlin is nn.LeakyReLU else {}
 
+        if spatial_norm is not None and spatial_norm not in _NORMS:
+            raise ValueError(f"spatial_norm must be one of {sorted(_NORMS)} or None, got {spatial_norm!r}")
+
         def conv_kwargs(dim: int) -> dict[str, Any]:
             dropout = get_matching_dropout(dimension=dim) if dropout_op is not None else None
-            return {"conv_bias": conv_bias, "norm_op": _matching_norm(norm_op, dim), "norm_op_kwargs": norm_op_kwargs,
+            norm = _NORMS[spatial_norm][0] if dim == 2 and spatial_norm is not None else _matching_norm(norm_op, dim)
+            return {"conv_bias": conv_bias, "norm_op": norm, "norm_op_kwargs": norm_op_kwargs,
                     "dropout_op": dropout, "dropout_op_kwargs": dropout_op_kwargs, "nonlin": nonlin,
                     "nonlin_kwargs": nonlin_kwargs}
 

@@ -141,6 +141,28 @@ def test_ablation_flags_remove_parameters_and_still_run():
         assert all(p.grad is not None for p in net.parameters())
 
 
+def test_spatial_norm_batch_changes_the_spatial_stream_only():
+    net = build(deep_supervision=True, spatial_norm="batch")
+    spatial = [m for name, m in net.named_modules() if not name.startswith("context") and isinstance(
+        m, (nn.BatchNorm2d, nn.InstanceNorm2d))]
+    assert spatial and all(isinstance(m, nn.BatchNorm2d) for m in spatial)
+    context = [m for m in net.context.modules() if isinstance(m, (nn.BatchNorm3d, nn.InstanceNorm3d))]
+    assert context and all(isinstance(m, nn.InstanceNorm3d) for m in context)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in build().modules())
+    assert n_params(net) == n_params(build())  # both norms are affine: the same parameters, other statistics
+    x = hu(2)
+    out = net(x)
+    sum(o.sum() for o in out).backward()
+    assert all(p.grad is not None for p in net.parameters())
+    # eval: running statistics, so a patch's output does not depend on the other patch of the batch (with
+    # per-slice instance norm it never did; in training, batch statistics couple them)
+    net.eval()
+    with torch.no_grad():
+        pair = net(x)[0]
+        alone = net(x[:1])[0]
+    torch.testing.assert_close(pair[:1], alone, rtol=1e-4, atol=1e-4)
+
+
 def test_pinned_parameter_count():
     assert n_params(build()) == PINNED_PARAMETERS
 
@@ -329,6 +351,7 @@ def test_nnunet_style_construction_and_initialisation():
     {"conv_op": nn.Conv2d},
     {"features_per_stage": (8, 16, 32)},
     {"window": "unknown"},
+    {"spatial_norm": "group"},
 ])
 def test_invalid_configurations_raise(bad):
     with pytest.raises(ValueError):

@@ -173,9 +173,11 @@ def test_every_trainer_builds_a_network_matching_nnunet_targets(name, tiny_phant
         assert o.shape[1] == 2  # regions liver, tumour
     assert t.label_manager.has_regions
     window = net.window.config
-    rwa = {"LiverUNetRWATrainer", "DualStreamTrainer", "DualStreamAblationRWATrainer",
+    rwa = {"LiverUNetRWATrainer", "DualStreamTrainer", "DualStreamBNTrainer", "DualStreamAblationRWATrainer",
            "DualStreamAblationRWAAttTrainer"}
     assert window.is_random == (name.split("_")[0] in rwa)
+    # only the BN variant swaps the spatial stream's instance norm for batch norm
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules()) == (name.startswith("DualStreamBN"))
 
 
 def test_dual_stream_plans_fit_the_gpu_memory_target_at_a_lits_plan(monkeypatch):
@@ -195,6 +197,21 @@ def test_dual_stream_plans_fit_the_gpu_memory_target_at_a_lits_plan(monkeypatch)
     # the ablation steps train on DualStream's patches
     ablation = trainers.DualStreamAblationBaseTrainer.rewrite_plans(plans, "3d_fullres")["configurations"]["3d_fullres"]
     assert (ablation["patch_size"], ablation["batch_size"]) == (default["patch_size"], default["batch_size"])
+
+
+def test_only_the_bn_variant_writes_a_spatial_norm_into_the_plans():
+    from nnunet_liver.planners.lits_like import lits_like_plans
+
+    plans, _ = lits_like_plans()
+
+    def arch(cls):
+        return cls.rewrite_plans(plans, "3d_fullres")["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"]
+
+    # DualStreamTrainer's plans stay as they were, so models trained before still load the same network
+    assert "spatial_norm" not in arch(trainers.DualStreamTrainer)
+    assert "spatial_norm" not in arch(trainers.DualStreamTrainer_CPU)
+    assert arch(trainers.DualStreamBNTrainer)["spatial_norm"] == "batch"
+    assert arch(trainers.DualStreamBNTrainer_CPU)["spatial_norm"] == "batch"
 
 
 def test_gpu_memory_target_from_the_environment(monkeypatch):
