@@ -12,7 +12,11 @@ too.
 
 About 3.5 minutes per run on 2 cores at 600 iterations. Every finished run is saved to
 ``<out>/runs/<trainer>__seed<k>.json`` and skipped by a rerun (``--overwrite`` redoes it); the table goes
-to ``<out>/results.md`` and ``results.json``.
+to ``<out>/results.md`` and ``results.json``. What each lesion subtype's voxels became, and on which tissues
+the false liver lies, per seed:
+
+    .venv/bin/python scripts/false_liver_tissues.py --labels nnunet_liver_demo/nnunet/nnUNet_raw/*/labelsTs \
+        --predictions bench/compare_trainers/work/seed0/predictions
 """
 from __future__ import annotations
 
@@ -59,8 +63,8 @@ def run_one(trainer: str, seed: int, iterations: int, dataset: Path, out: Path, 
     from nnunet_liver.env import nnunet_environment
 
     work = out / "work" / f"seed{seed}"
-    raw = work / "predictions" / trainer / "raw"
-    post = work / "predictions" / trainer / "post"
+    raw = work / "raw_predictions" / trainer
+    post = work / "predictions" / trainer  # the layout scripts/false_liver_tissues.py --predictions reads
     evaluation = work / "evaluation" / trainer
     env = dict(os.environ, **nnunet_environment(), nnUNet_raw=str(dataset.parent),
                nnUNet_preprocessed=str(dataset.parent.parent / "nnUNet_preprocessed"),
