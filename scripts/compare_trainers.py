@@ -1,7 +1,8 @@
 """Compare nnU-Net trainers on the demo's phantoms over several seeds, scored as the demo scores them.
 
 Each (trainer, seed) trains with the stock ``nnUNetv2_train`` on the demo's preprocessed data (fold 0, the
-demo's budget: epochs of 25 iterations, 2 validation iterations, no final validation), predicts the demo's
+default demo's training variables, ``training_environment`` of ``nnunet_liver.cli.demo``, with the run's seed
+and iterations: by default those the demo chooses on this machine), predicts the demo's
 test cases with ``nnUNetv2_predict``, keeps the largest liver component (``nnunet-liver postprocess``) and
 evaluates (``nnunet-liver evaluate``). One training seed changes the weights' initialisation, the patches
 and the augmentation; the data stay the demo's. Trainers from other folders on ``nnUNet_extTrainer`` work
@@ -11,7 +12,8 @@ too.
     .venv/bin/python scripts/compare_trainers.py DualStreamTrainer_CPU DualStreamBNTrainer_CPU --seeds 0 1 2
 
 About 3.5 minutes per run on 2 cores at 600 iterations. Every finished run is saved to
-``<out>/runs/<trainer>__seed<k>.json`` and skipped by a rerun (``--overwrite`` redoes it); the table goes
+``<out>/runs/<trainer>__seed<k>.json`` and skipped by a rerun with the same iterations, data (plans and
+dataset.json) and bf16 setting (``--overwrite`` redoes it); the table goes
 to ``<out>/results.md`` and ``results.json``. What each lesion subtype's voxels became, and on which tissues
 the false liver lies, per seed:
 
@@ -21,14 +23,15 @@ the false liver lies, per seed:
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import math
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-EPOCH_ITERATIONS = 25  # the default demo's epoch length
 
 
 def _write(path: Path, text: str) -> None:
@@ -59,18 +62,31 @@ def score(summary: dict) -> dict:
             "slices_beyond": [c["liver_extent"]["slices_beyond"] for c in summary["cases"].values()]}
 
 
-def run_one(trainer: str, seed: int, iterations: int, dataset: Path, out: Path, bin_dir: Path) -> dict:
+def data_fingerprint(raw: Path, preprocessed: Path) -> str:
+    """SHA-256 (16 hex) of the data set's plans and dataset.json: regenerated or replanned data do not match."""
+    h = hashlib.sha256()
+    for f in (preprocessed / "nnUNetPlans.json", raw / "dataset.json"):
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def run_one(trainer: str, seed: int, iterations: int, dataset: Path, preprocessed: Path, out: Path,
+            bin_dir: Path) -> dict:
+    from dataclasses import replace
+
+    from nnunet_liver.cli.demo import PRESETS, training_environment
     from nnunet_liver.env import nnunet_environment
 
+    preset = PRESETS["default"]
+    preset = replace(preset, epochs=iterations // preset.iters, cpu_seconds=None)
     work = out / "work" / f"seed{seed}"
     raw = work / "raw_predictions" / trainer
     post = work / "predictions" / trainer  # the layout scripts/false_liver_tissues.py --predictions reads
     evaluation = work / "evaluation" / trainer
     env = dict(os.environ, **nnunet_environment(), nnUNet_raw=str(dataset.parent),
-               nnUNet_preprocessed=str(dataset.parent.parent / "nnUNet_preprocessed"),
-               nnUNet_results=str(work / "results"), nnUNet_def_n_proc="2", nnUNet_n_proc_DA="0",
-               NNUNET_LIVER_EPOCHS=str(iterations // EPOCH_ITERATIONS), NNUNET_LIVER_ITERS=str(EPOCH_ITERATIONS),
-               NNUNET_LIVER_VAL_ITERS="2", NNUNET_LIVER_SEED=str(seed), NNUNET_LIVER_SKIP_VALIDATION="1")
+               nnUNet_preprocessed=str(preprocessed.parent), nnUNet_results=str(work / "results"),
+               nnUNet_def_n_proc=os.environ.get("nnUNet_def_n_proc", "2"),
+               **training_environment(preset, "cpu", seed=seed))
     dataset_id = dataset.name.split("_")[0].replace("Dataset", "")
     logs = out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -95,15 +111,19 @@ def run_one(trainer: str, seed: int, iterations: int, dataset: Path, out: Path, 
     call(str(bin_dir / "nnunet-liver"), "evaluate", str(dataset / "labelsTs"), str(post), "-o", str(evaluation),
          "-np", "2", "--overwrite")
     summary = json.loads((evaluation / "summary.json").read_text(encoding="utf-8"))
+    lost = lost_to_background(dataset / "labelsTs", post)
     return {"trainer": trainer, "seed": seed, "iterations": iterations, "train_seconds": round(seconds, 1),
-            **score(summary), "tumour_lost_to_background": lost_to_background(dataset / "labelsTs", post)}
+            **score(summary), "tumour_lost_to_background": None if math.isnan(lost) else lost}
 
 
 def table(rows: list[dict], trainers: list[str]) -> str:
     import numpy as np
 
+    def share(value) -> str:
+        return "-" if value is None else f"{value:.0%}"
+
     lines = ["| trainer | seed | liver Dice (mean of cases) | tumour Dice (global) | lesions >= 10 mm found | "
-             "liver slices beyond, per case | cases 2+ beyond | tumour voxels called background |",
+             "liver slices beyond, per case | cases 2+ beyond | tumour voxels (all lesions) called background |",
              "|---|---|---|---|---|---|---|---|"]
     for trainer in trainers:
         mine = sorted((r for r in rows if r["trainer"] == trainer), key=lambda r: r["seed"])
@@ -111,16 +131,18 @@ def table(rows: list[dict], trainers: list[str]) -> str:
             beyond = r["slices_beyond"]
             lines.append(f"| {trainer} | {r['seed']} | {r['liver_dice']:.3f} | {r['tumour_dice_global']:.3f} | "
                          f"{r['large_found']}/{r['large_n']} | {'/'.join(map(str, beyond))} | "
-                         f"{sum(b >= 2 for b in beyond)} | {r['tumour_lost_to_background']:.0%} |")
+                         f"{sum(b >= 2 for b in beyond)} | {share(r['tumour_lost_to_background'])} |")
         if len(mine) > 1:
             def mean(key):
                 return float(np.mean([r[key] for r in mine]))
 
+            found = sum(r["large_found"] for r in mine)
+            total = sum(r["large_n"] for r in mine)
+            lost = [r["tumour_lost_to_background"] for r in mine if r["tumour_lost_to_background"] is not None]
             lines.append(f"| **{trainer}** | mean of {len(mine)} | **{mean('liver_dice'):.3f}** | "
-                         f"**{mean('tumour_dice_global'):.3f}** | "
-                         f"{np.mean([r['large_found'] / r['large_n'] for r in mine]):.0%} | | "
+                         f"**{mean('tumour_dice_global'):.3f}** | {share(found / total if total else None)} | | "
                          f"{np.mean([sum(b >= 2 for b in r['slices_beyond']) for r in mine]):.2f} | "
-                         f"{mean('tumour_lost_to_background'):.0%} |")
+                         f"{share(float(np.mean(lost)) if lost else None)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -128,46 +150,62 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("trainers", nargs="+", help="nnU-Net trainer class names (3d_fullres)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--iterations", type=int, default=600,
-                        help=f"training iterations per run, a multiple of {EPOCH_ITERATIONS} (default 600)")
+    parser.add_argument("--iterations", type=int,
+                        help="training iterations per run, a multiple of the demo's epoch length (default: what the "
+                             "default demo trains on this machine, 600 with native bf16, else 300)")
     parser.add_argument("--demo", type=Path, default=Path("nnunet_liver_demo"),
                         help="the demo's output folder (default ./nnunet_liver_demo)")
     parser.add_argument("--out", type=Path, default=Path("bench/compare_trainers"))
     parser.add_argument("--overwrite", action="store_true", help="redo runs saved before")
     args = parser.parse_args(argv)
 
-    if args.iterations < EPOCH_ITERATIONS or args.iterations % EPOCH_ITERATIONS:
-        parser.error(f"--iterations must be a positive multiple of {EPOCH_ITERATIONS}, got {args.iterations}")
-    found = sorted((args.demo / "nnunet" / "nnUNet_raw").glob("Dataset*_*"))
-    preprocessed = [d for d in found if (args.demo / "nnunet" / "nnUNet_preprocessed" / d.name / "nnUNetPlans.json")
-                    .is_file() and (d / "labelsTs").is_dir()]
-    if len(preprocessed) != 1:
+    from nnunet_liver.cli.demo import PRESETS
+
+    preset = PRESETS["default"]
+    if args.iterations is not None and (args.iterations < preset.iters or args.iterations % preset.iters):
+        parser.error(f"--iterations must be a positive multiple of {preset.iters}, got {args.iterations}")
+    root = args.demo / "nnunet"
+    found = sorted((root / "nnUNet_raw").glob("Dataset*_*"))
+    ready = [d for d in found if (root / "nnUNet_preprocessed" / d.name / "nnUNetPlans.json").is_file()
+             and (d / "labelsTs").is_dir()]
+    if len(ready) != 1:
         print(f"error: {args.demo}: expected one preprocessed data set with test labels under nnunet/ (a finished "
-              f"`nnunet-liver demo --out {args.demo}`), found {[d.name for d in preprocessed] or 'none'}",
-              file=sys.stderr)
+              f"`nnunet-liver demo --out {args.demo}`), found {[d.name for d in ready] or 'none'}", file=sys.stderr)
         return 2
-    dataset = preprocessed[0].resolve()
+    dataset = ready[0].resolve()
+    preprocessed = (root / "nnUNet_preprocessed" / ready[0].name).resolve()
+
+    from nnunet_liver.cli.demo import fast_training
+    from nnunet_liver.env import activate
+
+    activate()  # our trainers on nnUNet_extTrainer before fast_training imports nnU-Net
+    bf16 = fast_training("cpu")
+    iterations = args.iterations or preset.iters * (preset.epochs_fast if bf16 and preset.epochs_fast
+                                                    else preset.epochs)
+    fingerprint = data_fingerprint(dataset, preprocessed)
     bin_dir = Path(sys.executable).parent
     out = args.out.resolve()
     runs = out / "runs"
     runs.mkdir(parents=True, exist_ok=True)
     rows = []
     todo = [(t, s) for t in args.trainers for s in args.seeds]
+    setting = {"iterations": iterations, "data": fingerprint, "bf16": bf16}
     for i, (trainer, seed) in enumerate(todo, 1):
         saved = runs / f"{trainer}__seed{seed}.json"
         if saved.is_file() and not args.overwrite:
             row = json.loads(saved.read_text(encoding="utf-8"))
-            if row.get("iterations") == args.iterations and row.get("dataset") == str(dataset):
+            if all(row.get(k) == v for k, v in setting.items()):
                 print(f"[{i}/{len(todo)}] {trainer} seed {seed}: saved run", flush=True)
                 rows.append(row)
                 continue
-        print(f"[{i}/{len(todo)}] {trainer} seed {seed}: training {args.iterations} iterations ...", flush=True)
-        row = {**run_one(trainer, seed, args.iterations, dataset, out, bin_dir), "dataset": str(dataset)}
+        print(f"[{i}/{len(todo)}] {trainer} seed {seed}: training {iterations} iterations ...", flush=True)
+        row = {**run_one(trainer, seed, iterations, dataset, preprocessed, out, bin_dir), **setting,
+               "dataset": str(dataset)}
         _write(saved, json.dumps(row, indent=1))
         print(f"[{i}/{len(todo)}] {trainer} seed {seed}: liver {row['liver_dice']:.3f}, tumour (global) "
               f"{row['tumour_dice_global']:.3f}, slices beyond {row['slices_beyond']}", flush=True)
         rows.append(row)
-    text = (f"Trainers on {dataset.name} ({args.demo}), {args.iterations} iterations, fold 0, seeds "
+    text = (f"Trainers on {dataset.name} ({args.demo}), {iterations} iterations (bf16: {bf16}), fold 0, seeds "
             f"{' '.join(map(str, args.seeds))}; test cases after the largest liver component.\n\n"
             + table(rows, args.trainers))
     _write(out / "results.md", text)

@@ -33,6 +33,7 @@ shapes nnU-Net derives from `strides`: (B, K, Z, Y / prod(s_y), X / prod(s_x)).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -212,9 +213,10 @@ class DualStreamAttentionNet(nn.Module):
         fusion_kernel_size: in-plane kernel of the fusion conv's spatial-stream part.
         attention_reduction: CBAM channel-MLP reduction.
         spatial_kernel_size: CBAM spatial-attention kernel.
-        spatial_norm: "batch" or "instance": the norm of the spatial stream's 2D layers (encoder, gates, decoder,
-            fusion) instead of the one matched to norm_op; None keeps norm_op's. A 2D instance norm takes its
-            statistics from one slice, a batch norm from every slice of the batch (B x Z' of them).
+        spatial_norm: "batch" or "instance": the norm of the spatial stream's 2D layers (encoder, decoder, fusion;
+            the gates have none) instead of the one matched to norm_op; None keeps norm_op's. A 2D instance norm
+            takes its statistics from one slice; a batch norm, in training, from every slice of the batch
+            (B x Z' of them), and in eval mode uses its running statistics.
         checkpoint_stages: resolution levels (0 = full resolution) whose spatial-stream encoder stage (level 0 with
             the stem) and decoder stage (with its gate) are recomputed in the backward pass instead of storing
             their activations (activation checkpointing; only while autograd records).
@@ -330,6 +332,7 @@ class DualStreamAttentionNet(nn.Module):
         self.checkpoint_stages = frozenset(int(i) for i in checkpoint_stages)
         self.decoder.checkpoint_levels = self.checkpoint_stages
         self.decoder.checkpoint_gates = bool(checkpoint_gates)
+        self._split_recomputed_batch_norm_momentum()
         inplane = [1, 1]
         for st in strides_2d:
             inplane = [a * b for a, b in zip(inplane, st)]
@@ -354,6 +357,22 @@ class DualStreamAttentionNet(nn.Module):
         self.fusion_norm = head["norm_op"](width, **head["norm_op_kwargs"]) if head["norm_op"] else nn.Identity()
         self.fusion_nonlin = head["nonlin"](**head["nonlin_kwargs"]) if head["nonlin"] else nn.Identity()
         self.head = nn.Conv2d(width, num_classes, kernel_size=1, bias=True)
+
+    def _split_recomputed_batch_norm_momentum(self) -> None:
+        """A checkpointed stage runs its forward twice per training step (again in the backward pass), and a
+        batch norm in it updates its running statistics both times, from the same batch (torch issue 96136).
+        Its momentum m becomes m' with (1 - m')^2 = 1 - m, so the two updates make one."""
+        if not self.checkpoint_stages:
+            return
+        recomputed = [self.encoder.stages[i] for i in self.checkpoint_stages]
+        if 0 in self.checkpoint_stages:
+            recomputed.append(self.encoder.stem)
+        n = len(self.decoder.stages)  # decoder stage i has resolution level n - 1 - i
+        recomputed += [self.decoder.stages[n - 1 - level] for level in self.checkpoint_stages if level < n]
+        for module in recomputed:
+            for m in module.modules():
+                if isinstance(m, _BatchNorm) and m.momentum is not None:
+                    m.momentum = 1 - math.sqrt(1 - m.momentum)
 
     def spatial_features(self, xw: Tensor, pad: bool = True) -> list[Tensor]:
         """Windowed input (B, C, Z, Y, X) -> the decoder features (B*Z', F_s, ...), highest resolution first."""

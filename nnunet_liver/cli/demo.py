@@ -96,6 +96,18 @@ def fast_training(device: str) -> bool:
     return device == "cuda" or (os.environ.get("NNUNET_LIVER_BF16", "auto") in ("auto", "1") and cpu_bf16_supported())
 
 
+def training_environment(p: DemoPreset, device: str, seed: int = 0) -> dict[str, str]:
+    """The variables the demo trains each segmentation model with (the CPU trainers read them)."""
+    return {"NNUNET_LIVER_EPOCHS": str(p.epochs), "NNUNET_LIVER_ITERS": str(p.iters),
+            "NNUNET_LIVER_VAL_ITERS": str(p.val_iters), "NNUNET_LIVER_SEED": str(seed),
+            "NNUNET_LIVER_CPU_SECONDS": f"{p.cpu_seconds:g}" if p.cpu_seconds else "",
+            # the demo scores its test cases; fold 0's final validation would cost a minute per 3D model
+            "NNUNET_LIVER_SKIP_VALIDATION": "1",
+            # augmentation in the training process: no worker start-up, and seeded runs repeat
+            "nnUNet_n_proc_DA": os.environ.get("nnUNet_n_proc_DA", "0" if device == "cpu"
+                                               else str(max(1, min(12, (os.cpu_count() or 2) - 1))))}
+
+
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "demo",
@@ -202,15 +214,7 @@ class _Demo:
                             verify=True, overwrite=True)
 
     def train(self, m: SegModel) -> None:
-        p = self.preset
-        budget = {"NNUNET_LIVER_EPOCHS": str(p.epochs), "NNUNET_LIVER_ITERS": str(p.iters),
-                  "NNUNET_LIVER_VAL_ITERS": str(p.val_iters), "NNUNET_LIVER_SEED": "0",
-                  "NNUNET_LIVER_CPU_SECONDS": f"{p.cpu_seconds:g}" if p.cpu_seconds else "",
-                  # the demo scores its test cases; fold 0's final validation would cost a minute per 3D model
-                  "NNUNET_LIVER_SKIP_VALIDATION": "1",
-                  # augmentation in the training process: no worker start-up, and seeded runs repeat
-                  "nnUNet_n_proc_DA": os.environ.get("nnUNet_n_proc_DA", "0" if self.device == "cpu"
-                                                     else str(max(1, min(12, (os.cpu_count() or 2) - 1))))}
+        budget = training_environment(self.preset, self.device)
         t0 = time.perf_counter()
         self.pipe.run(["nnUNetv2_train", str(DATASET_ID), m.configuration, "0", "-tr", m.trainer,
                        "-device", self.device], f"train_{m.key}", extra_env=budget)

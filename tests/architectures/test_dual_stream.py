@@ -397,3 +397,19 @@ def test_checkpointing_gives_the_same_gradients_and_stores_less():
         net.eval()(x)
     with pytest.raises(ValueError, match="checkpoint_stages"):
         build(checkpoint_stages=(7,))
+
+
+def test_batch_norm_in_checkpointed_stages_keeps_the_running_statistics_of_one_update():
+    # a checkpointed stage runs forward twice per step; without the momentum correction its batch norms would
+    # move their running statistics twice as far as those of the same network without checkpointing
+    x = hu(2, patch=(10, 32, 32))
+    stats = []
+    for kwargs in ({}, {"checkpoint_stages": (0, 1, 2), "checkpoint_gates": True}):
+        net = build(deep_supervision=True, window="fixed_paper", seed=4, spatial_norm="batch", **kwargs).train()
+        for _ in range(2):
+            sum(o.sum() for o in net(x)).backward()
+        stats.append({k: v.clone() for k, v in net.state_dict().items() if k.endswith(("running_mean", "running_var"))})
+    assert stats[0] and stats[0].keys() == stats[1].keys()
+    assert any(k.startswith("encoder.stages.0") for k in stats[0])  # a checkpointed stage's norms are compared
+    for k in stats[0]:
+        torch.testing.assert_close(stats[1][k], stats[0][k], rtol=1e-3, atol=1e-4, msg=k)

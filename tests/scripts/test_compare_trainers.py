@@ -74,6 +74,36 @@ def test_trains_predicts_scores_and_reuses_a_saved_run(tiny_phantoms, tmp_path, 
     assert len(row["slices_beyond"]) == 2  # the two test cases
     assert "| LiverUNetTrainer_CPU | 0 |" in (out / "results.md").read_text()
     assert (out / "work" / "seed0" / "results").is_dir()  # nnU-Net's results folder of the run
+    assert len(row["data"]) == 16 and isinstance(row["bf16"], bool)
     capsys.readouterr()
     assert script.main(args) == 0
     assert "saved run" in capsys.readouterr().out
+    # a saved run of other data (regenerated or replanned) is not reused
+    saved = out / "runs" / "LiverUNetTrainer_CPU__seed0.json"
+    saved.write_text(json.dumps(dict(row, data="0" * 16)))
+    assert script.main(args) == 0
+    assert "training 25 iterations" in capsys.readouterr().out
+    assert json.loads(saved.read_text())["data"] == row["data"]
+
+
+def test_trains_with_the_demo_training_variables(tmp_path, monkeypatch):
+    from nnunet_liver.cli.demo import PRESETS, training_environment
+
+    seen = {}
+
+    def fake_run(cmd, env, stdout, stderr):
+        seen.setdefault(cmd[0].rsplit("/", 1)[-1], env)
+        raise_after = cmd[0].endswith("nnUNetv2_train")
+        return type("Done", (), {"returncode": 1 if raise_after else 0})()
+
+    monkeypatch.setattr(script.subprocess, "run", fake_run)
+    monkeypatch.setenv("NNUNET_LIVER_CPU_SECONDS", "99")  # a stray budget in the shell must not leak in
+    dataset = tmp_path / "raw" / "Dataset990_LiverPhantom"
+    with pytest.raises(RuntimeError, match="nnUNetv2_train failed"):
+        script.run_one("T", 3, 100, dataset, tmp_path / "pre" / dataset.name, tmp_path / "out", tmp_path)
+    env = seen["nnUNetv2_train"]
+    expected = training_environment(PRESETS["default"], "cpu", seed=3)
+    expected["NNUNET_LIVER_EPOCHS"] = str(100 // PRESETS["default"].iters)
+    assert {k: env[k] for k in expected} == expected
+    assert env["NNUNET_LIVER_CPU_SECONDS"] == ""
+    assert env["nnUNet_preprocessed"] == str(tmp_path / "pre")
