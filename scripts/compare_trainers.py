@@ -33,11 +33,12 @@ import time
 from pathlib import Path
 
 
-
 def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    """Write ``text`` to a temporary file beside ``path`` and rename it into place."""
+    from nnunet_liver.data.io import staged_file
+
+    with staged_file(path, overwrite=True) as tmp:
+        tmp.write_text(text, encoding="utf-8")
 
 
 def lost_to_background(labels: Path, predictions: Path) -> float:
