@@ -13,7 +13,9 @@ Parts (``--parts``, default all):
   trainer on fold 0 under one equal budget (same epochs x iterations, or with ``--cpu-seconds`` the same
   process CPU seconds; same seeds), then LiTS metrics on the test phantoms (liver Dice/IoU/sensitivity/
   specificity per case, tumour global and per-case Dice, recall of lesions >= 10 mm, liver overshoot in
-  slices), mean +/- std over seeds; learning curves (validation pseudo Dice against CPU seconds,
+  slices and the cases with liver 2+ slices beyond), mean +/- std over seeds, scored after ``nnunet-liver
+  postprocess`` (the largest liver component, as the demo scores; ``--scoring raw``: the raw predictions)
+  with Table 1 of the raw predictions beside; learning curves (validation pseudo Dice against CPU seconds,
   ``curves.png``); the RWA control table; the fixed evaluation window of an RWA model swept.
 - ``robustness``: the same models on ``imagesTs_shifted`` (the test anatomy under shifted contrast and
   window); the Dice drop of each RWA model against its non-RWA twin (target: at most half).
@@ -138,6 +140,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--saved-only", action="store_true",
                    help="write the tables from the runs saved so far (same settings and code; saved on any "
                    "CPU, which the report names; the data set need not be here); train nothing")
+    p.add_argument("--scoring", choices=("largest-component", "raw"), default="largest-component",
+                   help="what the tables score: each prediction after `nnunet-liver postprocess` (its largest "
+                   "connected liver component, as the demo and a user's pipeline score it; default) or the raw "
+                   "nnU-Net prediction; results.md shows Table 1 of the other as well")
     p.add_argument("--jobs", type=int, default=1, help="training runs at a time, each in its own process with "
                    "one torch thread per job when > 1 (2 on 2 cores: twice the runs per hour; the thread count is "
                    "part of a saved run's key, so runs of different --jobs are not mixed)")
@@ -188,7 +194,7 @@ def main(argv: list[str] | None = None) -> None:
     activate(out / "work")
     # cost options stay out of the training runs' settings: saved runs are reused only when these match
     settings = {k: v for k, v in vars(args).items()
-                if k not in ("out", "quick", "parts", "models", "jobs", "run", "saved_only")
+                if k not in ("out", "quick", "parts", "models", "jobs", "run", "saved_only", "scoring")
                 and not k.startswith("cost_")
                 and not (k == "z_margin_mm" and v is None)}  # runs saved before the option keep their key
     if args.run:  # a --jobs child: one run into runs/, nothing else
@@ -237,15 +243,25 @@ def main(argv: list[str] | None = None) -> None:
             cpus = sorted({r["settings"]["cpu"] for rs in runs.values() for r in rs})
             report["machine"]["cpu"] = "; ".join(cpus)
             report["machine"].pop("cores", None)  # part of each CPU's name
+        for label, trainer, config in models:  # runs saved before the tables scored the largest component
+            for run in runs.get(label, []):
+                score_kept_largest_component(run, out, trainer, config)
+        report["runs"] = runs
+        report["scoring"] = args.scoring
+        raw_runs = runs
+        runs, report["unscored"] = scored_runs(runs, args.scoring)
+        report["table_seeds"] = {label: [r["seed"] for r in rs] for label, rs in runs.items()}
         report["accuracy"] = summarise(runs, "normal")
+        if args.scoring == "largest-component":
+            report["accuracy_raw"] = summarise(raw_runs, "normal")
         report["ablation_steps"] = ablation_steps(runs)
         report["robustness"] = robustness(runs)
         report["rwa_control"] = rwa_control(runs)
-        first = runs.get(DUALSTREAM, [{}])[0]  # the first seed's run
+        first = raw_runs.get(DUALSTREAM, [{}])[0]  # the first seed's run
         report["window_sweep"] = dict(first.get("window_sweep", {}))
         report["window_sweep_seed"] = first.get("seed")
-        report["speed"] = speed(runs)
-        report["curves"] = plot_curves(runs, out / "curves.png")
+        report["speed"] = speed(raw_runs)
+        report["curves"] = plot_curves(raw_runs, out / "curves.png")
         if "speed" in parts and not args.saved_only:
             report["speed"]["rwa_overhead"] = bench_rwa_overhead(torch, args.device)
         save()
@@ -1061,10 +1077,11 @@ def evaluate_split(predictor, images: Path, labels: Path, save_to: Path | None =
     import SimpleITK as sitk
     from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
 
-    from nnunet_liver.evaluation.lits import aggregate, evaluate_case
+    from nnunet_liver.evaluation.lits import evaluate_case
+    from nnunet_liver.inference.postprocess import keep_largest_liver
 
     io = SimpleITKIO()
-    cases, seconds = {}, []
+    cases, largest, seconds = {}, {}, []
     for img in sorted(images.glob("*_0000.nii.gz")):
         data, props = io.read_images([str(img)])
         t = time.perf_counter()
@@ -1073,7 +1090,9 @@ def evaluate_split(predictor, images: Path, labels: Path, save_to: Path | None =
         name = img.name.replace("_0000", "")
         ref_img = sitk.ReadImage(str(labels / name))
         ref = sitk.GetArrayFromImage(ref_img)
-        cases[img.name] = evaluate_case(ref, seg.astype(np.uint8), ref_img.GetSpacing()[::-1])
+        spacing = ref_img.GetSpacing()[::-1]
+        cases[img.name] = evaluate_case(ref, seg.astype(np.uint8), spacing)
+        largest[img.name] = evaluate_case(ref, keep_largest_liver(seg.astype(np.uint8))[0], spacing)
         if save_to is not None:
             save_to.mkdir(parents=True, exist_ok=True)
             seg_img = sitk.GetImageFromArray(seg.astype(np.uint8))
@@ -1081,24 +1100,88 @@ def evaluate_split(predictor, images: Path, labels: Path, save_to: Path | None =
             tmp = save_to / f".{name}.tmp.nii.gz"
             sitk.WriteImage(seg_img, str(tmp), useCompression=True)
             tmp.replace(save_to / name)
+    return {**split_summary(cases), "largest_component": split_summary(largest)}, float(np.mean(seconds))
+
+
+def split_summary(cases: dict) -> dict:
+    """The tables' figures of one split from ``evaluate_case`` results keyed by case: per structure the per-case
+    means of METRICS, the per-case mean Dice and the global Dice; recall of lesions of 10 mm or more; the
+    largest liver overshoot in slices and the number of cases with liver 2 or more slices beyond the true
+    liver's extent (the demo's target is none)."""
+    from nnunet_liver.evaluation.lits import aggregate
+
     agg = aggregate(cases)
     summary = {name: {**{m: agg[name]["metrics"][m]["mean"] for m in METRICS},
                       "dice": agg[name]["dice_per_case"], "dice_global": agg[name]["dice_global"]}
                for name in ("liver", "tumour")}
     summary["lesion_recall_10mm"] = agg["lesion_recall_by_size"]["large"]["recall"]
     summary["liver_max_slices_beyond"] = agg["liver_extent"]["max_slices_beyond"]
-    return summary, float(np.mean(seconds))
+    summary["liver_cases_2_beyond"] = agg["liver_extent"]["cases_2_or_more"]
+    return summary
+
+
+def score_kept_largest_component(run: dict, out: Path, trainer: str, config: str) -> bool:
+    """A run saved before the benchmark scored the largest liver component: score its kept predictions
+    (``work/predictions/seed<k>/<trainer>__<config>/{normal,shifted}``) that way, add the result to the run and
+    to its saved file (written to a temporary name, then moved into place). False when the run has no
+    such score and its predictions or labels are not here (a clean clone keeps only ``runs/``)."""
+    if all("largest_component" in run.get(split, {}) for split in ("normal", "shifted")):
+        return True
+    import SimpleITK as sitk
+
+    from nnunet_liver.evaluation.lits import evaluate_case
+    from nnunet_liver.inference.postprocess import keep_largest_liver
+
+    labels = Path(os.environ.get("nnUNet_raw", "")) / "Dataset990_LiverPhantom" / "labelsTs"
+    keep = out / "work" / "predictions" / f"seed{run['seed']}" / f"{trainer}__{config}"
+    references = sorted(labels.glob("*.nii.gz")) if labels.is_dir() else []
+    if not references or not all((keep / split / r.name).is_file() for split in ("normal", "shifted")
+                                 for r in references):
+        return False
+    print(f"== {trainer} {config}, seed {run['seed']}: scoring its kept predictions after the largest liver "
+          "component", flush=True)
+    for split in ("normal", "shifted"):
+        cases = {}
+        for ref_path in references:
+            ref_img = sitk.ReadImage(str(ref_path))
+            seg = sitk.GetArrayFromImage(sitk.ReadImage(str(keep / split / ref_path.name))).astype(np.uint8)
+            cases[ref_path.name] = evaluate_case(sitk.GetArrayFromImage(ref_img), keep_largest_liver(seg)[0],
+                                                 ref_img.GetSpacing()[::-1])
+        run[split] = {**run[split], "largest_component": split_summary(cases)}
+    path = out / "runs" / f"{trainer}__{config}__seed{run['seed']}.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(run, indent=1, default=float), encoding="utf-8")
+    tmp.replace(path)
+    return True
+
+
+def scored_runs(runs: dict, scoring: str) -> tuple[dict, list[str]]:
+    """The runs as the tables score them: ``raw`` as saved; ``largest-component`` with each split's figures
+    those after the largest liver component. A run without those (its predictions were not here to score) is
+    left out of the tables and named in the second value."""
+    if scoring == "raw":
+        return runs, []
+    out, unscored = {}, []
+    for label, seeds in runs.items():
+        for r in seeds:
+            if all("largest_component" in r.get(split, {}) for split in ("normal", "shifted")):
+                out.setdefault(label, []).append(
+                    {**r, **{split: r[split]["largest_component"] for split in ("normal", "shifted")}})
+            else:
+                unscored.append(f"{label}, seed {r['seed']}")
+    return out, unscored
 
 
 # ---- summaries ----------------------------------------------------------------------------------------------
 
 TABLE_COLUMNS = ("liver_dice", "liver_iou", "liver_sensitivity", "liver_specificity", "tumour_dice_global",
-                 "tumour_dice", "tumour_sensitivity", "lesion_recall_10mm", "liver_max_slices_beyond")
+                 "tumour_dice", "tumour_sensitivity", "lesion_recall_10mm", "liver_max_slices_beyond",
+                 "liver_cases_2_beyond")
 
 
 def _value(split: dict, column: str) -> float:
-    if column in ("lesion_recall_10mm", "liver_max_slices_beyond"):
-        return split[column]
+    if column in ("lesion_recall_10mm", "liver_max_slices_beyond", "liver_cases_2_beyond"):
+        return split.get(column, float("nan"))  # runs saved before a column existed lack it
     structure, metric = column.split("_", 1)
     return split[structure][metric]
 
@@ -1106,8 +1189,11 @@ def _value(split: dict, column: str) -> float:
 def summarise(runs: dict, split: str) -> dict:
     """Per model, mean and std over seeds of each TABLE_COLUMNS figure (liver: per-case means; tumour: global
     Dice over all voxels, as LiTS ranks, and the per-case mean, where tumour-free cases count 1 when empty)."""
-    return {label: {c: (float(np.nanmean(v)), float(np.nanstd(v)))
-                    for c in TABLE_COLUMNS for v in [[_value(r[split], c) for r in seeds]]}
+    def mean_std(values: list[float]) -> tuple[float, float]:
+        values = [v for v in values if not np.isnan(v)]
+        return (float(np.mean(values)), float(np.std(values))) if values else (float("nan"), float("nan"))
+
+    return {label: {c: mean_std([_value(r[split], c) for r in seeds]) for c in TABLE_COLUMNS}
             for label, seeds in runs.items()}
 
 
@@ -1311,10 +1397,21 @@ def markdown(report: dict) -> str:
                 lines.append(f"| {k} | {r['patch']} | {r['params']:,} | {r['flops_per_voxel']:.3g} | "
                              f"{r['flops_ratio_vs_3d_unet']:.2f}x |")
             lines.append("")
-    for key, title in (("accuracy", "Accuracy (test phantoms, mean ± std over seeds)"),):
+    scoring = report.get("scoring", "raw")  # results written before the option scored the raw predictions
+    if "accuracy" in report:
+        lines += [("The tables score each prediction after `nnunet-liver postprocess` (its largest connected liver "
+                   "component), as the demo does; the second accuracy table and the window sweep score the raw "
+                   "predictions." if scoring == "largest-component" else
+                   "The tables score the raw nnU-Net predictions (`--scoring raw`)."), ""]
+        if report.get("unscored"):
+            lines += ["Left out of these tables (saved without the largest-component score, and their kept "
+                      "predictions are not here to score): " + "; ".join(report["unscored"]) + ".", ""]
+    raw_title = "Accuracy of the raw predictions, before the largest component (mean ± std over seeds)"
+    for key, title in (("accuracy", "Accuracy (test phantoms, mean ± std over seeds)"), ("accuracy_raw", raw_title)):
         if key in report:
             cols = list(TABLE_COLUMNS)
-            seeds = {label: [r["seed"] for r in rs] for label, rs in report.get("runs", {}).items()}
+            runs_seeds = {label: [r["seed"] for r in rs] for label, rs in report.get("runs", {}).items()}
+            seeds = report.get("table_seeds", runs_seeds) if key == "accuracy" else runs_seeds
             lines += [f"## {title}", "", "A single seed shows no ± (no spread to show).", "",
                       "| model | seeds | " + " | ".join(cols) + " |", "|---" * (len(cols) + 2) + "|"]
             for label, row in report[key].items():

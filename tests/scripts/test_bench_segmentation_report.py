@@ -91,8 +91,13 @@ def test_saved_only_writes_tables_from_saved_runs_and_trains_nothing(bench, tmp_
     with pytest.raises(SystemExit, match="no saved run.*--jobs"):
         bench.main([*argv, "--seeds", "0", "1", "--saved-only"])
     # seed 0 trained (a stand-in run), saved under the benchmark's own key
-    monkeypatch.setattr(bench, "train_and_predict",
-                        lambda label, trainer, config, seed, args, o: _run(seed, 0.9, 0.4))
+    def stand_in(label, trainer, config, seed, args, o):
+        run = _run(seed, 0.9, 0.4)
+        largest = _run(seed, 0.95, 0.4)  # the largest component drops false liver: a higher liver Dice
+        return {**run, **{split: {**run[split], "largest_component": largest[split]}
+                          for split in ("normal", "shifted")}}
+
+    monkeypatch.setattr(bench, "train_and_predict", stand_in)
     bench.main([*argv, "--seeds", "0"])
     assert sorted(p.name for p in (out / "runs").glob("*.json")) == [
         "LiverUNetTrainer_CPU__2d__seed0.json", "LiverUNetTrainer_CPU__3d_fullres__seed0.json"]
@@ -103,7 +108,12 @@ def test_saved_only_writes_tables_from_saved_runs_and_trains_nothing(bench, tmp_
     report = json.loads((out / "results.json").read_text(encoding="utf-8"))
     assert {label: [r["seed"] for r in runs] for label, runs in report["runs"].items()} == {
         "2D U-Net": [0], "3D U-Net": [0]}
-    assert "| 2D U-Net | 0 | 0.900 |" in (out / "results.md").read_text(encoding="utf-8")
+    text = (out / "results.md").read_text(encoding="utf-8")
+    scored, raw = text.split("Accuracy of the raw predictions")
+    assert "| 2D U-Net | 0 | 0.950 |" in scored and "| 2D U-Net | 0 | 0.900 |" in raw
+    bench.main([*argv, "--seeds", "0", "--saved-only", "--scoring", "raw"])
+    text = (out / "results.md").read_text(encoding="utf-8")
+    assert "| 2D U-Net | 0 | 0.900 |" in text and "0.950" not in text and "Accuracy of the raw predictions" not in text
 
     # a run saved on another CPU goes into the tables, which name that CPU; training does not reuse it
     saved = out / "runs" / "LiverUNetTrainer_CPU__2d__seed0.json"
@@ -113,7 +123,7 @@ def test_saved_only_writes_tables_from_saved_runs_and_trains_nothing(bench, tmp_
     bench.main([*argv, "--seeds", "0", "--saved-only"])
     assert "saved on Other CPU, 2 cores" in capsys.readouterr().out
     text = (out / "results.md").read_text(encoding="utf-8")
-    assert "| 2D U-Net | 0 | 0.900 |" in text and "Other CPU, 2 cores" in text
+    assert "| 2D U-Net | 0 | 0.950 |" in text and "Other CPU, 2 cores" in text
     with pytest.raises(pytest.fail.Exception, match="trained a model"):
         bench.main([*argv, "--seeds", "0"])
     # ... but not one made by other code, nor with other settings, nor on other phantoms
@@ -155,8 +165,8 @@ def test_saved_only_never_rewrites_the_data_set(bench, tmp_path, monkeypatch):
 
 def test_evaluate_split_keeps_each_prediction_on_the_reference_grid(bench, tmp_path):
     label = np.zeros((6, 20, 20), np.uint8)
-    label[1:5, 4:16, 4:16] = 1
-    label[2:4, 8:11, 8:11] = 2
+    label[1:4, 4:16, 4:16] = 1
+    label[2:3, 8:11, 8:11] = 2
     img = sitk.GetImageFromArray(label.astype(np.int16) * 50)
     img.SetSpacing((2.0, 2.0, 4.0))
     img.SetOrigin((1.0, 2.0, 3.0))
@@ -167,7 +177,8 @@ def test_evaluate_split_keeps_each_prediction_on_the_reference_grid(bench, tmp_p
     ref.CopyInformation(img)
     sitk.WriteImage(ref, str(tmp_path / "lab" / "c_001.nii.gz"))
     prediction = label.copy()
-    prediction[0] = 1  # one slice of false liver below the liver
+    prediction[0] = 1  # one slice of false liver below the liver, touching it
+    prediction[5, 0:2, 0:2] = 1  # and a blob apart from it, 2 slices above
 
     class Predictor:
         def predict_single_npy_array(self, data, props):
@@ -183,7 +194,11 @@ def test_evaluate_split_keeps_each_prediction_on_the_reference_grid(bench, tmp_p
     (keep / "normal" / "c_999.nii.gz").write_bytes(b"a case of an earlier run")
     normal, _, shifted = bench.evaluate_splits(Predictor(), raw, keep)
     assert normal["tumour"]["dice_global"] == pytest.approx(1.0) and shifted == normal
-    assert normal["liver_max_slices_beyond"] == 1
+    assert (normal["liver_max_slices_beyond"], normal["liver_cases_2_beyond"]) == (2, 1)
+    # after the largest component (nnunet-liver postprocess) the blob is gone, the touching slice stays
+    largest = normal["largest_component"]
+    assert (largest["liver_max_slices_beyond"], largest["liver_cases_2_beyond"]) == (1, 0)
+    assert largest["liver"]["dice"] > normal["liver"]["dice"] and largest["tumour"]["dice_global"] == pytest.approx(1)
     # the earlier run's folder is replaced whole; no temporary folder stays behind
     assert sorted(str(p.relative_to(keep)) for p in keep.rglob("*.nii.gz")) == [
         "normal/c_001.nii.gz", "shifted/c_001.nii.gz"]
@@ -224,3 +239,52 @@ def test_prepare_dataset_marks_the_data_set_with_its_settings_and_phantom_versio
 def test_the_window_sweep_names_the_seed_it_comes_from(bench):
     text = bench.markdown({"settings": {}, "machine": {}, "window_sweep": {"paper fixed": 0.3}, "window_sweep_seed": 2})
     assert "RWA-trained DualStream (seed 2, tumour global Dice)" in text and "| paper fixed | 0.300 |" in text
+
+
+def test_saved_runs_are_scored_after_the_largest_component_from_their_kept_predictions(bench, tmp_path,
+                                                                                      monkeypatch):
+    label = np.zeros((8, 16, 16), np.uint8)
+    label[2:6, 3:13, 3:13] = 1
+    label[3:5, 6:9, 6:9] = 2
+    prediction = label.copy()
+    prediction[7, 0:2, 0:2] = 1  # false liver apart from the liver, 2 slices above it
+    raw = tmp_path / "raw"
+    labels = raw / "Dataset990_LiverPhantom" / "labelsTs"
+    labels.mkdir(parents=True)
+    sitk.WriteImage(sitk.GetImageFromArray(label), str(labels / "c_001.nii.gz"))
+    monkeypatch.setenv("nnUNet_raw", str(raw))
+    out = tmp_path / "b"
+    for split in ("normal", "shifted"):
+        folder = out / "work" / "predictions" / "seed0" / "M__3d_fullres" / split
+        folder.mkdir(parents=True)
+        sitk.WriteImage(sitk.GetImageFromArray(prediction), str(folder / "c_001.nii.gz"))
+    (out / "runs").mkdir()
+    saved = [_run(0, 0.9, 0.4), _run(1, 0.8, 0.3)]  # seed 1's predictions are not here
+    for run in saved:
+        (out / "runs" / f"M__3d_fullres__seed{run['seed']}.json").write_text(json.dumps(run), encoding="utf-8")
+
+    assert bench.score_kept_largest_component(saved[0], out, "M", "3d_fullres")
+    assert not bench.score_kept_largest_component(saved[1], out, "M", "3d_fullres")
+    largest = saved[0]["normal"]["largest_component"]
+    assert largest["liver"]["dice"] == pytest.approx(1.0) and largest["liver_cases_2_beyond"] == 0
+    assert saved[0]["normal"]["liver"]["dice"] == 0.9  # the raw figures stay as they were
+    on_disk = json.loads((out / "runs" / "M__3d_fullres__seed0.json").read_text(encoding="utf-8"))
+    assert on_disk["shifted"]["largest_component"] == json.loads(json.dumps(largest))
+    assert "largest_component" not in json.loads(
+        (out / "runs" / "M__3d_fullres__seed1.json").read_text(encoding="utf-8"))["normal"]
+    assert not list((out / "runs").glob("*.tmp"))
+
+    runs, unscored = bench.scored_runs({"3D U-Net": saved}, "largest-component")
+    assert [r["seed"] for r in runs["3D U-Net"]] == [0] and unscored == ["3D U-Net, seed 1"]
+    assert runs["3D U-Net"][0]["normal"]["liver"]["dice"] == pytest.approx(1.0)
+    assert bench.scored_runs({"3D U-Net": saved}, "raw") == ({"3D U-Net": saved}, [])
+    report = {"settings": {}, "machine": {}, "runs": {"3D U-Net": saved}, "scoring": "largest-component",
+              "unscored": unscored, "table_seeds": {"3D U-Net": [0]},
+              "accuracy": bench.summarise(runs, "normal"),
+              "accuracy_raw": bench.summarise({"3D U-Net": saved}, "normal")}
+    text = bench.markdown(report)
+    assert "Left out of these tables" in text and "3D U-Net, seed 1" in text
+    scored, raw = text.split("Accuracy of the raw predictions")
+    assert "| 3D U-Net | 0 | 1.000 |" in scored and "| 3D U-Net | 0, 1 | 0.850 ± 0.050 |" in raw
+    # runs saved before the column existed: the column is blank (nan), not an error
+    assert np.isnan(bench.summarise({"3D U-Net": [_run(0, 0.9, 0.4)]}, "normal")["3D U-Net"]["liver_cases_2_beyond"][0])
