@@ -219,6 +219,13 @@ def cpu_bf16_supported() -> bool:
     return any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16"))
 
 
+def cpu_bf16_requested() -> bool:
+    """Whether the CPU trainers autocast to bfloat16: ``NNUNET_LIVER_BF16=1`` forces it (emulated, slower, where
+    the CPU lacks native bf16), ``0`` turns it off, ``auto`` (the default) uses it where the CPU has it natively."""
+    setting = os.environ.get("NNUNET_LIVER_BF16", "auto")
+    return setting == "1" or (setting == "auto" and cpu_bf16_supported())
+
+
 class CPUBF16Mixin:
     """bfloat16 autocast for training and validation steps on CPUs with native bf16 (nnU-Net autocasts only
     on CUDA). ``NNUNET_LIVER_BF16=0`` turns it off, ``1`` forces it. Weights, optimiser state and the
@@ -226,8 +233,7 @@ class CPUBF16Mixin:
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        setting = os.environ.get("NNUNET_LIVER_BF16", "auto")
-        self.cpu_bf16 = self.device.type == "cpu" and (setting == "1" or (setting == "auto" and cpu_bf16_supported()))
+        self.cpu_bf16 = self.device.type == "cpu" and cpu_bf16_requested()
 
     def _cpu_autocast(self):
         import torch

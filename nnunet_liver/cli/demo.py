@@ -89,11 +89,12 @@ REAL_CT_MODEL = SEG_MODELS[0]
 
 
 def fast_training(device: str) -> bool:
-    """CUDA, or a CPU with native bf16 that the CPU presets train in: ``NNUNET_LIVER_BF16`` auto or 1, as the
-    trainers read it (imports nnU-Net: call it after the run's nnU-Net variables are set)."""
-    from nnunet_liver.trainers._mixins import cpu_bf16_supported
+    """CUDA, or a CPU with native bf16 that the CPU presets train in (``NNUNET_LIVER_BF16`` as the trainers read
+    it; bf16 forced on a CPU without it is emulated, not fast). Imports nnU-Net: call it after the run's nnU-Net
+    variables are set."""
+    from nnunet_liver.trainers._mixins import cpu_bf16_requested, cpu_bf16_supported
 
-    return device == "cuda" or (os.environ.get("NNUNET_LIVER_BF16", "auto") in ("auto", "1") and cpu_bf16_supported())
+    return device == "cuda" or (cpu_bf16_requested() and cpu_bf16_supported())
 
 
 def training_environment(p: DemoPreset, device: str, seed: int = 0) -> dict[str, str]:

@@ -198,7 +198,8 @@ def test_default_iterations_follow_the_training_speed(monkeypatch):
     preset = demo.PRESETS["default"]
     assert (preset.epochs * preset.iters, preset.epochs_fast * preset.iters) == (300, 600)
     for native, setting, device, fast in ((False, "auto", "cpu", False), (True, "auto", "cpu", True),
-                                          (True, "0", "cpu", False), (False, "auto", "cuda", True)):
+                                          (True, "0", "cpu", False), (False, "auto", "cuda", True),
+                                          (True, "1", "cpu", True), (False, "1", "cpu", False)):
         monkeypatch.setattr(mixins, "cpu_bf16_supported", lambda native=native: native)
         monkeypatch.setenv("NNUNET_LIVER_BF16", setting)
         assert demo.fast_training(device) is fast, (native, setting, device)
