@@ -38,6 +38,7 @@ from nnunet_liver.trainers.segmentation import (
     DualStreamAblationRWATrainer,
     DualStreamBNTrainer,
     DualStreamNoRWATrainer,
+    DualStreamPatchNormTrainer,
     DualStreamRWAControlTrainer,
     DualStreamTrainer,
     LiverUNetRWAControlTrainer,
@@ -127,6 +128,10 @@ class DualStreamTrainer_CPU(_CPUDualStream, DualStreamTrainer):
 
 
 class DualStreamBNTrainer_CPU(_CPUDualStream, DualStreamBNTrainer):
+    pass
+
+
+class DualStreamPatchNormTrainer_CPU(_CPUDualStream, DualStreamPatchNormTrainer):
     pass
 
 

@@ -165,7 +165,8 @@ class DualStreamTrainer(LiverHUTrainerBase):
     checkpoint_stages = (0, 1, 2, 3)
     checkpoint_gates = True
     #: norm of the spatial stream's 2D layers: None keeps nnU-Net's instance norm (statistics of one slice),
-    #: "batch" normalises over every slice of the batch (see DualStreamAttentionNet's spatial_norm)
+    #: "batch" normalises over every slice of the batch, "patch_instance" over every slice of one patch (see
+    #: DualStreamAttentionNet's spatial_norm)
     spatial_norm: str | None = None
     #: GPU memory the plans are made for (GiB); None: a fixed batch_size and the largest in-plane patch
     gpu_memory_gb: float | None = 24.0
@@ -272,6 +273,15 @@ class DualStreamBNTrainer(DualStreamTrainer):
     the batch (B x Z'). The contextual stream (3D, batch B) keeps instance norm."""
 
     spatial_norm = "batch"
+
+
+class DualStreamPatchNormTrainer(DualStreamTrainer):
+    """DualStream whose spatial stream normalises each channel over every slice of its patch
+    (``PatchInstanceNorm2d``), as the 3D U-Net's instance norm does, instead of slice by slice: a structure
+    that fills most of a slice (a large cyst) is no longer normalised against itself. Training and
+    evaluation use the same statistics (unlike batch norm). The contextual stream keeps instance norm."""
+
+    spatial_norm = "patch_instance"
 
 
 class DualStreamNoRWATrainer(DualStreamTrainer):

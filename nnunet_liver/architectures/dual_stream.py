@@ -51,12 +51,14 @@ from torch.nn.modules.instancenorm import _InstanceNorm
 from nnunet_liver.augment.window import WindowConfig
 from nnunet_liver.blocks.attention import AttentionGate
 from nnunet_liver.blocks.context import ContextStream
+from nnunet_liver.blocks.norm import PatchInstanceNorm2d
 from nnunet_liver.blocks.residual import ResidualEncoder
 from nnunet_liver.blocks.windowing import WindowInput
 
 __all__ = ["AttentionUNetDecoder", "DualStreamAttentionNet", "slices_to_channels"]
 
-_NORMS = {"instance": (nn.InstanceNorm2d, nn.InstanceNorm3d), "batch": (nn.BatchNorm2d, nn.BatchNorm3d)}
+_NORMS = {"instance": (nn.InstanceNorm2d, nn.InstanceNorm3d), "batch": (nn.BatchNorm2d, nn.BatchNorm3d),
+          "patch_instance": (PatchInstanceNorm2d, nn.InstanceNorm3d)}
 
 
 def slices_to_channels(x: Tensor, n_slices: int, pad: bool = True) -> Tensor:
@@ -213,10 +215,12 @@ class DualStreamAttentionNet(nn.Module):
         fusion_kernel_size: in-plane kernel of the fusion conv's spatial-stream part.
         attention_reduction: CBAM channel-MLP reduction.
         spatial_kernel_size: CBAM spatial-attention kernel.
-        spatial_norm: "batch" or "instance": the norm of the spatial stream's 2D layers (encoder, decoder, fusion;
-            the gates have none) instead of the one matched to norm_op; None keeps norm_op's. A 2D instance norm
-            takes its statistics from one slice; a batch norm, in training, from every slice of the batch
-            (B x Z' of them), and in eval mode uses its running statistics.
+        spatial_norm: "batch", "instance" or "patch_instance": the norm of the spatial stream's 2D layers
+            (encoder, decoder, fusion; the gates have none) instead of the one matched to norm_op; None keeps
+            norm_op's. A 2D instance norm takes its statistics from one slice; "patch_instance"
+            (`PatchInstanceNorm2d`) from all Z' slices of one patch, as the contextual stream's 3D instance
+            norm does, in training and evaluation alike; a batch norm, in training, from every slice of the
+            batch (B x Z' of them), and in eval mode uses its running statistics.
         checkpoint_stages: resolution levels (0 = full resolution) whose spatial-stream encoder stage (level 0 with
             the stem) and decoder stage (with its gate) are recomputed in the backward pass instead of storing
             their activations (activation checkpointing; only while autograd records).
@@ -357,6 +361,7 @@ class DualStreamAttentionNet(nn.Module):
         self.fusion_norm = head["norm_op"](width, **head["norm_op_kwargs"]) if head["norm_op"] else nn.Identity()
         self.fusion_nonlin = head["nonlin"](**head["nonlin_kwargs"]) if head["nonlin"] else nn.Identity()
         self.head = nn.Conv2d(width, num_classes, kernel_size=1, bias=True)
+        self._patch_norms = tuple(m for m in self.modules() if isinstance(m, PatchInstanceNorm2d))
 
     def _split_recomputed_batch_norm_momentum(self) -> None:
         """A checkpointed stage runs its forward twice per training step (again in the backward pass), and a
@@ -411,6 +416,8 @@ class DualStreamAttentionNet(nn.Module):
         resolution first, of (B, K, Z, Y / prod(s_y), X / prod(s_x)) over the first n_stages - 1 strides.
         In training mode the z_margin end slices of every output copy their nearest real-neighbour slice."""
         batch, _, z = x.shape[:3]
+        for norm in self._patch_norms:  # their statistics span each sample's slices
+            norm.batch = batch
         x = self.window(x)
         margin = self.z_margin if self.training and z > 2 * self.z_margin else 0
         features = self.spatial_features(x, pad=not margin)

@@ -413,3 +413,33 @@ def test_batch_norm_in_checkpointed_stages_keeps_the_running_statistics_of_one_u
     assert any(k.startswith("encoder.stages.0") for k in stats[0])  # a checkpointed stage's norms are compared
     for k in stats[0]:
         torch.testing.assert_close(stats[1][k], stats[0][k], rtol=1e-3, atol=1e-4, msg=k)
+
+
+def test_patch_instance_norm_couples_the_slices_of_a_patch_not_the_patches_of_a_batch():
+    from nnunet_liver.blocks.norm import PatchInstanceNorm2d
+
+    net = build(deep_supervision=True, spatial_norm="patch_instance", window="fixed_paper")
+    spatial = [m for name, m in net.named_modules() if not name.startswith("context") and isinstance(
+        m, (nn.InstanceNorm2d, PatchInstanceNorm2d, nn.BatchNorm2d))]
+    assert spatial and all(isinstance(m, PatchInstanceNorm2d) for m in spatial)
+    assert all(isinstance(m, nn.InstanceNorm3d) for m in net.context.modules() if isinstance(m, nn.modules.instancenorm._InstanceNorm))
+    assert n_params(net) == n_params(build())
+    x = hu(2)
+    out = net(x)
+    sum(o.sum() for o in out).backward()
+    assert all(p.grad is not None for p in net.parameters())
+    net.eval()
+    with torch.no_grad():
+        both = net(x)[0]
+        alone = net(x[1:])[0]  # the other patch of the batch does not change this one's output
+        torch.testing.assert_close(both[1:], alone, rtol=1e-4, atol=1e-4)
+    # one slice of a patch changes: without the contextual stream, a per-slice norm moves only the slices whose
+    # 7-slice stack holds it; the patch norm moves every slice of that patch (shared statistics)
+    changed = x.clone()
+    changed[1, :, -1] += 300
+    for spatial_norm, first_slices_move in ((None, False), ("patch_instance", True)):
+        net = build(spatial_norm=spatial_norm, window="fixed_paper", use_context=False).eval()
+        with torch.no_grad():
+            moved = (net(changed)[1] - net(x)[1]).abs().amax(dim=(0, 2, 3))
+        assert (moved[-4:] > 1e-4).all()
+        assert bool((moved[:4] > 1e-4).all()) is first_slices_move, spatial_norm

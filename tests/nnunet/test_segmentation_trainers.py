@@ -173,11 +173,15 @@ def test_every_trainer_builds_a_network_matching_nnunet_targets(name, tiny_phant
         assert o.shape[1] == 2  # regions liver, tumour
     assert t.label_manager.has_regions
     window = net.window.config
-    rwa = {"LiverUNetRWATrainer", "DualStreamTrainer", "DualStreamBNTrainer", "DualStreamAblationRWATrainer",
-           "DualStreamAblationRWAAttTrainer"}
+    rwa = {"LiverUNetRWATrainer", "DualStreamTrainer", "DualStreamBNTrainer", "DualStreamPatchNormTrainer",
+           "DualStreamAblationRWATrainer", "DualStreamAblationRWAAttTrainer"}
     assert window.is_random == (name.split("_")[0] in rwa)
-    # only the BN variant swaps the spatial stream's instance norm for batch norm
+    # only the norm variants swap the spatial stream's per-slice instance norm
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules()) == (name.startswith("DualStreamBN"))
+    from nnunet_liver.blocks.norm import PatchInstanceNorm2d
+
+    patch_norm = any(isinstance(m, PatchInstanceNorm2d) for m in net.modules())
+    assert patch_norm == name.startswith("DualStreamPatchNorm")
 
 
 def test_dual_stream_plans_fit_the_gpu_memory_target_at_a_lits_plan(monkeypatch):
@@ -199,7 +203,7 @@ def test_dual_stream_plans_fit_the_gpu_memory_target_at_a_lits_plan(monkeypatch)
     assert (ablation["patch_size"], ablation["batch_size"]) == (default["patch_size"], default["batch_size"])
 
 
-def test_only_the_bn_variant_writes_a_spatial_norm_into_the_plans():
+def test_only_the_norm_variants_write_a_spatial_norm_into_the_plans():
     from nnunet_liver.planners.lits_like import lits_like_plans
 
     plans, _ = lits_like_plans()
@@ -212,6 +216,8 @@ def test_only_the_bn_variant_writes_a_spatial_norm_into_the_plans():
     assert "spatial_norm" not in arch(trainers.DualStreamTrainer_CPU)
     assert arch(trainers.DualStreamBNTrainer)["spatial_norm"] == "batch"
     assert arch(trainers.DualStreamBNTrainer_CPU)["spatial_norm"] == "batch"
+    assert arch(trainers.DualStreamPatchNormTrainer)["spatial_norm"] == "patch_instance"
+    assert arch(trainers.DualStreamPatchNormTrainer_CPU)["spatial_norm"] == "patch_instance"
 
 
 def test_gpu_memory_target_from_the_environment(monkeypatch):
