@@ -297,25 +297,84 @@ def _import_closure(module: str, package: str = "nnunet_liver") -> set[Path]:
     return set(seen.values())
 
 
-def code_fingerprint(network_module: str | None = None) -> str:
+def code_fingerprint(network_module: str | None = None, trainer: str | None = None) -> str:
     """SHA-256 of the code a saved run depends on, so that a run made by other code is not reused: the trainers
     and the window augmentation, plus the network code (``architectures/`` and ``blocks/``) in the import
     closure of ``network_module`` (the plans' network class's module); without one, all of that network code.
-    A change to DualStream's blocks then redoes the DualStream runs and keeps the U-Net runs."""
+    A change to DualStream's blocks then redoes the DualStream runs and keeps the U-Net runs.
+
+    Each file counts by its syntax tree without docstrings (:func:`_code_tree`): comments and docstrings do
+    not redo a run. With ``trainer``, the trainer modules leave out every class that is neither one of
+    ``trainer``'s bases nor named by the code kept (:func:`_unused_trainer_classes`), so adding or editing
+    another trainer keeps this run's key."""
     import hashlib
 
     import nnunet_liver
     import nnunet_liver.trainers
 
     package = Path(nnunet_liver.__file__).parent
-    files = {p for r in (Path(nnunet_liver.trainers.__file__).parent, package / "augment") for p in r.glob("*.py")}
+    trainer_folder = Path(nnunet_liver.trainers.__file__).parent
+    files = {p for r in (trainer_folder, package / "augment") for p in r.glob("*.py")}
     network = {p for r in (package / "architectures", package / "blocks") for p in r.glob("*.py")}
     if network_module is not None:
         network &= _import_closure(network_module)
+    unused = _unused_trainer_classes(trainer, sorted(trainer_folder.glob("*.py"))) if trainer else frozenset()
     h = hashlib.sha256()
     for f in sorted(files | network, key=lambda f: (f.name, str(f))):
-        h.update(f.name.encode() + f.read_bytes())
+        drop = unused | {"__all__"} if trainer and f.parent == trainer_folder else frozenset()
+        h.update(f.name.encode() + _code_tree(f, drop))
     return h.hexdigest()[:16]
+
+
+def _unused_trainer_classes(trainer: str, files: list[Path]) -> frozenset[str]:
+    """The top-level classes of the trainer modules ``files`` that ``trainer`` does not use: all but its bases
+    and the classes named (transitively) in the code that stays once the others are gone."""
+    import ast
+
+    import nnunet_liver.trainers
+
+    trees = [ast.parse(f.read_text(encoding="utf-8")) for f in files]
+    classes = {node.name: node for tree in trees for node in tree.body if isinstance(node, ast.ClassDef)}
+    keep = {c.__name__ for c in getattr(nnunet_liver.trainers, trainer).__mro__} & classes.keys()
+
+    def names(node) -> set[str]:
+        return {n.id for n in ast.walk(node) if isinstance(n, ast.Name)} | \
+               {n.attr for n in ast.walk(node) if isinstance(n, ast.Attribute)}
+
+    rest = [node for tree in trees for node in tree.body if not isinstance(node, ast.ClassDef)]
+    used = set().union(*(names(node) for node in rest))
+    while True:
+        named = used.union(*(names(classes[k]) for k in keep)) & classes.keys()
+        if named <= keep:
+            return frozenset(classes.keys() - keep)
+        keep |= named
+
+
+def _code_tree(path: Path, drop: frozenset[str] | set[str] = frozenset()) -> bytes:
+    """``path``'s syntax tree (``ast.dump``) without docstrings, comments or layout, and without the top-level
+    classes, imported names and assignments named in ``drop``."""
+    import ast
+
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    if drop:
+        body = []
+        for node in tree.body:
+            if isinstance(node, ast.ClassDef) and node.name in drop:
+                continue
+            if isinstance(node, ast.ImportFrom):
+                node.names = [a for a in node.names if (a.asname or a.name) not in drop]
+                if not node.names:
+                    continue
+            if isinstance(node, ast.Assign) and all(isinstance(t, ast.Name) and t.id in drop for t in node.targets):
+                continue
+            body.append(node)
+        tree.body = body
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body \
+                and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant) \
+                and isinstance(node.body[0].value.value, str):
+            node.body = node.body[1:] or [ast.Pass()]
+    return ast.dump(tree).encode()
 
 
 def network_module(trainer: str, config: str) -> str | None:
@@ -400,7 +459,7 @@ def cached_run(label: str, trainer: str, config: str, seed: int, args, out: Path
     from nnunet_liver.data.phantoms import PHANTOM_VERSION
 
     key = {**{k: v for k, v in settings.items() if k != "seeds"}, "phantoms": PHANTOM_VERSION,
-           "code": code_fingerprint(network_module(trainer, config)), "cpu": cpu_identity(),
+           "code": code_fingerprint(network_module(trainer, config), trainer), "cpu": cpu_identity(),
            "threads": 1 if args.jobs > 1 else _torch_threads()}  # --jobs children train on one thread
     if path.is_file():
         saved = json.loads(path.read_text(encoding="utf-8"))
@@ -434,17 +493,18 @@ def tables_may_use(saved: dict, key: dict, trainer: str, config: str) -> bool:
     module = network_module(trainer, config)
     if module is not None:
         return saved.get("code") == key["code"]
-    return saved.get("code") in {key["code"], *_code_candidates()}
+    return saved.get("code") in {key["code"], *_code_candidates(trainer)}
 
 
 @functools.cache
-def _code_candidates() -> frozenset[str]:
+def _code_candidates(trainer: str) -> frozenset[str]:
     import nnunet_liver.architectures
 
     folder = Path(nnunet_liver.architectures.__file__).parent
     modules = [f"nnunet_liver.architectures.{f.stem}" for f in folder.glob("*.py") if f.stem != "__init__"]
     # nnU-Net's own U-Net (dynamic_network_architectures) imports none of our network code
-    return frozenset(code_fingerprint(m) for m in [*modules, "dynamic_network_architectures.architectures.unet"])
+    return frozenset(code_fingerprint(m, trainer)
+                     for m in [*modules, "dynamic_network_architectures.architectures.unet"])
 
 
 def cpu_identity() -> str:

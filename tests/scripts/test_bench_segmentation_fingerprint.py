@@ -26,13 +26,48 @@ def test_network_code_enters_only_the_runs_of_the_networks_that_import_it(bench)
     assert len(keys) == 3
 
 
+def _edited(monkeypatch, name: str, text: str) -> None:
+    """Path.read_text of the source file whose path ends with ``name`` returns it with ``text`` appended."""
+    real = Path.read_text
+    monkeypatch.setattr(Path, "read_text", lambda self, *a, **k: real(self, *a, **k) + text
+                        if self.as_posix().endswith(name) else real(self, *a, **k))
+
+
 def test_a_change_to_dual_stream_blocks_keeps_the_unet_key(bench, monkeypatch):
     before = bench.code_fingerprint(WINDOWED), bench.code_fingerprint(DUAL_STREAM)
-    real = Path.read_bytes
-    monkeypatch.setattr(Path, "read_bytes", lambda self: real(self) + b"# edited" if self.name == "attention.py"
-                        else real(self))
+    _edited(monkeypatch, "blocks/attention.py", "\nEDITED = 1\n")
     after = bench.code_fingerprint(WINDOWED), bench.code_fingerprint(DUAL_STREAM)
     assert after[0] == before[0] and after[1] != before[1]
+
+
+def test_comments_docstrings_and_other_trainers_keep_a_trainers_key(bench, monkeypatch):
+    def key(trainer="DualStreamTrainer_CPU"):
+        return bench.code_fingerprint(DUAL_STREAM, trainer)
+
+    before = key()
+    assert before != key("DualStreamNoRWATrainer_CPU")  # its own class is part of the key
+    for name, text in (
+            ("blocks/attention.py", "\n# a comment\n"),
+            ("trainers/segmentation.py", '\n\nclass NewTrainer(DualStreamTrainer):\n    """A new one."""\n    window = "x"\n'),
+            ("trainers/cpu.py", "\n\nclass NewTrainer_CPU(_CPUDualStream, DualStreamNoRWATrainer):\n    pass\n"),
+            ("trainers/__init__.py", "\n__all__ = [*__all__, 'NewTrainer']\n")):
+        with monkeypatch.context() as m:
+            _edited(m, name, text)
+            assert key() == before, name
+    # a docstring edited in place: the same key
+    real = Path.read_text
+    with monkeypatch.context() as m:
+        m.setattr(Path, "read_text", lambda self, *a, **k: real(self, *a, **k).replace(
+            "The paper's model: 2.5D ResNet-34", "The paper's model, a 2.5D ResNet-34") if self.as_posix().endswith("trainers/segmentation.py")
+            else real(self, *a, **k))
+        assert key() == before
+    # ... but code the trainer runs changes it: a base's body, a helper its classes call, a mixin
+    for name, text in (("trainers/segmentation.py", "\nDualStreamTrainer.window = 'fixed_paper'\n"),
+                       ("trainers/_mixins.py", "\n\ndef cpu_bf16_supported():\n    return False\n"),
+                       ("augment/window.py", "\nEDITED = 1\n")):
+        with monkeypatch.context() as m:
+            _edited(m, name, text)
+            assert key() != before, name
 
 
 def test_network_module_follows_the_trainers_plans(bench, tmp_path, monkeypatch):
