@@ -326,6 +326,26 @@ def code_fingerprint(network_module: str | None = None, trainer: str | None = No
     return h.hexdigest()[:16]
 
 
+def legacy_code_fingerprint(network_module: str | None = None) -> str:
+    """The key of runs saved before the tenth sitting: the same files as :func:`code_fingerprint`, the trainer
+    modules whole, hashed byte for byte. Such a run is still reused, and still enters the tables, where these
+    files are those it ran (a checkout of its commit)."""
+    import hashlib
+
+    import nnunet_liver
+    import nnunet_liver.trainers
+
+    package = Path(nnunet_liver.__file__).parent
+    files = {p for r in (Path(nnunet_liver.trainers.__file__).parent, package / "augment") for p in r.glob("*.py")}
+    network = {p for r in (package / "architectures", package / "blocks") for p in r.glob("*.py")}
+    if network_module is not None:
+        network &= _import_closure(network_module)
+    h = hashlib.sha256()
+    for f in sorted(files | network, key=lambda f: (f.name, str(f))):
+        h.update(f.name.encode() + f.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def _unused_trainer_classes(trainer: str, files: list[Path]) -> frozenset[str]:
     """The top-level classes of the trainer modules ``files`` that ``trainer`` does not use: all but its bases
     and the classes named (transitively) in the code that stays once the others are gone."""
@@ -463,7 +483,8 @@ def cached_run(label: str, trainer: str, config: str, seed: int, args, out: Path
            "threads": 1 if args.jobs > 1 else _torch_threads()}  # --jobs children train on one thread
     if path.is_file():
         saved = json.loads(path.read_text(encoding="utf-8"))
-        if saved.get("settings") == key:
+        legacy = {**key, "code": legacy_code_fingerprint(network_module(trainer, config))}
+        if saved.get("settings") in (key, legacy):
             print(f"== {label}, seed {seed}: done earlier ({path.name})", flush=True)
             return saved
         if not train and tables_may_use(saved.get("settings") or {}, key, trainer, config):
@@ -492,7 +513,7 @@ def tables_may_use(saved: dict, key: dict, trainer: str, config: str) -> bool:
         return False
     module = network_module(trainer, config)
     if module is not None:
-        return saved.get("code") == key["code"]
+        return saved.get("code") in (key["code"], legacy_code_fingerprint(module))
     return saved.get("code") in {key["code"], *_code_candidates(trainer)}
 
 
@@ -503,8 +524,8 @@ def _code_candidates(trainer: str) -> frozenset[str]:
     folder = Path(nnunet_liver.architectures.__file__).parent
     modules = [f"nnunet_liver.architectures.{f.stem}" for f in folder.glob("*.py") if f.stem != "__init__"]
     # nnU-Net's own U-Net (dynamic_network_architectures) imports none of our network code
-    return frozenset(code_fingerprint(m, trainer)
-                     for m in [*modules, "dynamic_network_architectures.architectures.unet"])
+    modules += ["dynamic_network_architectures.architectures.unet"]
+    return frozenset({code_fingerprint(m, trainer) for m in modules} | {legacy_code_fingerprint(m) for m in modules})
 
 
 def cpu_identity() -> str:
