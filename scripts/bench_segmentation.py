@@ -77,6 +77,7 @@ RWA_CONTROLS = [("3D U-Net + RWA", "3D U-Net, RWA control (fixed 71/213.5)", "3D
 TWINS = [("3D U-Net + RWA", "3D U-Net"), ("Ablation 1: + RWA", "Ablation 0: spatial stream, fixed window"),
          (DUALSTREAM, "DualStream without RWA")]
 METRICS = ("dice", "iou", "sensitivity", "specificity")
+SPLITS = ("normal", "shifted")  # the test scans as made, and under shifted contrast and window
 EVAL_WINDOWS = {"centre of the RWA ranges (71/213.5, default)": (71.0, 213.5),
                 "Ostmo base (62.5/198.8)": (62.5, 198.8),
                 "paper fixed (-100..400 HU)": (150.0, 500.0),
@@ -243,9 +244,11 @@ def main(argv: list[str] | None = None) -> None:
             cpus = sorted({r["settings"]["cpu"] for rs in runs.values() for r in rs})
             report["machine"]["cpu"] = "; ".join(cpus)
             report["machine"].pop("cores", None)  # part of each CPU's name
-        for label, trainer, config in models:  # runs saved before the tables scored the largest component
-            for run in runs.get(label, []):
-                score_kept_largest_component(run, out, trainer, config)
+        if args.scoring == "largest-component":  # runs saved before the tables scored the largest component
+            ready = _dataset_marker(args)[2]
+            for label, trainer, config in models:
+                for run in runs.get(label, []):
+                    score_kept_largest_component(run, out, trainer, config, ready)
         report["runs"] = runs
         report["scoring"] = args.scoring
         raw_runs = runs
@@ -303,12 +306,36 @@ def code_fingerprint(network_module: str | None = None, trainer: str | None = No
     closure of ``network_module`` (the plans' network class's module); without one, all of that network code.
     A change to DualStream's blocks then redoes the DualStream runs and keeps the U-Net runs.
 
-    Each file counts by its syntax tree without docstrings (:func:`_code_tree`): comments and docstrings do
-    not redo a run. With ``trainer``, the trainer modules leave out every class that is neither one of
+    Each file counts by its code without docstrings, comments or layout (:func:`_code_text`), so these do not
+    redo a run. With ``trainer``, the trainer modules leave out every class that is neither one of
     ``trainer``'s bases nor named by the code kept (:func:`_unused_trainer_classes`), so adding or editing
     another trainer keeps this run's key."""
     import hashlib
 
+    trainer_folder, files = _fingerprint_files(network_module)
+    unused = _unused_trainer_classes(trainer, sorted(trainer_folder.glob("*.py"))) if trainer else frozenset()
+    h = hashlib.sha256()
+    for f in files:
+        drop = unused | {"__all__"} if trainer and f.parent == trainer_folder else frozenset()
+        h.update(f.name.encode() + _code_text(f, drop).encode())
+    return h.hexdigest()[:16]
+
+
+def legacy_code_fingerprint(network_module: str | None = None) -> str:
+    """The key of runs saved before the tenth sitting: the files of :func:`code_fingerprint`, the trainer
+    modules whole, hashed byte for byte. Such a run is still reused, and still enters the tables, where these
+    files are those it ran (a checkout of its commit)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for f in _fingerprint_files(network_module)[1]:
+        h.update(f.name.encode() + f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _fingerprint_files(network_module: str | None) -> tuple[Path, list[Path]]:
+    """The trainers' folder, and the files a run's key hashes in their order: the trainers, the window
+    augmentation and the network code in the import closure of ``network_module`` (all of it without one)."""
     import nnunet_liver
     import nnunet_liver.trainers
 
@@ -318,50 +345,42 @@ def code_fingerprint(network_module: str | None = None, trainer: str | None = No
     network = {p for r in (package / "architectures", package / "blocks") for p in r.glob("*.py")}
     if network_module is not None:
         network &= _import_closure(network_module)
-    unused = _unused_trainer_classes(trainer, sorted(trainer_folder.glob("*.py"))) if trainer else frozenset()
-    h = hashlib.sha256()
-    for f in sorted(files | network, key=lambda f: (f.name, str(f))):
-        drop = unused | {"__all__"} if trainer and f.parent == trainer_folder else frozenset()
-        h.update(f.name.encode() + _code_tree(f, drop))
-    return h.hexdigest()[:16]
-
-
-def legacy_code_fingerprint(network_module: str | None = None) -> str:
-    """The key of runs saved before the tenth sitting: the same files as :func:`code_fingerprint`, the trainer
-    modules whole, hashed byte for byte. Such a run is still reused, and still enters the tables, where these
-    files are those it ran (a checkout of its commit)."""
-    import hashlib
-
-    import nnunet_liver
-    import nnunet_liver.trainers
-
-    package = Path(nnunet_liver.__file__).parent
-    files = {p for r in (Path(nnunet_liver.trainers.__file__).parent, package / "augment") for p in r.glob("*.py")}
-    network = {p for r in (package / "architectures", package / "blocks") for p in r.glob("*.py")}
-    if network_module is not None:
-        network &= _import_closure(network_module)
-    h = hashlib.sha256()
-    for f in sorted(files | network, key=lambda f: (f.name, str(f))):
-        h.update(f.name.encode() + f.read_bytes())
-    return h.hexdigest()[:16]
+    return trainer_folder, sorted(files | network, key=lambda f: (f.name, str(f)))
 
 
 def _unused_trainer_classes(trainer: str, files: list[Path]) -> frozenset[str]:
     """The top-level classes of the trainer modules ``files`` that ``trainer`` does not use: all but its bases
-    and the classes named (transitively) in the code that stays once the others are gone."""
+    and the classes the code that stays names (transitively): as a name, an attribute, a name imported under
+    another name, or a string (``getattr(module, "Name")``)."""
     import ast
 
     import nnunet_liver.trainers
 
-    trees = [ast.parse(f.read_text(encoding="utf-8")) for f in files]
+    trees = [_without_docstrings(ast.parse(f.read_text(encoding="utf-8"))) for f in files]
     classes = {node.name: node for tree in trees for node in tree.body if isinstance(node, ast.ClassDef)}
     keep = {c.__name__ for c in getattr(nnunet_liver.trainers, trainer).__mro__} & classes.keys()
+    aliases: dict[str, set[str]] = {}
+    for tree in trees:
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                for a in node.names:
+                    if a.asname:
+                        aliases.setdefault(a.asname, set()).add(a.name)
 
     def names(node) -> set[str]:
-        return {n.id for n in ast.walk(node) if isinstance(n, ast.Name)} | \
-               {n.attr for n in ast.walk(node) if isinstance(n, ast.Attribute)}
+        found = set()
+        for n in ast.walk(node):
+            if isinstance(n, ast.Name):
+                found.add(n.id)
+            elif isinstance(n, ast.Attribute):
+                found.add(n.attr)
+            elif isinstance(n, ast.Constant) and isinstance(n.value, str):
+                found.add(n.value)
+        return found.union(*(aliases.get(name, ()) for name in found))
 
-    rest = [node for tree in trees for node in tree.body if not isinstance(node, ast.ClassDef)]
+    rest = [node for tree in trees for node in tree.body if not isinstance(node, ast.ClassDef)
+            and not (isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "__all__"
+                                                          for t in node.targets))]
     used = set().union(*(names(node) for node in rest))
     while True:
         named = used.union(*(names(classes[k]) for k in keep)) & classes.keys()
@@ -370,9 +389,10 @@ def _unused_trainer_classes(trainer: str, files: list[Path]) -> frozenset[str]:
         keep |= named
 
 
-def _code_tree(path: Path, drop: frozenset[str] | set[str] = frozenset()) -> bytes:
-    """``path``'s syntax tree (``ast.dump``) without docstrings, comments or layout, and without the top-level
-    classes, imported names and assignments named in ``drop``."""
+def _code_text(path: Path, drop: frozenset[str] | set[str] = frozenset()) -> str:
+    """``path``'s code as ``ast.unparse`` writes it (no docstrings, comments or layout; the same text on every
+    Python version that parses it), without the top-level classes, imported names and assignments named in
+    ``drop``."""
     import ast
 
     tree = ast.parse(path.read_text(encoding="utf-8"))
@@ -382,19 +402,26 @@ def _code_tree(path: Path, drop: frozenset[str] | set[str] = frozenset()) -> byt
             if isinstance(node, ast.ClassDef) and node.name in drop:
                 continue
             if isinstance(node, ast.ImportFrom):
-                node.names = [a for a in node.names if (a.asname or a.name) not in drop]
+                node.names = [a for a in node.names if a.name not in drop]
                 if not node.names:
                     continue
             if isinstance(node, ast.Assign) and all(isinstance(t, ast.Name) and t.id in drop for t in node.targets):
                 continue
             body.append(node)
         tree.body = body
+    return ast.unparse(_without_docstrings(tree))
+
+
+def _without_docstrings(tree):
+    """``tree`` (an ``ast`` module) with the docstrings of the module, its classes and functions removed."""
+    import ast
+
     for node in ast.walk(tree):
         if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body \
                 and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant) \
                 and isinstance(node.body[0].value.value, str):
             node.body = node.body[1:] or [ast.Pass()]
-    return ast.dump(tree).encode()
+    return tree
 
 
 def network_module(trainer: str, config: str) -> str | None:
@@ -469,12 +496,22 @@ def _write_default_splits() -> None:
     tmp.replace(splits)
 
 
+def run_path(out: Path, trainer: str, config: str, seed: int) -> Path:
+    """Where a finished run's figures are saved."""
+    return out / "runs" / f"{trainer}__{config}__seed{seed}.json"
+
+
+def kept_path(out: Path, trainer: str, config: str, seed: int) -> Path:
+    """Where a run's test predictions are kept (``normal/`` and ``shifted/`` under it)."""
+    return out / "work" / "predictions" / f"seed{seed}" / f"{trainer}__{config}"
+
+
 def cached_run(label: str, trainer: str, config: str, seed: int, args, out: Path, settings: dict,
                train: bool = True) -> dict | None:
     """One model and seed: trained, predicted and evaluated once; a rerun with the same settings reads the
     saved result (runs/<trainer>__<config>__seed<k>.json), so a long benchmark resumes run by run. With
     ``train=False`` a run not saved yet gives None."""
-    path = out / "runs" / f"{trainer}__{config}__seed{seed}.json"
+    path = run_path(out, trainer, config, seed)
     # the machine is part of the key: CPU seconds on another CPU (or with/without native bf16) buy other runs
     from nnunet_liver.data.phantoms import PHANTOM_VERSION
 
@@ -530,11 +567,16 @@ def _code_candidates(trainer: str) -> frozenset[str]:
 
 def cpu_identity() -> str:
     """What a CPU-seconds budget buys depends on: the CPU model, its core count and native bf16 (the CPU
-    presets train under bf16 autocast only where it is native). Part of a saved run's key."""
+    presets train under bf16 autocast only where it is native, unless ``NNUNET_LIVER_BF16`` says otherwise,
+    which is then named). Part of a saved run's key."""
     from nnunet_liver.cli.bench import cpu_name
-    from nnunet_liver.trainers._mixins import cpu_bf16_supported
+    from nnunet_liver.trainers._mixins import cpu_bf16_requested, cpu_bf16_supported
 
-    return f"{cpu_name()}, {os.cpu_count()} cores, native bf16 {'yes' if cpu_bf16_supported() else 'no'}"
+    native, autocast = cpu_bf16_supported(), cpu_bf16_requested()
+    identity = f"{cpu_name()}, {os.cpu_count()} cores, native bf16 {'yes' if native else 'no'}"
+    if autocast != native:
+        identity += f", bf16 autocast {'forced on' if autocast else 'off'} (NNUNET_LIVER_BF16)"
+    return identity
 
 
 def _torch_threads() -> int:
@@ -1111,7 +1153,7 @@ def train_and_predict(label: str, trainer_name: str, config: str, seed: int, arg
 
     predictor = load_predictor(model_dir, args.device)
     raw = Path(os.environ["nnUNet_raw"]) / "Dataset990_LiverPhantom"
-    keep = out / "work" / "predictions" / f"seed{seed}" / f"{trainer_name}__{config}"
+    keep = kept_path(out, trainer_name, config, seed)
     run["normal"], run["predict_s_per_case"], run["shifted"] = evaluate_splits(predictor, raw, keep)
     window = getattr(predictor.network, "window", None)
     if window is not None and window.config.is_random and seed == args.seeds[0]:
@@ -1119,7 +1161,8 @@ def train_and_predict(label: str, trainer_name: str, config: str, seed: int, arg
         original = window.config
         for name, (level, width) in EVAL_WINDOWS.items():
             window.config = dataclasses.replace(original, eval_level=level, eval_width=width)
-            sweep[name] = evaluate_split(predictor, raw / "imagesTs", raw / "labelsTs")[0]["tumour"]["dice_global"]
+            sweep[name] = evaluate_split(predictor, raw / "imagesTs", raw / "labelsTs",
+                                         largest=False)[0]["tumour"]["dice_global"]
         window.config = original
         run["window_sweep"] = sweep
     return run
@@ -1150,19 +1193,17 @@ def evaluate_splits(predictor, raw: Path, keep: Path) -> tuple[dict, float, dict
     return normal, seconds, shifted
 
 
-def evaluate_split(predictor, images: Path, labels: Path, save_to: Path | None = None) -> tuple[dict, float]:
-    """LiTS metrics of every case (``nnunet_liver.evaluation.lits``): per structure the per-case means of
-    METRICS plus the global Dice, lesion recall for lesions of 10 mm or more, the largest liver overshoot in
-    slices; and the mean prediction seconds per case. ``save_to``: also write each case's segmentation there
-    (the reference's grid; written to a temporary name, then moved into place)."""
+def evaluate_split(predictor, images: Path, labels: Path, save_to: Path | None = None,
+                   largest: bool = True) -> tuple[dict, float]:
+    """LiTS metrics of every case (``nnunet_liver.evaluation.lits``) as :func:`split_summary` gives them, with
+    those after the largest liver component under ``"largest_component"`` (``largest=False``: the raw
+    predictions only); and the mean prediction seconds per case. ``save_to``: also write each case's
+    segmentation there (the reference's grid; written to a temporary name, then moved into place)."""
     import SimpleITK as sitk
     from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
 
-    from nnunet_liver.evaluation.lits import evaluate_case
-    from nnunet_liver.inference.postprocess import keep_largest_liver
-
     io = SimpleITKIO()
-    cases, largest, seconds = {}, {}, []
+    cases, largest_cases, seconds = {}, {}, []
     for img in sorted(images.glob("*_0000.nii.gz")):
         data, props = io.read_images([str(img)])
         t = time.perf_counter()
@@ -1170,10 +1211,10 @@ def evaluate_split(predictor, images: Path, labels: Path, save_to: Path | None =
         seconds.append(time.perf_counter() - t)
         name = img.name.replace("_0000", "")
         ref_img = sitk.ReadImage(str(labels / name))
-        ref = sitk.GetArrayFromImage(ref_img)
-        spacing = ref_img.GetSpacing()[::-1]
-        cases[img.name] = evaluate_case(ref, seg.astype(np.uint8), spacing)
-        largest[img.name] = evaluate_case(ref, keep_largest_liver(seg.astype(np.uint8))[0], spacing)
+        scores = score_case(ref_img, seg.astype(np.uint8), largest)
+        cases[img.name] = scores[0]
+        if largest:
+            largest_cases[img.name] = scores[1]
         if save_to is not None:
             save_to.mkdir(parents=True, exist_ok=True)
             seg_img = sitk.GetImageFromArray(seg.astype(np.uint8))
@@ -1181,7 +1222,23 @@ def evaluate_split(predictor, images: Path, labels: Path, save_to: Path | None =
             tmp = save_to / f".{name}.tmp.nii.gz"
             sitk.WriteImage(seg_img, str(tmp), useCompression=True)
             tmp.replace(save_to / name)
-    return {**split_summary(cases), "largest_component": split_summary(largest)}, float(np.mean(seconds))
+    summary = split_summary(cases)
+    if largest:
+        summary["largest_component"] = split_summary(largest_cases)
+    return summary, float(np.mean(seconds))
+
+
+def score_case(ref_img, seg: np.ndarray, largest: bool = True) -> tuple[dict, dict | None]:
+    """``evaluate_case`` of a prediction against the reference image (spacing from it), and of its largest
+    connected liver component (``nnunet-liver postprocess``; None with ``largest=False``)."""
+    import SimpleITK as sitk
+
+    from nnunet_liver.evaluation.lits import evaluate_case
+    from nnunet_liver.inference.postprocess import keep_largest_liver
+
+    ref, spacing = sitk.GetArrayFromImage(ref_img), ref_img.GetSpacing()[::-1]
+    raw = evaluate_case(ref, seg, spacing)
+    return raw, evaluate_case(ref, keep_largest_liver(seg)[0], spacing) if largest else None
 
 
 def split_summary(cases: dict) -> dict:
@@ -1201,39 +1258,67 @@ def split_summary(cases: dict) -> dict:
     return summary
 
 
-def score_kept_largest_component(run: dict, out: Path, trainer: str, config: str) -> bool:
+def score_kept_largest_component(run: dict, out: Path, trainer: str, config: str, data_ready: bool = True) -> bool:
     """A run saved before the benchmark scored the largest liver component: score its kept predictions
-    (``work/predictions/seed<k>/<trainer>__<config>/{normal,shifted}``) that way, add the result to the run and
-    to its saved file (written to a temporary name, then moved into place). False when the run has no
-    such score and its predictions or labels are not here (a clean clone keeps only ``runs/``)."""
-    if all("largest_component" in run.get(split, {}) for split in ("normal", "shifted")):
+    (:func:`kept_path`) that way and add the result to the run and to its saved file. The kept predictions
+    count as the run's only if their raw figures reproduce the saved ones (liver Dice, tumour global Dice,
+    lesion recall, every split), so predictions of another run or another data set are never scored for it.
+    The file is replaced (through a temporary file) only if it still holds the run as it was read. False when
+    the run has no such score and cannot get one here: the data set is not the benchmark's (``data_ready``),
+    the labels or predictions are missing or unreadable (a clean clone keeps only ``runs/``), or they do not
+    reproduce the run."""
+    if all("largest_component" in run.get(split, {}) for split in SPLITS):
         return True
     import SimpleITK as sitk
 
-    from nnunet_liver.evaluation.lits import evaluate_case
-    from nnunet_liver.inference.postprocess import keep_largest_liver
+    from nnunet_liver.data.io import staged_file
 
     labels = Path(os.environ.get("nnUNet_raw", "")) / "Dataset990_LiverPhantom" / "labelsTs"
-    keep = out / "work" / "predictions" / f"seed{run['seed']}" / f"{trainer}__{config}"
-    references = sorted(labels.glob("*.nii.gz")) if labels.is_dir() else []
-    if not references or not all((keep / split / r.name).is_file() for split in ("normal", "shifted")
-                                 for r in references):
+    keep = kept_path(out, trainer, config, run["seed"])
+    references = sorted(labels.glob("*.nii.gz")) if data_ready and labels.is_dir() else []
+    if not references or not all((keep / split / r.name).is_file() for split in SPLITS for r in references):
         return False
-    print(f"== {trainer} {config}, seed {run['seed']}: scoring its kept predictions after the largest liver "
-          "component", flush=True)
-    for split in ("normal", "shifted"):
-        cases = {}
-        for ref_path in references:
-            ref_img = sitk.ReadImage(str(ref_path))
-            seg = sitk.GetArrayFromImage(sitk.ReadImage(str(keep / split / ref_path.name))).astype(np.uint8)
-            cases[ref_path.name] = evaluate_case(sitk.GetArrayFromImage(ref_img), keep_largest_liver(seg)[0],
-                                                 ref_img.GetSpacing()[::-1])
-        run[split] = {**run[split], "largest_component": split_summary(cases)}
-    path = out / "runs" / f"{trainer}__{config}__seed{run['seed']}.json"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(run, indent=1, default=float), encoding="utf-8")
-    tmp.replace(path)
+    name = f"{trainer} {config}, seed {run['seed']}"
+    largest = {}
+    try:
+        for split in SPLITS:
+            cases, largest_cases = {}, {}
+            for ref_path in references:
+                seg = sitk.GetArrayFromImage(sitk.ReadImage(str(keep / split / ref_path.name))).astype(np.uint8)
+                cases[ref_path.name], largest_cases[ref_path.name] = score_case(sitk.ReadImage(str(ref_path)), seg)
+            if not _same_figures(split_summary(cases), run[split]):
+                print(f"== {name}: its kept {split} predictions do not reproduce its saved figures; not scored "
+                      "after the largest component", flush=True)
+                return False
+            largest[split] = split_summary(largest_cases)
+    except (RuntimeError, OSError) as e:  # SimpleITK raises RuntimeError for a file it cannot read
+        print(f"== {name}: its kept predictions could not be read ({e}); not scored after the largest component",
+              flush=True)
+        return False
+    path = run_path(out, trainer, config, run["seed"])
+    try:
+        on_disk = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        on_disk = None
+    scored = {**run, **{split: {**run[split], "largest_component": largest[split]} for split in SPLITS}}
+    def text(value) -> str:  # NaN figures compare equal as JSON text
+        return json.dumps(value, sort_keys=True, default=float)
+
+    if on_disk is not None and all(text(on_disk.get(k)) == text(run.get(k)) for k in ("settings", *SPLITS)):
+        with staged_file(path, overwrite=True) as tmp:
+            tmp.write_text(json.dumps(scored, indent=1, default=float), encoding="utf-8")
+    else:
+        print(f"== {name}: {path.name} changed since it was read; scored for these tables only", flush=True)
+    run.update(scored)
+    print(f"== {name}: scored its kept predictions after the largest liver component", flush=True)
     return True
+
+
+def _same_figures(a: dict, b: dict) -> bool:
+    """Whether two split summaries agree on liver Dice, tumour global Dice and lesion recall (NaN = NaN)."""
+    pairs = [(a["liver"]["dice"], b["liver"]["dice"]), (a["tumour"]["dice_global"], b["tumour"]["dice_global"]),
+             (a["lesion_recall_10mm"], b["lesion_recall_10mm"])]
+    return all((np.isnan(x) and np.isnan(y)) or abs(x - y) <= 1e-6 for x, y in pairs)
 
 
 def scored_runs(runs: dict, scoring: str) -> tuple[dict, list[str]]:
@@ -1245,9 +1330,8 @@ def scored_runs(runs: dict, scoring: str) -> tuple[dict, list[str]]:
     out, unscored = {}, []
     for label, seeds in runs.items():
         for r in seeds:
-            if all("largest_component" in r.get(split, {}) for split in ("normal", "shifted")):
-                out.setdefault(label, []).append(
-                    {**r, **{split: r[split]["largest_component"] for split in ("normal", "shifted")}})
+            if all("largest_component" in r.get(split, {}) for split in SPLITS):
+                out.setdefault(label, []).append({**r, **{split: r[split]["largest_component"] for split in SPLITS}})
             else:
                 unscored.append(f"{label}, seed {r['seed']}")
     return out, unscored
@@ -1262,7 +1346,7 @@ TABLE_COLUMNS = ("liver_dice", "liver_iou", "liver_sensitivity", "liver_specific
 
 def _value(split: dict, column: str) -> float:
     if column in ("lesion_recall_10mm", "liver_max_slices_beyond", "liver_cases_2_beyond"):
-        return split.get(column, float("nan"))  # runs saved before a column existed lack it
+        return split.get(column)  # None: a run saved before the column existed
     structure, metric = column.split("_", 1)
     return split[structure][metric]
 
@@ -1270,8 +1354,10 @@ def _value(split: dict, column: str) -> float:
 def summarise(runs: dict, split: str) -> dict:
     """Per model, mean and std over seeds of each TABLE_COLUMNS figure (liver: per-case means; tumour: global
     Dice over all voxels, as LiTS ranks, and the per-case mean, where tumour-free cases count 1 when empty)."""
-    def mean_std(values: list[float]) -> tuple[float, float]:
-        values = [v for v in values if not np.isnan(v)]
+    def mean_std(values: list[float | None]) -> tuple[float, float]:
+        if any(v is None for v in values):  # a figure some seeds lack is not the mean of the others
+            return float("nan"), float("nan")
+        values = [v for v in values if not np.isnan(v)]  # undefined figures (NaN) are skipped
         return (float(np.mean(values)), float(np.std(values))) if values else (float("nan"), float("nan"))
 
     return {label: {c: mean_std([_value(r[split], c) for r in seeds]) for c in TABLE_COLUMNS}

@@ -361,7 +361,6 @@ class DualStreamAttentionNet(nn.Module):
         self.fusion_norm = head["norm_op"](width, **head["norm_op_kwargs"]) if head["norm_op"] else nn.Identity()
         self.fusion_nonlin = head["nonlin"](**head["nonlin_kwargs"]) if head["nonlin"] else nn.Identity()
         self.head = nn.Conv2d(width, num_classes, kernel_size=1, bias=True)
-        self._patch_norms = tuple(m for m in self.modules() if isinstance(m, PatchInstanceNorm2d))
 
     def _split_recomputed_batch_norm_momentum(self) -> None:
         """A checkpointed stage runs its forward twice per training step (again in the backward pass), and a
@@ -381,6 +380,9 @@ class DualStreamAttentionNet(nn.Module):
 
     def spatial_features(self, xw: Tensor, pad: bool = True) -> list[Tensor]:
         """Windowed input (B, C, Z, Y, X) -> the decoder features (B*Z', F_s, ...), highest resolution first."""
+        for m in self.modules():  # patch norms (spatial_norm="patch_instance") take each sample's slices together
+            if isinstance(m, PatchInstanceNorm2d):
+                m.batch = xw.shape[0]
         x = slices_to_channels(xw, self.n_slices, pad=pad)
         skips = []
         for i, stage in enumerate(self.encoder.stages):
@@ -416,8 +418,6 @@ class DualStreamAttentionNet(nn.Module):
         resolution first, of (B, K, Z, Y / prod(s_y), X / prod(s_x)) over the first n_stages - 1 strides.
         In training mode the z_margin end slices of every output copy their nearest real-neighbour slice."""
         batch, _, z = x.shape[:3]
-        for norm in self._patch_norms:  # their statistics span each sample's slices
-            norm.batch = batch
         x = self.window(x)
         margin = self.z_margin if self.training and z > 2 * self.z_margin else 0
         features = self.spatial_features(x, pad=not margin)

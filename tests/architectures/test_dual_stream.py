@@ -300,7 +300,8 @@ def test_mirrored_sliding_window_tiles(axes):
     assert out.shape == (1, 3, *PATCH) and torch.isfinite(out).all()
 
 
-@pytest.mark.parametrize("checkpointing", [{}, {"checkpoint_stages": (0, 1), "checkpoint_gates": True}])
+@pytest.mark.parametrize("checkpointing", [{}, {"checkpoint_stages": (0, 1), "checkpoint_gates": True},
+                                           {"checkpoint_stages": (0, 1), "spatial_norm": "patch_instance"}])
 def test_compile_eager_fullgraph_in_train_and_eval(checkpointing):
     net = build(deep_supervision=True, **checkpointing)
     compiled = torch.compile(net, backend="eager", fullgraph=True)
@@ -313,9 +314,10 @@ def test_compile_eager_fullgraph_in_train_and_eval(checkpointing):
         torch.testing.assert_close(compiled.eval()(x), net.eval()(x))
 
 
+@pytest.mark.parametrize("spatial_norm", [None, "patch_instance"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_autocast(dtype):
-    net = build(deep_supervision=True).train()
+def test_autocast(dtype, spatial_norm):
+    net = build(deep_supervision=True, spatial_norm=spatial_norm).train()
     with torch.autocast("cpu", dtype=dtype):
         out = net(hu(1))
     assert all(o.dtype == dtype and torch.isfinite(o).all() for o in out)
@@ -425,6 +427,7 @@ def test_patch_instance_norm_couples_the_slices_of_a_patch_not_the_patches_of_a_
     assert all(isinstance(m, nn.InstanceNorm3d) for m in net.context.modules() if isinstance(m, nn.modules.instancenorm._InstanceNorm))
     assert n_params(net) == n_params(build())
     x = hu(2)
+    assert len(net.spatial_features(net.window(x))) == len(STRIDES) - 1  # called alone, it sets the norms' batch
     out = net(x)
     sum(o.sum() for o in out).backward()
     assert all(p.grad is not None for p in net.parameters())

@@ -40,6 +40,21 @@ def test_a_change_to_dual_stream_blocks_keeps_the_unet_key(bench, monkeypatch):
     assert after[0] == before[0] and after[1] != before[1]
 
 
+def _replaced(monkeypatch, name: str, old: str, new: str) -> None:
+    """Path.read_text of the source file whose path ends with ``name`` returns it with ``old`` (which must be
+    there) replaced by ``new``."""
+    real = Path.read_text
+
+    def read_text(self, *a, **k):
+        text = real(self, *a, **k)
+        if self.as_posix().endswith(name):
+            assert old in text, (name, old)
+            return text.replace(old, new)
+        return text
+
+    monkeypatch.setattr(Path, "read_text", read_text)
+
+
 def test_comments_docstrings_and_other_trainers_keep_a_trainers_key(bench, monkeypatch):
     def key(trainer="DualStreamTrainer_CPU"):
         return bench.code_fingerprint(DUAL_STREAM, trainer)
@@ -54,20 +69,40 @@ def test_comments_docstrings_and_other_trainers_keep_a_trainers_key(bench, monke
         with monkeypatch.context() as m:
             _edited(m, name, text)
             assert key() == before, name
-    # a docstring edited in place: the same key
-    real = Path.read_text
-    with monkeypatch.context() as m:
-        m.setattr(Path, "read_text", lambda self, *a, **k: real(self, *a, **k).replace(
-            "The paper's model: 2.5D ResNet-34", "The paper's model, a 2.5D ResNet-34") if self.as_posix().endswith("trainers/segmentation.py")
-            else real(self, *a, **k))
-        assert key() == before
-    # ... but code the trainer runs changes it: a base's body, a helper its classes call, a mixin
-    for name, text in (("trainers/segmentation.py", "\nDualStreamTrainer.window = 'fixed_paper'\n"),
-                       ("trainers/_mixins.py", "\n\ndef cpu_bf16_supported():\n    return False\n"),
-                       ("augment/window.py", "\nEDITED = 1\n")):
+    for name, old, new in (
+            # a docstring edited in place
+            ("trainers/segmentation.py", "The paper's model: 2.5D ResNet-34", "The paper's model, a 2.5D ResNet-34"),
+            # another trainer's body
+            ("trainers/segmentation.py", '    spatial_norm = "batch"\n', '    spatial_norm = "batch"\n    extra = 1\n')):
         with monkeypatch.context() as m:
-            _edited(m, name, text)
-            assert key() != before, name
+            _replaced(m, name, old, new)
+            assert key() == before, old
+    # ... but code the trainer runs changes it: inside a base class, inside a mixin, a class a kept method
+    # raises, a module-level helper, the window augmentation
+    for name, old, new in (
+            ("trainers/segmentation.py", "    spatial_norm: str | None = None\n", '    spatial_norm: str | None = "batch"\n'),
+            ("trainers/_mixins.py", 'self.cpu_bf16 = self.device.type == "cpu" and cpu_bf16_requested()',
+             "self.cpu_bf16 = False"),
+            ("trainers/_mixins.py", "class BudgetSpent(Exception):", "class BudgetSpent(RuntimeError):"),
+            ("trainers/_mixins.py", 'return setting == "1" or', 'return setting == "2" or')):
+        with monkeypatch.context() as m:
+            _replaced(m, name, old, new)
+            assert key() != before, old
+    with monkeypatch.context() as m:
+        _edited(m, "augment/window.py", "\nEDITED = 1\n")
+        assert key() != before
+
+
+def test_code_text_is_the_code_without_docstrings_comments_or_layout(bench, tmp_path):
+    source = tmp_path / "m.py"
+    source.write_text('"""Module doc."""\nimport os  # why\n\n\nclass A:\n    """Doc."""\n\n    x = (1 +\n         2)\n\n'
+                      '    def f(self):\n        """Doc."""\n        return os.sep\n\n\nclass B(A):\n    pass\n'
+                      '__all__ = ["A", "B"]\n', encoding="utf-8")
+    # pinned: the text the key hashes must not change with the Python version
+    assert bench._code_text(source) == ("import os\n\nclass A:\n    x = 1 + 2\n\n    def f(self):\n"
+                                        "        return os.sep\n\nclass B(A):\n    pass\n__all__ = ['A', 'B']")
+    assert bench._code_text(source, {"B", "__all__"}) == ("import os\n\nclass A:\n    x = 1 + 2\n\n"
+                                                          "    def f(self):\n        return os.sep")
 
 
 def test_network_module_follows_the_trainers_plans(bench, tmp_path, monkeypatch):
@@ -89,3 +124,19 @@ def test_jobs_must_be_positive(bench, tmp_path, capsys):
     with pytest.raises(SystemExit):
         bench.main(["--out", str(tmp_path / "b"), "--parts", "accuracy", "--jobs", "0"])
     assert "--jobs must be >= 1" in capsys.readouterr().err
+
+
+def test_the_cpu_in_the_key_names_a_bf16_setting_that_differs_from_the_cpus(bench, monkeypatch):
+    import nnunet_liver.trainers._mixins as mixins
+
+    monkeypatch.setattr(mixins, "cpu_bf16_supported", lambda: True)
+    monkeypatch.delenv("NNUNET_LIVER_BF16", raising=False)
+    default = bench.cpu_identity()
+    assert default.endswith("native bf16 yes")  # the key of runs saved before the setting was named
+    monkeypatch.setenv("NNUNET_LIVER_BF16", "1")
+    assert bench.cpu_identity() == default
+    monkeypatch.setenv("NNUNET_LIVER_BF16", "0")
+    assert bench.cpu_identity() == default + ", bf16 autocast off (NNUNET_LIVER_BF16)"
+    monkeypatch.setattr(mixins, "cpu_bf16_supported", lambda: False)
+    monkeypatch.setenv("NNUNET_LIVER_BF16", "1")
+    assert bench.cpu_identity().endswith("native bf16 no, bf16 autocast forced on (NNUNET_LIVER_BF16)")

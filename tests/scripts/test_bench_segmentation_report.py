@@ -249,7 +249,7 @@ def test_the_window_sweep_names_the_seed_it_comes_from(bench):
 
 
 def test_saved_runs_are_scored_after_the_largest_component_from_their_kept_predictions(bench, tmp_path,
-                                                                                      monkeypatch):
+                                                                                      monkeypatch, capsys):
     label = np.zeros((8, 16, 16), np.uint8)
     label[2:6, 3:13, 3:13] = 1
     label[3:5, 6:9, 6:9] = 2
@@ -261,28 +261,51 @@ def test_saved_runs_are_scored_after_the_largest_component_from_their_kept_predi
     sitk.WriteImage(sitk.GetImageFromArray(label), str(labels / "c_001.nii.gz"))
     monkeypatch.setenv("nnUNet_raw", str(raw))
     out = tmp_path / "b"
-    for split in ("normal", "shifted"):
-        folder = out / "work" / "predictions" / "seed0" / "M__3d_fullres" / split
-        folder.mkdir(parents=True)
-        sitk.WriteImage(sitk.GetImageFromArray(prediction), str(folder / "c_001.nii.gz"))
-    (out / "runs").mkdir()
-    saved = [_run(0, 0.9, 0.4), _run(1, 0.8, 0.3)]  # seed 1's predictions are not here
-    for run in saved:
-        (out / "runs" / f"M__3d_fullres__seed{run['seed']}.json").write_text(json.dumps(run), encoding="utf-8")
+    for seed in (0, 2):
+        for split in bench.SPLITS:
+            folder = bench.kept_path(out, "M", "3d_fullres", seed) / split
+            folder.mkdir(parents=True)
+            sitk.WriteImage(sitk.GetImageFromArray(prediction), str(folder / "c_001.nii.gz"))
+    # the figures a run saved before the largest component: those of its kept raw predictions
+    summary = bench.split_summary({"c_001.nii.gz": bench.score_case(sitk.ReadImage(str(labels / "c_001.nii.gz")),
+                                                                    prediction, largest=False)[0]})
+    assert summary["liver_cases_2_beyond"] == 1
 
+    def saved_run(seed, split_summary):
+        return {**_run(seed, 0.9, 0.4), "settings": {"code": "c"}, "normal": split_summary, "shifted": split_summary}
+
+    # seed 1: no kept predictions; seed 2: kept predictions that are not this run's (other figures)
+    saved = [saved_run(0, summary), saved_run(1, summary), _run(2, 0.8, 0.3)]
+    for run in saved:
+        bench.run_path(out, "M", "3d_fullres", run["seed"]).parent.mkdir(exist_ok=True)
+        bench.run_path(out, "M", "3d_fullres", run["seed"]).write_text(json.dumps(run), encoding="utf-8")
+    before = [bench.run_path(out, "M", "3d_fullres", k).read_text(encoding="utf-8") for k in (1, 2)]
+
+    assert not bench.score_kept_largest_component(saved[0], out, "M", "3d_fullres", data_ready=False)
+    assert "largest_component" not in saved[0]["normal"]
     assert bench.score_kept_largest_component(saved[0], out, "M", "3d_fullres")
     assert not bench.score_kept_largest_component(saved[1], out, "M", "3d_fullres")
+    assert not bench.score_kept_largest_component(saved[2], out, "M", "3d_fullres")
+    assert "do not reproduce its saved figures" in capsys.readouterr().out
+    assert [bench.run_path(out, "M", "3d_fullres", k).read_text(encoding="utf-8") for k in (1, 2)] == before
     largest = saved[0]["normal"]["largest_component"]
     assert largest["liver"]["dice"] == pytest.approx(1.0) and largest["liver_cases_2_beyond"] == 0
-    assert saved[0]["normal"]["liver"]["dice"] == 0.9  # the raw figures stay as they were
-    on_disk = json.loads((out / "runs" / "M__3d_fullres__seed0.json").read_text(encoding="utf-8"))
+    assert saved[0]["normal"]["liver"]["dice"] == summary["liver"]["dice"] < 1  # the raw figures stay
+    on_disk = json.loads(bench.run_path(out, "M", "3d_fullres", 0).read_text(encoding="utf-8"))
     assert on_disk["shifted"]["largest_component"] == json.loads(json.dumps(largest))
-    assert "largest_component" not in json.loads(
-        (out / "runs" / "M__3d_fullres__seed1.json").read_text(encoding="utf-8"))["normal"]
-    assert not list((out / "runs").glob("*.tmp"))
+    assert not [p for p in (out / "runs").iterdir() if not p.name.endswith(".json")]  # no temporary file left
+
+    # a saved file that changed since it was read (a benchmark beside it redid the run) is left as it is
+    changed = saved_run(0, summary)
+    path = bench.run_path(out, "M", "3d_fullres", 0)
+    path.write_text(json.dumps({**changed, "settings": {"code": "new"}}), encoding="utf-8")
+    assert bench.score_kept_largest_component(changed, out, "M", "3d_fullres")
+    assert "changed since it was read" in capsys.readouterr().out
+    assert "largest_component" in changed["normal"]
+    assert json.loads(path.read_text(encoding="utf-8"))["settings"] == {"code": "new"}
 
     runs, unscored = bench.scored_runs({"3D U-Net": saved}, "largest-component")
-    assert [r["seed"] for r in runs["3D U-Net"]] == [0] and unscored == ["3D U-Net, seed 1"]
+    assert [r["seed"] for r in runs["3D U-Net"]] == [0] and unscored == ["3D U-Net, seed 1", "3D U-Net, seed 2"]
     assert runs["3D U-Net"][0]["normal"]["liver"]["dice"] == pytest.approx(1.0)
     assert bench.scored_runs({"3D U-Net": saved}, "raw") == ({"3D U-Net": saved}, [])
     report = {"settings": {}, "machine": {}, "runs": {"3D U-Net": saved}, "scoring": "largest-component",
@@ -290,8 +313,9 @@ def test_saved_runs_are_scored_after_the_largest_component_from_their_kept_predi
               "accuracy": bench.summarise(runs, "normal"),
               "accuracy_raw": bench.summarise({"3D U-Net": saved}, "normal")}
     text = bench.markdown(report)
-    assert "Left out of these tables" in text and "3D U-Net, seed 1" in text
-    scored, raw = text.split("Accuracy of the raw predictions")
-    assert "| 3D U-Net | 0 | 1.000 |" in scored and "| 3D U-Net | 0, 1 | 0.850 ± 0.050 |" in raw
-    # runs saved before the column existed: the column is blank (nan), not an error
-    assert np.isnan(bench.summarise({"3D U-Net": [_run(0, 0.9, 0.4)]}, "normal")["3D U-Net"]["liver_cases_2_beyond"][0])
+    assert "Left out of these tables" in text and "3D U-Net, seed 1; 3D U-Net, seed 2" in text
+    scored, raw_table = text.split("Accuracy of the raw predictions")
+    assert "| 3D U-Net | 0 | 1.000 |" in scored and "| 3D U-Net | 0, 1, 2 |" in raw_table
+    # a column one seed's run lacks (saved before it existed) is not the mean of the other seeds
+    assert np.isnan(bench.summarise({"3D U-Net": saved}, "normal")["3D U-Net"]["liver_cases_2_beyond"][0])
+    assert bench.summarise({"3D U-Net": saved[:2]}, "normal")["3D U-Net"]["liver_cases_2_beyond"] == (1.0, 0.0)
