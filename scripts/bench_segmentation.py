@@ -570,7 +570,13 @@ def cpu_identity() -> str:
     presets train under bf16 autocast only where it is native, unless ``NNUNET_LIVER_BF16`` says otherwise,
     which is then named). Part of a saved run's key."""
     from nnunet_liver.cli.bench import cpu_name
-    from nnunet_liver.trainers._mixins import cpu_bf16_requested, cpu_bf16_supported
+    from nnunet_liver.trainers._mixins import cpu_bf16_supported
+
+    try:
+        from nnunet_liver.trainers._mixins import cpu_bf16_requested
+    except ImportError:  # the package of a checkout before it (tables of runs saved there): bf16 where native
+        def cpu_bf16_requested() -> bool:
+            return cpu_bf16_supported()
 
     native, autocast = cpu_bf16_supported(), cpu_bf16_requested()
     identity = f"{cpu_name()}, {os.cpu_count()} cores, native bf16 {'yes' if native else 'no'}"
@@ -1266,8 +1272,8 @@ def score_kept_largest_component(run: dict, out: Path, trainer: str, config: str
     The file is replaced (through a temporary file) only if it still holds the run as it was read. False when
     the run has no such score and cannot get one here: the data set is not the benchmark's (``data_ready``),
     the labels or predictions are missing or unreadable (a clean clone keeps only ``runs/``), or they do not
-    reproduce the run."""
-    if all("largest_component" in run.get(split, {}) for split in SPLITS):
+    reproduce the run. The raw figures get the columns added since the run was saved (its own stay)."""
+    if all({"largest_component", "liver_cases_2_beyond"} <= run.get(split, {}).keys() for split in SPLITS):
         return True
     import SimpleITK as sitk
 
@@ -1279,18 +1285,19 @@ def score_kept_largest_component(run: dict, out: Path, trainer: str, config: str
     if not references or not all((keep / split / r.name).is_file() for split in SPLITS for r in references):
         return False
     name = f"{trainer} {config}, seed {run['seed']}"
-    largest = {}
+    largest, raw = {}, {}
     try:
         for split in SPLITS:
             cases, largest_cases = {}, {}
             for ref_path in references:
                 seg = sitk.GetArrayFromImage(sitk.ReadImage(str(keep / split / ref_path.name))).astype(np.uint8)
                 cases[ref_path.name], largest_cases[ref_path.name] = score_case(sitk.ReadImage(str(ref_path)), seg)
-            if not _same_figures(split_summary(cases), run[split]):
+            raw[split] = split_summary(cases)
+            if not _same_figures(raw[split], run[split]):
                 print(f"== {name}: its kept {split} predictions do not reproduce its saved figures; not scored "
                       "after the largest component", flush=True)
                 return False
-            largest[split] = split_summary(largest_cases)
+            largest[split] = run[split].get("largest_component") or split_summary(largest_cases)
     except (RuntimeError, OSError) as e:  # SimpleITK raises RuntimeError for a file it cannot read
         print(f"== {name}: its kept predictions could not be read ({e}); not scored after the largest component",
               flush=True)
@@ -1300,7 +1307,7 @@ def score_kept_largest_component(run: dict, out: Path, trainer: str, config: str
         on_disk = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         on_disk = None
-    scored = {**run, **{split: {**run[split], "largest_component": largest[split]} for split in SPLITS}}
+    scored = {**run, **{split: {**raw[split], **run[split], "largest_component": largest[split]} for split in SPLITS}}
     def text(value) -> str:  # NaN figures compare equal as JSON text
         return json.dumps(value, sort_keys=True, default=float)
 

@@ -274,8 +274,10 @@ def test_saved_runs_are_scored_after_the_largest_component_from_their_kept_predi
     def saved_run(seed, split_summary):
         return {**_run(seed, 0.9, 0.4), "settings": {"code": "c"}, "normal": split_summary, "shifted": split_summary}
 
-    # seed 1: no kept predictions; seed 2: kept predictions that are not this run's (other figures)
-    saved = [saved_run(0, summary), saved_run(1, summary), _run(2, 0.8, 0.3)]
+    # seed 0 was saved before the raw figures had the column; seed 1: no kept predictions; seed 2: kept
+    # predictions that are not this run's (other figures)
+    older = {k: v for k, v in summary.items() if k != "liver_cases_2_beyond"}
+    saved = [saved_run(0, older), saved_run(1, summary), _run(2, 0.8, 0.3)]
     for run in saved:
         bench.run_path(out, "M", "3d_fullres", run["seed"]).parent.mkdir(exist_ok=True)
         bench.run_path(out, "M", "3d_fullres", run["seed"]).write_text(json.dumps(run), encoding="utf-8")
@@ -291,6 +293,7 @@ def test_saved_runs_are_scored_after_the_largest_component_from_their_kept_predi
     largest = saved[0]["normal"]["largest_component"]
     assert largest["liver"]["dice"] == pytest.approx(1.0) and largest["liver_cases_2_beyond"] == 0
     assert saved[0]["normal"]["liver"]["dice"] == summary["liver"]["dice"] < 1  # the raw figures stay
+    assert saved[0]["normal"]["liver_cases_2_beyond"] == 1  # ... with the column they lacked
     on_disk = json.loads(bench.run_path(out, "M", "3d_fullres", 0).read_text(encoding="utf-8"))
     assert on_disk["shifted"]["largest_component"] == json.loads(json.dumps(largest))
     assert not [p for p in (out / "runs").iterdir() if not p.name.endswith(".json")]  # no temporary file left
