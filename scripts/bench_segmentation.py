@@ -532,9 +532,10 @@ def cached_run(label: str, trainer: str, config: str, seed: int, args, out: Path
     run = train_and_predict(label, trainer, config, seed, args, out)
     run["settings"] = key
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(run, indent=1, default=float), encoding="utf-8")
-    tmp.replace(path)
+    from nnunet_liver.data.io import staged_file
+
+    with staged_file(path, overwrite=True) as tmp:  # a unique temporary name, as the back-fill's
+        tmp.write_text(json.dumps(run, indent=1, default=float), encoding="utf-8")
     return run
 
 

@@ -141,26 +141,35 @@ def test_ablation_flags_remove_parameters_and_still_run():
         assert all(p.grad is not None for p in net.parameters())
 
 
-def test_spatial_norm_batch_changes_the_spatial_stream_only():
-    net = build(deep_supervision=True, spatial_norm="batch")
+def _check_spatial_norm_swap(net, norm_cls):
+    """The spatial stream's 2D norms are all ``norm_cls``, the contextual stream's 3D norms instance norms; the
+    same parameters as the default network; every parameter gets a gradient; in eval mode a patch's output does
+    not depend on the other patch of its batch. Returns the batch of two patches used."""
+    from nnunet_liver.blocks.norm import PatchInstanceNorm2d
+
     spatial = [m for name, m in net.named_modules() if not name.startswith("context") and isinstance(
-        m, (nn.BatchNorm2d, nn.InstanceNorm2d))]
-    assert spatial and all(isinstance(m, nn.BatchNorm2d) for m in spatial)
+        m, (nn.BatchNorm2d, nn.InstanceNorm2d, PatchInstanceNorm2d))]
+    assert spatial and all(isinstance(m, norm_cls) for m in spatial)
     context = [m for m in net.context.modules() if isinstance(m, (nn.BatchNorm3d, nn.InstanceNorm3d))]
     assert context and all(isinstance(m, nn.InstanceNorm3d) for m in context)
-    assert not any(isinstance(m, nn.BatchNorm2d) for m in build().modules())
-    assert n_params(net) == n_params(build())  # both norms are affine: the same parameters, other statistics
+    assert n_params(net) == n_params(build())  # the norms are affine: the same parameters, other statistics
     x = hu(2)
     out = net(x)
     sum(o.sum() for o in out).backward()
     assert all(p.grad is not None for p in net.parameters())
-    # eval: running statistics, so a patch's output does not depend on the other patch of the batch (with
-    # per-slice instance norm it never did; in training, batch statistics couple them)
     net.eval()
     with torch.no_grad():
         pair = net(x)[0]
         alone = net(x[:1])[0]
     torch.testing.assert_close(pair[:1], alone, rtol=1e-4, atol=1e-4)
+    return x
+
+
+def test_spatial_norm_batch_changes_the_spatial_stream_only():
+    # eval: running statistics, so a patch's output does not depend on the other patch of the batch (with
+    # per-slice instance norm it never did; in training, batch statistics couple them)
+    _check_spatial_norm_swap(build(deep_supervision=True, spatial_norm="batch"), nn.BatchNorm2d)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in build().modules())
 
 
 def test_pinned_parameter_count():
@@ -421,21 +430,8 @@ def test_patch_instance_norm_couples_the_slices_of_a_patch_not_the_patches_of_a_
     from nnunet_liver.blocks.norm import PatchInstanceNorm2d
 
     net = build(deep_supervision=True, spatial_norm="patch_instance", window="fixed_paper")
-    spatial = [m for name, m in net.named_modules() if not name.startswith("context") and isinstance(
-        m, (nn.InstanceNorm2d, PatchInstanceNorm2d, nn.BatchNorm2d))]
-    assert spatial and all(isinstance(m, PatchInstanceNorm2d) for m in spatial)
-    assert all(isinstance(m, nn.InstanceNorm3d) for m in net.context.modules() if isinstance(m, nn.modules.instancenorm._InstanceNorm))
-    assert n_params(net) == n_params(build())
-    x = hu(2)
+    x = _check_spatial_norm_swap(net, PatchInstanceNorm2d)
     assert len(net.spatial_features(net.window(x))) == len(STRIDES) - 1  # called alone, it sets the norms' batch
-    out = net(x)
-    sum(o.sum() for o in out).backward()
-    assert all(p.grad is not None for p in net.parameters())
-    net.eval()
-    with torch.no_grad():
-        both = net(x)[0]
-        alone = net(x[1:])[0]  # the other patch of the batch does not change this one's output
-        torch.testing.assert_close(both[1:], alone, rtol=1e-4, atol=1e-4)
     # one slice of a patch changes: without the contextual stream, a per-slice norm moves only the slices whose
     # 7-slice stack holds it; the patch norm moves every slice of that patch (shared statistics)
     changed = x.clone()
