@@ -88,8 +88,26 @@ def _maybe_checkpoint(module, enabled: bool, *args) -> Tensor:
     """module(*args); with `enabled` while autograd records, keep only the inputs and recompute the module's
     activations in the backward pass (torch.utils.checkpoint, non-reentrant)."""
     if enabled and torch.is_grad_enabled():
-        return checkpoint(module, *args, use_reentrant=False)
+        return checkpoint(_replaying_patch_batches(module), *args, use_reentrant=False)
     return module(*args)
+
+
+def _replaying_patch_batches(fn):
+    """``fn`` (a module or a module's method), made to set the ``batch`` its patch norms have now before every
+    call: the recomputation in the backward pass then splits the slices as this forward did, even when another
+    forward (a batch of another size) ran in between."""
+    owner = getattr(fn, "__self__", fn)
+    norms = [(m, m.batch) for m in owner.modules() if isinstance(m, PatchInstanceNorm2d)] \
+        if isinstance(owner, nn.Module) else []
+    if not norms:
+        return fn
+
+    def run(*args):
+        for m, batch in norms:
+            m.batch = batch
+        return fn(*args)
+
+    return run
 
 
 def _matching_norm(norm_op: type[nn.Module] | None, dim: int) -> type[nn.Module] | None:

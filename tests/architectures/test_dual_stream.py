@@ -426,6 +426,22 @@ def test_batch_norm_in_checkpointed_stages_keeps_the_running_statistics_of_one_u
         torch.testing.assert_close(stats[1][k], stats[0][k], rtol=1e-3, atol=1e-4, msg=k)
 
 
+def test_checkpointed_patch_norms_recompute_with_their_own_forwards_batch():
+    # the patch norms learn the batch size from the network before each forward; a checkpointed stage recomputes
+    # in the backward pass, after a forward of another batch size may have set another one
+    x2, x1 = hu(2, patch=(10, 32, 32)), hu(1, patch=(10, 32, 32), seed=1)
+    grads = []
+    for kwargs in ({}, {"checkpoint_stages": (0, 1, 2), "checkpoint_gates": True}):
+        net = build(deep_supervision=True, window="fixed_paper", seed=4, spatial_norm="patch_instance",
+                    **kwargs).train()
+        out = net(x2)
+        net(x1)  # a second forward, batch 1, before the first one's backward
+        sum((o * torch.linspace(-1, 1, o.numel()).view_as(o)).sum() for o in out).backward()
+        grads.append({k: p.grad.clone() for k, p in net.named_parameters()})
+    for k in grads[0]:
+        torch.testing.assert_close(grads[1][k], grads[0][k], rtol=1e-4, atol=1e-5, msg=k)
+
+
 def test_patch_instance_norm_couples_the_slices_of_a_patch_not_the_patches_of_a_batch():
     from nnunet_liver.blocks.norm import PatchInstanceNorm2d
 
