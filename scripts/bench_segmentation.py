@@ -70,6 +70,7 @@ MODELS = [
     ("DualStream, RWA control (fixed 71/213.5)", "DualStreamRWAControlTrainer_CPU", "3d_fullres"),
 ]
 DUALSTREAM = "DualStream (ablation 3: + context stream)"
+
 # (RWA model, its fixed-window control at RWA's evaluation window, its twin at the paper's fixed window)
 RWA_CONTROLS = [("3D U-Net + RWA", "3D U-Net, RWA control (fixed 71/213.5)", "3D U-Net"),
                 (DUALSTREAM, "DualStream, RWA control (fixed 71/213.5)", "DualStream without RWA")]
@@ -77,6 +78,28 @@ RWA_CONTROLS = [("3D U-Net + RWA", "3D U-Net, RWA control (fixed 71/213.5)", "3D
 TWINS = [("3D U-Net + RWA", "3D U-Net"), ("Ablation 1: + RWA", "Ablation 0: spatial stream, fixed window"),
          (DUALSTREAM, "DualStream without RWA")]
 METRICS = ("dice", "iou", "sensitivity", "specificity")
+
+
+def select_models(spec: str | None, error=None) -> list[tuple[str, str, str]]:
+    """The MODELS that ``--models`` names, in MODELS' order: comma-separated TRAINER (all its configurations) or
+    TRAINER:CONFIGURATION; None or empty: all. A name that matches no model is an error (``error(message)``,
+    argparse's ``error`` from the command line; ValueError otherwise)."""
+    if not spec or not spec.strip():
+        return list(MODELS)
+    chosen = set()
+    for name in (w.strip() for w in spec.split(",") if w.strip()):
+        trainer, _, config = name.partition(":")
+        hits = [m for m in MODELS if m[1] == trainer and (not config or m[2] == config)]
+        if not hits:
+            known = ", ".join(dict.fromkeys(f"{m[1]}:{m[2]}" for m in MODELS))
+            message = f"--models: {name!r} names no model of this benchmark; choose from {known} (or a trainer alone)"
+            if error is None:
+                raise ValueError(message)
+            error(message)
+        chosen.update(hits)
+    return [m for m in MODELS if m in chosen]
+
+
 SPLITS = ("normal", "shifted")  # the test scans as made, and under shifted contrast and window
 EVAL_WINDOWS = {"centre of the RWA ranges (71/213.5, default)": (71.0, 213.5),
                 "Ostmo base (62.5/198.8)": (62.5, 198.8),
@@ -136,7 +159,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--iters", type=int)
     p.add_argument("--cpu-seconds", type=float, help="train every model for this many process CPU seconds "
                    "(instead of --epochs; --iters is then the epoch length)")
-    p.add_argument("--models", help="comma-separated subset of the model labels' trainers (default: all)")
+    p.add_argument("--models", help="comma-separated subset of the models, each as TRAINER (every configuration "
+                   "it runs in: LiverUNetTrainer_CPU is the 2D and the 3D U-Net) or TRAINER:CONFIGURATION "
+                   "(default: all)")
     p.add_argument("--quick", action="store_true", help="= --preset quick")
     p.add_argument("--saved-only", action="store_true",
                    help="write the tables from the runs saved so far (same settings and code; saved on any "
@@ -182,7 +207,7 @@ def main(argv: list[str] | None = None) -> None:
     parts = set(args.parts.split(","))
     if parts - set(PARTS):
         p.error(f"--parts: unknown part(s) {', '.join(sorted(parts - set(PARTS)))}; choose from {', '.join(PARTS)}")
-    models = [m for m in MODELS if not args.models or m[1] in args.models.split(",")]
+    models = select_models(args.models, p.error)
 
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)

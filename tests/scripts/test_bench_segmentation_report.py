@@ -322,3 +322,18 @@ def test_saved_runs_are_scored_after_the_largest_component_from_their_kept_predi
     # a column one seed's run lacks (saved before it existed) is not the mean of the other seeds
     assert np.isnan(bench.summarise({"3D U-Net": saved}, "normal")["3D U-Net"]["liver_cases_2_beyond"][0])
     assert bench.summarise({"3D U-Net": saved[:2]}, "normal")["3D U-Net"]["liver_cases_2_beyond"] == (1.0, 0.0)
+
+
+def test_models_are_chosen_by_trainer_or_by_trainer_and_configuration(bench):
+    labels = lambda spec: [m[0] for m in bench.select_models(spec)]  # noqa: E731
+    assert labels(None) == labels("") == [m[0] for m in bench.MODELS]
+    assert labels("LiverUNetTrainer_CPU") == ["2D U-Net", "3D U-Net"]  # a trainer alone: all its configurations
+    assert labels("LiverUNetTrainer_CPU:3d_fullres") == ["3D U-Net"]
+    # MODELS' order, each once
+    assert labels("DualStreamTrainer_CPU, LiverUNetTrainer_CPU:3d_fullres,LiverUNetTrainer_CPU") == [
+        "2D U-Net", "3D U-Net", bench.DUALSTREAM]
+    for wrong in ("LiverUNetTrainer", "LiverUNetTrainer_CPU:3d_lowres", "DualStreamTrainer_CPU:2d"):
+        with pytest.raises(ValueError, match=f"'{wrong}' names no model.*LiverUNetTrainer_CPU:3d_fullres"):
+            bench.select_models(wrong)
+    with pytest.raises(SystemExit):  # from the command line: argparse's error, before anything is made
+        bench.main(["--out", "/nonexistent/never/made", "--models", "NoSuchTrainer"])
