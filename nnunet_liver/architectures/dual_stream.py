@@ -93,19 +93,27 @@ def _maybe_checkpoint(module, enabled: bool, *args) -> Tensor:
 
 
 def _replaying_patch_batches(fn):
-    """``fn`` (a module or a module's method), made to set the ``batch`` its patch norms have now before every
-    call: the recomputation in the backward pass then splits the slices as this forward did, even when another
-    forward (a batch of another size) ran in between."""
+    """``fn`` (a module or a module's method), made to run with the ``batch`` its patch norms have now: the
+    recomputation in the backward pass then splits the slices as this forward did, even when another forward
+    (a batch of another size) ran in between; the norms' ``batch`` is put back afterwards. Under torch.compile
+    the traced graph holds the batch already (and a write inside a checkpoint would be a side effect)."""
+    if torch.compiler.is_compiling():
+        return fn
     owner = getattr(fn, "__self__", fn)
-    norms = [(m, m.batch) for m in owner.modules() if isinstance(m, PatchInstanceNorm2d)] \
-        if isinstance(owner, nn.Module) else []
+    norms = [m for m in owner.modules() if isinstance(m, PatchInstanceNorm2d)] if isinstance(owner, nn.Module) else []
     if not norms:
         return fn
+    batches = [m.batch for m in norms]
 
     def run(*args):
-        for m, batch in norms:
+        before = [m.batch for m in norms]
+        for m, batch in zip(norms, batches):
             m.batch = batch
-        return fn(*args)
+        try:
+            return fn(*args)
+        finally:
+            for m, batch in zip(norms, before):
+                m.batch = batch
 
     return run
 

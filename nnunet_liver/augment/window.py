@@ -180,7 +180,9 @@ def sample_windows(config: WindowConfig, batch: int, generator: torch.Generator 
         (level, width), each float32 of shape (batch,). A coin with probability 0 returns the base value exactly.
     """
     draw_device = generator.device if generator is not None else torch.device("cpu")
-    u = torch.rand(4, batch, generator=generator, device=draw_device)
+    # no generator argument when there is none: torch.compile traces that overload with a symbolic batch
+    u = torch.rand(4, batch, device=draw_device) if generator is None else \
+        torch.rand(4, batch, generator=generator, device=draw_device)
     lo_l, hi_l = config.level_range
     lo_w, hi_w = config.width_range
     level = torch.where(u[2] < config.p_level, lo_l + (hi_l - lo_l) * u[0], torch.full_like(u[0], config.level))

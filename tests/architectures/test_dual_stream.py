@@ -312,12 +312,17 @@ def test_mirrored_sliding_window_tiles(axes):
 @pytest.mark.parametrize("checkpointing", [{}, {"checkpoint_stages": (0, 1), "checkpoint_gates": True},
                                            {"checkpoint_stages": (0, 1), "spatial_norm": "patch_instance"}])
 def test_compile_eager_fullgraph_in_train_and_eval(checkpointing):
+    torch._dynamo.reset()  # each network and mode is a recompilation: keep the earlier cases' out of the limit
     net = build(deep_supervision=True, **checkpointing)
     compiled = torch.compile(net, backend="eager", fullgraph=True)
     x = hu(1)
     out = compiled.train()(x)
     assert len(out) == len(STRIDES) - 1
     sum(o.sum() for o in out).backward()
+    # another batch size: a recompilation (torch marks the batch dynamic), a forward before the first backward
+    out2, out1 = compiled(hu(2)), compiled(x)
+    sum(o.sum() for o in out2).backward()
+    sum(o.sum() for o in out1).backward()
     net.decoder.deep_supervision = False  # nnU-Net flips it on the compiled module's original
     with torch.no_grad():
         torch.testing.assert_close(compiled.eval()(x), net.eval()(x))
@@ -427,17 +432,21 @@ def test_batch_norm_in_checkpointed_stages_keeps_the_running_statistics_of_one_u
 
 
 def test_checkpointed_patch_norms_recompute_with_their_own_forwards_batch():
+    from nnunet_liver.blocks.norm import PatchInstanceNorm2d
+
     # the patch norms learn the batch size from the network before each forward; a checkpointed stage recomputes
     # in the backward pass, after a forward of another batch size may have set another one
     x2, x1 = hu(2, patch=(10, 32, 32)), hu(1, patch=(10, 32, 32), seed=1)
     grads = []
-    for kwargs in ({}, {"checkpoint_stages": (0, 1, 2), "checkpoint_gates": True}):
+    for kwargs in ({}, {"checkpoint_stages": (0, 1, 2)}):
         net = build(deep_supervision=True, window="fixed_paper", seed=4, spatial_norm="patch_instance",
                     **kwargs).train()
         out = net(x2)
         net(x1)  # a second forward, batch 1, before the first one's backward
         sum((o * torch.linspace(-1, 1, o.numel()).view_as(o)).sum() for o in out).backward()
         grads.append({k: p.grad.clone() for k, p in net.named_parameters()})
+        # the recomputation puts back the batch of the latest forward
+        assert {m.batch for m in net.modules() if isinstance(m, PatchInstanceNorm2d)} == {1}
     for k in grads[0]:
         torch.testing.assert_close(grads[1][k], grads[0][k], rtol=1e-4, atol=1e-5, msg=k)
 
