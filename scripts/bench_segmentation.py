@@ -80,10 +80,9 @@ TWINS = [("3D U-Net + RWA", "3D U-Net"), ("Ablation 1: + RWA", "Ablation 0: spat
 METRICS = ("dice", "iou", "sensitivity", "specificity")
 
 
-def select_models(spec: str | None, error=None) -> list[tuple[str, str, str]]:
+def select_models(spec: str | None) -> list[tuple[str, str, str]]:
     """The MODELS that ``--models`` names, in MODELS' order: comma-separated TRAINER (all its configurations) or
-    TRAINER:CONFIGURATION; None or empty: all. A name that matches no model is an error (``error(message)``,
-    argparse's ``error`` from the command line; ValueError otherwise)."""
+    TRAINER:CONFIGURATION; None or empty: all. Raises ValueError for a name that matches no model."""
     if not spec or not spec.strip():
         return list(MODELS)
     chosen = set()
@@ -91,11 +90,9 @@ def select_models(spec: str | None, error=None) -> list[tuple[str, str, str]]:
         trainer, _, config = name.partition(":")
         hits = [m for m in MODELS if m[1] == trainer and (not config or m[2] == config)]
         if not hits:
-            known = ", ".join(dict.fromkeys(f"{m[1]}:{m[2]}" for m in MODELS))
-            message = f"--models: {name!r} names no model of this benchmark; choose from {known} (or a trainer alone)"
-            if error is None:
-                raise ValueError(message)
-            error(message)
+            known = ", ".join(f"{m[1]}:{m[2]}" for m in MODELS)
+            raise ValueError(f"--models: {name!r} names no model of this benchmark; choose from {known} "
+                             "(or a trainer alone)")
         chosen.update(hits)
     return [m for m in MODELS if m in chosen]
 
@@ -207,7 +204,10 @@ def main(argv: list[str] | None = None) -> None:
     parts = set(args.parts.split(","))
     if parts - set(PARTS):
         p.error(f"--parts: unknown part(s) {', '.join(sorted(parts - set(PARTS)))}; choose from {', '.join(PARTS)}")
-    models = select_models(args.models, p.error)
+    try:
+        models = select_models(args.models)
+    except ValueError as e:
+        p.error(str(e))
 
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
